@@ -1,0 +1,199 @@
+//! Command-line arguments of `hearth` and dispatch to the commands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use hearth_shards::{GenerateParams, SamplingParams};
+
+use crate::commands;
+
+/// hearth: a private inference mesh for the home. Runs GGUF chat models on this machine;
+/// nodes on the same LAN will share them.
+#[derive(Debug, Parser)]
+#[command(name = "hearth", version, propagate_version = true)]
+pub struct Cli {
+    /// Where hearth keeps its model cache and state.
+    #[arg(long, global = true, env = "HEARTH_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// hearth's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate a reply to one prompt and stream it to stdout.
+    Run(RunArgs),
+    /// Chat with a model in the terminal (/reset starts over, /quit leaves).
+    Chat(ChatArgs),
+    /// Measure prompt-processing and generation speed (tokens/s) and peak memory.
+    Bench(BenchArgs),
+    /// Manage the model cache.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+/// Which model, and how to run it.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// Model: a name from `hearth models list`, a digest prefix, or a path to a .gguf file.
+    #[arg(short = 'm', long, value_name = "MODEL")]
+    pub model: Option<String>,
+    /// Worker threads (default: all cores).
+    #[arg(short = 't', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
+    /// Context length in tokens (default: 4096, at most the model's).
+    #[arg(long, value_name = "TOKENS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..))]
+    pub ctx: u32,
+}
+
+/// Sampling and stopping options shared by `run` and `chat`.
+#[derive(Debug, Args)]
+pub struct SamplingArgs {
+    /// Randomness; 0 always picks the most likely token.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Sample only from the K most likely tokens (0: no limit).
+    #[arg(long, default_value_t = 40, value_name = "K")]
+    pub top_k: usize,
+    /// Sample only from the most likely tokens adding up to probability P (0 < P ≤ 1).
+    #[arg(long, default_value_t = 0.95, value_name = "P")]
+    pub top_p: f32,
+    /// Penalty for repeating recent tokens (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// How many recent tokens the repeat penalty considers.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub repeat_last_n: usize,
+    /// Random seed; the same seed gives the same reply.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Most tokens to generate per reply.
+    #[arg(short = 'n', long, default_value_t = 512, value_name = "N")]
+    pub max_tokens: usize,
+    /// Stop before this text (repeatable).
+    #[arg(long, value_name = "TEXT")]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    /// Generation parameters, validated.
+    pub fn params(&self) -> hearth_shards::Result<GenerateParams> {
+        let defaults = SamplingParams::default();
+        let sampling = SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            seed: self.seed.unwrap_or_else(|| random_seed(defaults.seed)),
+        };
+        sampling.validate()?;
+        Ok(GenerateParams { sampling, max_tokens: self.max_tokens, stop: self.stop.clone() })
+    }
+}
+
+fn random_seed(fallback: u64) -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(fallback, |d| d.as_nanos() as u64 ^ u64::from(std::process::id()))
+}
+
+/// `hearth run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The prompt ("-" reads it from stdin).
+    #[arg(short = 'p', long, value_name = "TEXT")]
+    pub prompt: String,
+    /// System message for chat models.
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    /// Send the prompt as-is, without the model's chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// Print token counts and speed to stderr when done.
+    #[arg(long)]
+    pub stats: bool,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+/// `hearth chat`.
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// System message that opens the conversation.
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    /// Print token counts and speed after each reply.
+    #[arg(long)]
+    pub stats: bool,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+/// `hearth bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Model: a name from `hearth models list`, a digest prefix, or a path to a .gguf file.
+    #[arg(short = 'm', long, value_name = "MODEL")]
+    pub model: String,
+    /// Thread counts to measure, comma-separated (default: all cores).
+    #[arg(short = 't', long, value_name = "N[,N...]", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Vec<u32>,
+    /// Prompt-processing test: tokens in one forward pass (0 skips it).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512, value_name = "TOKENS")]
+    pub n_prompt: usize,
+    /// Generation test: tokens decoded one by one (0 skips it).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128, value_name = "TOKENS")]
+    pub n_gen: usize,
+    /// Repetitions of each test (after one warm-up run).
+    #[arg(short = 'r', long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub repetitions: u32,
+    /// Print results as JSON lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `hearth models ...`.
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// List cached models: name, family, quantization, size, layers, digest.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a GGUF file and copy it into the cache.
+    Import {
+        /// The .gguf file.
+        path: PathBuf,
+        /// Name to list it under (default: the file name without extension, lowercased).
+        #[arg(long)]
+        name: Option<String>,
+        /// Refuse the file unless its SHA-256 is this.
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
+    },
+    /// Delete a cached model.
+    Remove {
+        /// Name or digest prefix.
+        model: String,
+    },
+}
+
+/// Parses arguments, runs the command, and turns errors into one line on stderr.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match commands::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hearth: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The model cache: GGUF files stored by SHA-256 digest under `<data-dir>/models`, with an index
+//! of names. Imports are verified, copied through a temp file and renamed into place.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use hearth_shards::{Gguf, ModelSummary};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::durable;
+
+/// The model `hearth chat` uses when none is named.
+pub const DEFAULT_MODEL: &str = "smollm2-135m";
+
+/// One cached model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CachedModel {
+    pub name: String,
+    /// Lowercase hex SHA-256 of the file.
+    pub digest: String,
+    pub size: u64,
+    pub summary: ModelSummary,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Index {
+    models: Vec<CachedModel>,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Imported {
+    Added(CachedModel),
+    AlreadyPresent(CachedModel),
+}
+
+/// A model named on the command line, found.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub path: PathBuf,
+    /// The cache entry, when the model came from the cache rather than a bare path.
+    pub entry: Option<CachedModel>,
+}
+
+/// The content-addressed model store.
+#[derive(Debug, Clone)]
+pub struct ModelCache {
+    dir: PathBuf,
+}
+
+impl ModelCache {
+    /// The cache in `dir` (created on first import).
+    pub fn new(dir: PathBuf) -> Self {
+        ModelCache { dir }
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.dir.join("index.json")
+    }
+
+    /// Where a model with `digest` is stored.
+    pub fn file_path(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("{digest}.gguf"))
+    }
+
+    fn load_index(&self) -> Result<Index> {
+        let path = self.index_path();
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("model index {} is damaged; remove it and import the models again", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Index::default()),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    fn save_index(&self, index: &Index) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(index)?;
+        durable::write_atomic(&self.index_path(), &bytes).with_context(|| format!("cannot write {}", self.index_path().display()))
+    }
+
+    /// Every cached model, in import order.
+    pub fn list(&self) -> Result<Vec<CachedModel>> {
+        Ok(self.load_index()?.models)
+    }
+
+    /// Imports a GGUF file: checks it parses, hashes it while copying it into the cache, checks
+    /// `expected_sha256` when given, and records it under `name` (default: the file's stem).
+    /// `progress` is called with (bytes done, total).
+    pub fn import(&self, src: &Path, name: Option<&str>, expected_sha256: Option<&str>, progress: &dyn Fn(u64, u64)) -> Result<Imported> {
+        let gguf = Gguf::open(src).with_context(|| format!("cannot import {}", src.display()))?;
+        let summary = ModelSummary::of(&gguf).with_context(|| format!("cannot import {}", src.display()))?;
+        drop(gguf);
+        let name = match name {
+            Some(n) => n.to_owned(),
+            None => src.file_stem().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_else(|| "model".into()),
+        };
+        validate_name(&name)?;
+        let expected = expected_sha256.map(str::to_lowercase);
+        if let Some(e) = &expected {
+            if e.len() != 64 || !e.chars().all(|c| c.is_ascii_hexdigit()) {
+                bail!("--sha256 {e} is not a SHA-256 digest (64 hex characters)");
+            }
+        }
+        fs::create_dir_all(&self.dir).with_context(|| format!("cannot create the model cache {}", self.dir.display()))?;
+
+        let total = fs::metadata(src)?.len();
+        let tmp = self.dir.join(format!(".import-{}.tmp", std::process::id()));
+        let digest = copy_hashing(src, &tmp, total, progress).inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })?;
+        if let Some(e) = &expected {
+            if *e != digest {
+                let _ = fs::remove_file(&tmp);
+                bail!("{} has SHA-256 {digest}, expected {e}: the file is corrupt or not the one you meant; download it again", src.display());
+            }
+        }
+        let mut index = self.load_index()?;
+        if let Some(existing) = index.models.iter().find(|m| m.digest == digest) {
+            let _ = fs::remove_file(&tmp);
+            return Ok(Imported::AlreadyPresent(existing.clone()));
+        }
+        if let Some(taken) = index.models.iter().find(|m| m.name.eq_ignore_ascii_case(&name)) {
+            let _ = fs::remove_file(&tmp);
+            bail!("the name {name} already belongs to model {}; pick another with --name", &taken.digest[..12]);
+        }
+        durable::rename_durable(&tmp, &self.file_path(&digest))?;
+        let entry = CachedModel { name, digest, size: total, summary };
+        index.models.push(entry.clone());
+        self.save_index(&index)?;
+        Ok(Imported::Added(entry))
+    }
+
+    /// Removes a cached model by name or digest prefix.
+    pub fn remove(&self, query: &str) -> Result<CachedModel> {
+        let mut index = self.load_index()?;
+        let entry = find(&index.models, query)?.clone();
+        index.models.retain(|m| m.digest != entry.digest);
+        self.save_index(&index)?;
+        fs::remove_file(self.file_path(&entry.digest)).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })?;
+        Ok(entry)
+    }
+
+    /// Finds a model by name (case-insensitive), digest prefix, or path to a GGUF file.
+    pub fn resolve(&self, query: &str) -> Result<Resolved> {
+        let models = self.list()?;
+        match find(&models, query) {
+            Ok(entry) => Ok(Resolved { path: self.file_path(&entry.digest), entry: Some(entry.clone()) }),
+            Err(not_found) => {
+                let p = Path::new(query);
+                if p.is_file() {
+                    Ok(Resolved { path: p.to_owned(), entry: None })
+                } else {
+                    Err(not_found)
+                }
+            }
+        }
+    }
+
+    /// The model to use when none is named: the default model, or the only one cached.
+    pub fn default_model(&self) -> Result<Resolved> {
+        let models = self.list()?;
+        if models.iter().any(|m| m.name == DEFAULT_MODEL) {
+            return self.resolve(DEFAULT_MODEL);
+        }
+        match models.as_slice() {
+            [only] => self.resolve(&only.name.clone()),
+            [] => bail!("no models in {}: run scripts/fetch-models, or `hearth models import FILE.gguf`", self.dir.display()),
+            _ => bail!("no model named {DEFAULT_MODEL}; choose one with -m (see `hearth models list`)"),
+        }
+    }
+}
+
+fn find<'a>(models: &'a [CachedModel], query: &str) -> Result<&'a CachedModel> {
+    if let Some(m) = models.iter().find(|m| m.name.eq_ignore_ascii_case(query)) {
+        return Ok(m);
+    }
+    let q = query.to_lowercase();
+    if q.len() >= 4 && q.chars().all(|c| c.is_ascii_hexdigit()) {
+        let hits: Vec<_> = models.iter().filter(|m| m.digest.starts_with(&q)).collect();
+        match hits.as_slice() {
+            [one] => return Ok(one),
+            [] => {}
+            many => bail!(
+                "digest prefix {query} matches {} models ({}); give more characters",
+                many.len(),
+                many.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+    let names: Vec<_> = models.iter().map(|m| m.name.as_str()).collect();
+    if names.is_empty() {
+        bail!("no model {query}: the cache is empty and no such file exists; run scripts/fetch-models or `hearth models import FILE.gguf`")
+    }
+    bail!("no model {query}: not a cached name ({}), digest prefix or file", names.join(", "))
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && !name.chars().all(|c| c.is_ascii_hexdigit());
+    if !ok {
+        bail!("model name {name:?} must be 1-64 letters, digits, '-', '_' or '.', and not look like a digest");
+    }
+    Ok(())
+}
+
+fn copy_hashing(src: &Path, dst: &Path, total: u64, progress: &dyn Fn(u64, u64)) -> Result<String> {
+    let mut input = File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
+    let mut output = File::create(dst).with_context(|| format!("cannot write {}", dst.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        output.write_all(&buf[..n])?;
+        done += n as u64;
+        progress(done, total);
+    }
+    output.sync_all()?;
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}

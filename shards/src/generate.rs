@@ -1,0 +1,234 @@
+//! Text generation over a whole-model stage: prefill in one pass, reuse of the cached prefix
+//! across turns, streaming of text as it completes, stop tokens and stop strings.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
+use crate::sampling::{Sampler, SamplingParams};
+use crate::stage::{Stage, StageInput};
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+
+/// What to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateParams {
+    pub sampling: SamplingParams,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Generation ends before any of these strings; they are not part of the reply.
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        GenerateParams { sampling: SamplingParams::default(), max_tokens: 512, stop: Vec::new() }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop token or stop string.
+    Stop,
+    /// `max_tokens` reached, or the context is full.
+    Length,
+    /// The caller asked to stop.
+    Cancelled,
+}
+
+/// The result of one generation.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub finish: FinishReason,
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values were already cached from the previous turn.
+    pub reused_tokens: usize,
+    pub prefill_time: Duration,
+    pub decode_time: Duration,
+}
+
+/// A conversation's engine state: the model, its KV cache and the tokens the cache holds.
+pub struct Generator {
+    stage: Arc<Stage>,
+    tokenizer: Arc<Tokenizer>,
+    cache: KvCache,
+    cached: Vec<u32>,
+    logits: Vec<f32>,
+}
+
+impl std::fmt::Debug for Generator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Generator({} cached tokens)", self.cached.len())
+    }
+}
+
+impl Generator {
+    /// A generator over `stage`, which must hold the whole model.
+    pub fn new(stage: Arc<Stage>, tokenizer: Arc<Tokenizer>, context: usize) -> Self {
+        assert!(stage.is_first() && stage.is_last(), "a generator needs the whole model");
+        let cache = stage.new_cache(context);
+        Generator { stage, tokenizer, cache, cached: Vec::new(), logits: Vec::new() }
+    }
+
+    /// Positions the context holds.
+    pub fn context(&self) -> usize {
+        self.cache.capacity()
+    }
+
+    /// Forgets the cached conversation.
+    pub fn reset(&mut self) {
+        self.cache.truncate(0);
+        self.cached.clear();
+    }
+
+    /// Generates a continuation of `prompt`, calling `on_text` with each piece of text as soon
+    /// as it is final; `on_text` returns `false` to stop early.
+    pub fn generate(&mut self, prompt: &[u32], params: &GenerateParams, mut on_text: impl FnMut(&str) -> bool) -> Result<Completion> {
+        let mut sampler = Sampler::new(params.sampling.clone())?;
+        if prompt.is_empty() {
+            return Err(Error::BadParameter("the prompt is empty".into()));
+        }
+        if prompt.len() >= self.cache.capacity() {
+            return Err(Error::ContextOverflow { prompt: prompt.len(), context: self.cache.capacity() });
+        }
+        let mut reused = self.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        if reused == prompt.len() {
+            // The last prompt token must run again to produce the next token's logits.
+            reused -= 1;
+        }
+        self.cache.truncate(reused);
+        self.cached.truncate(reused);
+
+        let start = Instant::now();
+        self.stage.forward(&mut self.cache, StageInput::Tokens(&prompt[reused..]), &mut self.logits)?;
+        self.cached.extend_from_slice(&prompt[reused..]);
+        let prefill_time = start.elapsed();
+
+        let start = Instant::now();
+        let mut tokens = Vec::new();
+        let mut decoder = StreamDecoder::default();
+        let mut stops = StopScanner::new(&params.stop);
+        let mut finish = FinishReason::Length;
+        while tokens.len() < params.max_tokens {
+            let token = sampler.sample(&mut self.logits, &self.cached);
+            if self.tokenizer.stop_tokens().contains(&token) {
+                finish = FinishReason::Stop;
+                break;
+            }
+            tokens.push(token);
+            let (ready, stopped) = stops.push(&decoder.push(&self.tokenizer, token));
+            if !ready.is_empty() && !on_text(&ready) {
+                finish = FinishReason::Cancelled;
+                break;
+            }
+            if stopped {
+                finish = FinishReason::Stop;
+                break;
+            }
+            if tokens.len() == params.max_tokens || self.cache.len() + 1 >= self.cache.capacity() {
+                break;
+            }
+            self.stage.forward(&mut self.cache, StageInput::Tokens(&[token]), &mut self.logits)?;
+            self.cached.push(token);
+        }
+        if finish != FinishReason::Cancelled {
+            let (rest, _) = stops.push(&decoder.finish());
+            let tail = stops.flush(rest);
+            if !tail.is_empty() {
+                on_text(&tail);
+            }
+        }
+        Ok(Completion {
+            text: stops.emitted,
+            tokens,
+            finish,
+            prompt_tokens: prompt.len(),
+            reused_tokens: reused,
+            prefill_time,
+            decode_time: start.elapsed(),
+        })
+    }
+}
+
+/// Holds back text that might be the start of a stop string.
+struct StopScanner<'a> {
+    stops: &'a [String],
+    /// Text received but not yet released.
+    held: String,
+    /// Text released so far.
+    emitted: String,
+    stopped: bool,
+}
+
+impl<'a> StopScanner<'a> {
+    fn new(stops: &'a [String]) -> Self {
+        StopScanner { stops, held: String::new(), emitted: String::new(), stopped: false }
+    }
+
+    /// Adds text; returns what can be released and whether a stop string was found.
+    fn push(&mut self, text: &str) -> (String, bool) {
+        if self.stopped {
+            return (String::new(), true);
+        }
+        self.held.push_str(text);
+        let found = self.stops.iter().filter(|s| !s.is_empty()).filter_map(|s| self.held.find(s.as_str())).min();
+        if let Some(at) = found {
+            self.held.truncate(at);
+            self.stopped = true;
+            let out = std::mem::take(&mut self.held);
+            self.emitted.push_str(&out);
+            return (out, true);
+        }
+        // Keep the longest tail that is a prefix of some stop string.
+        let keep = self
+            .stops
+            .iter()
+            .flat_map(|s| (1..s.len()).rev().filter(|&n| s.is_char_boundary(n)).map(move |n| &s[..n]))
+            .filter(|prefix| self.held.ends_with(prefix))
+            .map(str::len)
+            .max()
+            .unwrap_or(0);
+        let out: String = self.held.drain(..self.held.len() - keep).collect();
+        self.emitted.push_str(&out);
+        (out, false)
+    }
+
+    /// Releases held text at the end of generation, unless a stop string was hit.
+    fn flush(&mut self, mut pending: String) -> String {
+        if !self.stopped {
+            let rest = std::mem::take(&mut self.held);
+            self.emitted.push_str(&rest);
+            pending.push_str(&rest);
+        }
+        pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_strings_split_across_pieces_are_caught_and_held_back() {
+        let stops = vec!["\nUser:".to_owned()];
+        let mut s = StopScanner::new(&stops);
+        assert_eq!(s.push("Hello"), ("Hello".to_owned(), false));
+        assert_eq!(s.push(" there\nUs"), (" there".to_owned(), false));
+        assert_eq!(s.push("er: hi"), (String::new(), true));
+        assert_eq!(s.emitted, "Hello there");
+    }
+
+    #[test]
+    fn held_text_that_was_not_a_stop_is_released() {
+        let stops = vec!["STOP".to_owned()];
+        let mut s = StopScanner::new(&stops);
+        assert_eq!(s.push("a ST"), ("a ".to_owned(), false));
+        assert_eq!(s.push("ONE"), ("STONE".to_owned(), false));
+        assert_eq!(s.push("ST"), (String::new(), false));
+        assert_eq!(s.flush(String::new()), "ST");
+        assert_eq!(s.emitted, "a STONEST");
+    }
+}

@@ -1,0 +1,73 @@
+//! Per-session state of one stage: the key/value cache of its layers and the activation buffers
+//! its forward pass reuses, so decoding a token allocates nothing.
+
+use crate::quant::QuantScratch;
+
+/// Keys and values of one layer, `capacity` rows of `kv_dim` floats each.
+pub(crate) struct LayerCache {
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+/// A session's cache for one stage.
+pub struct KvCache {
+    pub(crate) layers: Vec<LayerCache>,
+    pub(crate) capacity: usize,
+    pub(crate) len: usize,
+    pub(crate) scratch: Scratch,
+}
+
+impl KvCache {
+    /// A cache for `layers` layers holding up to `capacity` positions. The memory is reserved
+    /// zeroed up front; the OS backs pages only as positions are written.
+    pub(crate) fn new(layers: usize, kv_dim: usize, capacity: usize) -> Self {
+        let layers = (0..layers)
+            .map(|_| LayerCache { k: vec![0.0; capacity * kv_dim], v: vec![0.0; capacity * kv_dim] })
+            .collect();
+        KvCache { layers, capacity, len: 0, scratch: Scratch::default() }
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no position is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Most positions this cache can hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forgets every position from `len` on (keeps a shared prompt prefix).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+}
+
+/// Activation buffers, grown to the largest batch seen and then reused.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    pub x: Vec<f32>,
+    pub xn: Vec<f32>,
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub att: Vec<f32>,
+    pub o: Vec<f32>,
+    pub gate: Vec<f32>,
+    pub up: Vec<f32>,
+    pub scores: Vec<f32>,
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+    pub quant: QuantScratch,
+}
+
+/// Resizes `buf` to exactly `len` (reusing its allocation) and returns it.
+pub(crate) fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    buf.resize(len, 0.0);
+    &mut buf[..len]
+}

@@ -1,0 +1,27 @@
+//! hearth's inference engine: GGUF models on CPU with candle's quantized block kernels, run as
+//! whole models or as layer-range stages of a split, with tokenizer, chat template and sampling.
+
+pub mod chat_template;
+pub mod error;
+pub mod family;
+pub mod generate;
+pub mod gguf;
+pub mod kv_cache;
+pub mod model;
+pub mod ops;
+pub mod quant;
+pub mod sampling;
+pub mod spec;
+pub mod stage;
+pub mod tokenizer;
+
+pub use chat_template::{ChatMessage, ChatTemplate};
+pub use error::{Error, Result};
+pub use generate::{Completion, FinishReason, GenerateParams, Generator};
+pub use gguf::Gguf;
+pub use kv_cache::KvCache;
+pub use model::{default_threads, thread_pool, Model, ModelSummary};
+pub use sampling::{Sampler, SamplingParams};
+pub use spec::ModelSpec;
+pub use stage::{Stage, StageInput, StageOutput};
+pub use tokenizer::{StreamDecoder, Tokenizer};

@@ -1,0 +1,182 @@
+//! A model file opened for inference: its GGUF, spec, tokenizer, chat template and the thread
+//! pool its stages run on.
+
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+
+use rayon::ThreadPool;
+
+use crate::chat_template::ChatTemplate;
+use crate::error::{Error, Result};
+use crate::family;
+use crate::generate::Generator;
+use crate::gguf::{Gguf, Value};
+use crate::quant::GgmlType;
+use crate::spec::ModelSpec;
+use crate::stage::Stage;
+use crate::tokenizer::Tokenizer;
+
+/// What `hearth models list` shows about a file; readable even for unsupported architectures.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelSummary {
+    /// `general.name`, if present.
+    pub name: Option<String>,
+    pub architecture: String,
+    pub quantization: String,
+    pub layers: Option<usize>,
+    pub context: Option<usize>,
+    pub tensors: usize,
+}
+
+impl ModelSummary {
+    /// Summarises a parsed GGUF file.
+    pub fn of(gguf: &Gguf) -> Result<Self> {
+        let architecture = gguf.get_str("general.architecture")?.to_owned();
+        let quantization = match gguf.metadata.get("general.file_type").and_then(Value::as_u64) {
+            Some(ft) => file_type_name(ft).map(str::to_owned),
+            None => None,
+        }
+        .unwrap_or_else(|| dominant_weight_type(gguf));
+        Ok(ModelSummary {
+            name: gguf.get_str("general.name").ok().map(str::to_owned),
+            layers: gguf.get_usize(&format!("{architecture}.block_count")).ok(),
+            context: gguf.get_usize(&format!("{architecture}.context_length")).ok(),
+            architecture,
+            quantization,
+            tensors: gguf.tensors.len(),
+        })
+    }
+}
+
+/// llama.cpp's `general.file_type` names.
+fn file_type_name(ft: u64) -> Option<&'static str> {
+    Some(match ft {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        7 => "Q8_0",
+        8 => "Q5_0",
+        9 => "Q5_1",
+        10 => "Q2_K",
+        11 => "Q3_K_S",
+        12 => "Q3_K_M",
+        13 => "Q3_K_L",
+        14 => "Q4_K_S",
+        15 => "Q4_K_M",
+        16 => "Q5_K_S",
+        17 => "Q5_K_M",
+        18 => "Q6_K",
+        32 => "BF16",
+        _ => return None,
+    })
+}
+
+fn dominant_weight_type(gguf: &Gguf) -> String {
+    let mut counts: Vec<(GgmlType, usize)> = Vec::new();
+    for t in gguf.tensors.values().filter(|t| t.dims.len() == 2) {
+        match counts.iter_mut().find(|(ty, _)| *ty == t.ty) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((t.ty, 1)),
+        }
+    }
+    counts.iter().max_by_key(|(_, c)| *c).map_or_else(|| "unknown".to_owned(), |(ty, _)| ty.to_string())
+}
+
+/// Threads to use when the caller does not say.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A worker pool for stages.
+pub fn thread_pool(threads: usize) -> Result<Arc<ThreadPool>> {
+    if threads == 0 || threads > 1024 {
+        return Err(Error::BadParameter(format!("threads must be between 1 and 1024, not {threads}")));
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("hearth-worker-{i}"))
+        .build()
+        .map(Arc::new)
+        .map_err(|e| Error::BadParameter(format!("cannot start {threads} worker threads: {e}")))
+}
+
+/// An opened model file.
+pub struct Model {
+    gguf: Arc<Gguf>,
+    spec: Arc<ModelSpec>,
+    tokenizer: Arc<Tokenizer>,
+    template: Arc<ChatTemplate>,
+    pool: Arc<ThreadPool>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Model({})", self.gguf.path.display())
+    }
+}
+
+impl Model {
+    /// Opens `path`, reads its family, tokenizer and template, and makes a pool of `threads`.
+    pub fn open(path: &Path, threads: usize) -> Result<Self> {
+        let gguf = Gguf::open(path)?;
+        Self::from_gguf(gguf, thread_pool(threads)?)
+    }
+
+    /// Builds a model from an already parsed file and an existing pool.
+    pub fn from_gguf(gguf: Gguf, pool: Arc<ThreadPool>) -> Result<Self> {
+        let spec = family::spec_for(&gguf)?;
+        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        if tokenizer.vocab_size() != spec.vocab {
+            return Err(Error::BadMetadata {
+                key: "tokenizer.ggml.tokens".into(),
+                reason: format!("{} tokens but the model has {} embeddings", tokenizer.vocab_size(), spec.vocab),
+            });
+        }
+        let template = ChatTemplate::from_gguf(&gguf, &tokenizer)?;
+        Ok(Model {
+            gguf: Arc::new(gguf),
+            spec: Arc::new(spec),
+            tokenizer: Arc::new(tokenizer),
+            template: Arc::new(template),
+            pool,
+        })
+    }
+
+    /// The parsed file.
+    pub fn gguf(&self) -> &Gguf {
+        &self.gguf
+    }
+
+    /// Sizes and per-family settings.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// The model's tokenizer.
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    /// The model's chat template (or the plain-transcript fallback).
+    pub fn chat_template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
+    /// Loads the stage holding `layers`.
+    pub fn stage(&self, layers: Range<usize>) -> Result<Stage> {
+        Stage::load(&self.gguf, self.spec.clone(), layers, self.pool.clone())
+    }
+
+    /// Loads the whole model as one stage.
+    pub fn full_stage(&self) -> Result<Stage> {
+        self.stage(0..self.spec.n_layers())
+    }
+
+    /// A generator over the whole model with a context of `context` positions (0: the model's).
+    pub fn generator(&self, context: usize) -> Result<Generator> {
+        let ctx = if context == 0 { self.spec.context } else { context.min(self.spec.context) };
+        Ok(Generator::new(Arc::new(self.full_stage()?), self.tokenizer.clone(), ctx))
+    }
+}

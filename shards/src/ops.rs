@@ -1,0 +1,164 @@
+//! Element-wise and row-wise kernels of a transformer block, on plain f32 slices.
+
+use crate::spec::{Activation, RopeStyle};
+
+/// RMSNorm of one row into `out`: `x / sqrt(mean(x^2) + eps) * weight`.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    // Accumulate in f64 as ggml does: long rows of small values lose precision in f32.
+    let sum: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+    let scale = (1.0 / (sum / x.len() as f64 + f64::from(eps)).sqrt()) as f32;
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
+        *o = v * scale * w;
+    }
+}
+
+/// RMSNorm of each `weight.len()`-wide row of `x`, in place.
+pub fn rms_norm_rows_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    for row in x.chunks_exact_mut(weight.len()) {
+        let sum: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        let scale = (1.0 / (sum / row.len() as f64 + f64::from(eps)).sqrt()) as f32;
+        for (v, &w) in row.iter_mut().zip(weight) {
+            *v *= scale * w;
+        }
+    }
+}
+
+/// Fills `cos`/`sin` (length `dims / 2`) with the rotation angles of position `pos`.
+pub fn rope_angles(pos: usize, base: f32, dims: usize, cos: &mut [f32], sin: &mut [f32]) {
+    let step = base.powf(-2.0 / dims as f32);
+    let mut theta = pos as f32;
+    for i in 0..dims / 2 {
+        cos[i] = theta.cos();
+        sin[i] = theta.sin();
+        theta *= step;
+    }
+}
+
+/// Rotates the first `2 * cos.len()` dimensions of one head in place.
+pub fn rope_apply(head: &mut [f32], style: RopeStyle, cos: &[f32], sin: &[f32]) {
+    let half = cos.len();
+    match style {
+        RopeStyle::Interleaved => {
+            for i in 0..half {
+                let (a, b) = (head[2 * i], head[2 * i + 1]);
+                head[2 * i] = a * cos[i] - b * sin[i];
+                head[2 * i + 1] = a * sin[i] + b * cos[i];
+            }
+        }
+        RopeStyle::Halves => {
+            for i in 0..half {
+                let (a, b) = (head[i], head[i + half]);
+                head[i] = a * cos[i] - b * sin[i];
+                head[i + half] = a * sin[i] + b * cos[i];
+            }
+        }
+    }
+}
+
+/// `gate[i] = act(gate[i]) * up[i]`: the gated MLP's middle step.
+pub fn gated_activation(gate: &mut [f32], up: &[f32], act: Activation) {
+    match act {
+        Activation::Silu => {
+            for (g, &u) in gate.iter_mut().zip(up) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+        }
+        Activation::GeluTanh => {
+            const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+            for (g, &u) in gate.iter_mut().zip(up) {
+                let x = *g;
+                *g = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh()) * u;
+            }
+        }
+    }
+}
+
+/// Numerically stable softmax in place.
+pub fn softmax(xs: &mut [f32]) {
+    let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for x in xs.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    for x in xs.iter_mut() {
+        *x *= inv;
+    }
+}
+
+/// Dot product of two equal-length slices.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight partial sums let the compiler vectorize without reassociating a single sum.
+    let mut acc = [0.0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        for l in 0..8 {
+            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for i in chunks * 8..a.len() {
+        sum += a[i] * b[i];
+    }
+    sum
+}
+
+/// `out += w * v`.
+pub fn axpy(out: &mut [f32], w: f32, v: &[f32]) {
+    for (o, &x) in out.iter_mut().zip(v) {
+        *o += w * x;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_unit_weight_gives_unit_rms() {
+        let x = [3.0, -4.0, 0.0, 5.0];
+        let mut out = [0.0; 4];
+        rms_norm(&x, &[1.0; 4], 0.0, &mut out);
+        let rms = (out.iter().map(|v| v * v).sum::<f32>() / 4.0).sqrt();
+        assert!((rms - 1.0).abs() < 1e-6);
+        assert!(out[1] < 0.0 && out[2] == 0.0);
+    }
+
+    #[test]
+    fn rope_at_position_zero_is_identity_and_preserves_norm() {
+        let mut cos = [0.0; 4];
+        let mut sin = [0.0; 4];
+        let head: Vec<f32> = (0..8).map(|i| i as f32 - 3.5).collect();
+        rope_angles(0, 10_000.0, 8, &mut cos, &mut sin);
+        let mut h = head.clone();
+        rope_apply(&mut h, RopeStyle::Halves, &cos, &sin);
+        assert_eq!(h, head);
+        rope_angles(17, 10_000.0, 8, &mut cos, &mut sin);
+        for style in [RopeStyle::Halves, RopeStyle::Interleaved] {
+            let mut h = head.clone();
+            rope_apply(&mut h, style, &cos, &sin);
+            assert_ne!(h, head);
+            let n0: f32 = head.iter().map(|v| v * v).sum();
+            let n1: f32 = h.iter().map(|v| v * v).sum();
+            assert!((n0 - n1).abs() < 1e-3);
+        }
+    }
+
+    #[test]
+    fn gelu_tanh_matches_known_values() {
+        let mut g = [1.0f32, -1.0, 0.0];
+        gated_activation(&mut g, &[1.0; 3], Activation::GeluTanh);
+        assert!((g[0] - 0.841_192).abs() < 1e-5, "{}", g[0]);
+        assert!((g[1] + 0.158_808).abs() < 1e-5, "{}", g[1]);
+        assert_eq!(g[2], 0.0);
+    }
+
+    #[test]
+    fn softmax_sums_to_one() {
+        let mut xs = [1000.0, 1001.0, 999.0];
+        softmax(&mut xs);
+        assert!((xs.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(xs[1] > xs[0] && xs[0] > xs[2]);
+    }
+}

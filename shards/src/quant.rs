@@ -1,0 +1,359 @@
+//! Quantized weight matrices and the matrix products the engine runs on them. Weights stay in
+//! their GGUF block format; activations are quantized once per product into the block type the
+//! weight's dot-product kernel wants (Q8_0, Q8_1 or Q8_K), using candle's block kernels.
+
+use std::fmt;
+use std::sync::Arc;
+
+use candle_core::quantized::k_quants::{self as kq, GgmlType as Block};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::gguf::{Gguf, Storage, TensorInfo};
+
+/// Tensor element types found in GGUF files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GgmlType {
+    F32,
+    F16,
+    BF16,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q8_1,
+    Q2K,
+    Q3K,
+    Q4K,
+    Q5K,
+    Q6K,
+    Q8K,
+    I8,
+    I16,
+    I32,
+    I64,
+    F64,
+}
+
+impl GgmlType {
+    /// The type for a raw GGUF type id, if hearth knows its layout.
+    pub fn from_raw(raw: u32) -> Option<Self> {
+        use GgmlType::*;
+        Some(match raw {
+            0 => F32,
+            1 => F16,
+            2 => Q4_0,
+            3 => Q4_1,
+            6 => Q5_0,
+            7 => Q5_1,
+            8 => Q8_0,
+            9 => Q8_1,
+            10 => Q2K,
+            11 => Q3K,
+            12 => Q4K,
+            13 => Q5K,
+            14 => Q6K,
+            15 => Q8K,
+            24 => I8,
+            25 => I16,
+            26 => I32,
+            27 => I64,
+            28 => F64,
+            30 => BF16,
+            _ => return None,
+        })
+    }
+
+    /// Elements per block.
+    pub fn block_size(self) -> usize {
+        use GgmlType::*;
+        match self {
+            F32 | F16 | BF16 | I8 | I16 | I32 | I64 | F64 => 1,
+            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 => 32,
+            Q2K | Q3K | Q4K | Q5K | Q6K | Q8K => 256,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn type_size(self) -> usize {
+        use GgmlType::*;
+        match self {
+            I8 => 1,
+            F16 | BF16 | I16 => 2,
+            F32 | I32 => 4,
+            I64 | F64 => 8,
+            Q4_0 => 18,
+            Q4_1 => 20,
+            Q5_0 => 22,
+            Q5_1 => 24,
+            Q8_0 => 34,
+            Q8_1 => 36,
+            Q2K => 84,
+            Q3K => 110,
+            Q4K => 144,
+            Q5K => 176,
+            Q6K => 210,
+            Q8K => 292,
+        }
+    }
+
+    /// Whether the engine can multiply with a weight of this type.
+    pub fn is_computable(self) -> bool {
+        use GgmlType::*;
+        !matches!(self, Q8_1 | Q8K | I8 | I16 | I32 | I64 | F64)
+    }
+
+    /// The list of computable types, for error messages.
+    pub fn supported_list() -> String {
+        "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K".to_owned()
+    }
+}
+
+impl fmt::Display for GgmlType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use GgmlType::*;
+        let s = match self {
+            F32 => "F32",
+            F16 => "F16",
+            BF16 => "BF16",
+            Q4_0 => "Q4_0",
+            Q4_1 => "Q4_1",
+            Q5_0 => "Q5_0",
+            Q5_1 => "Q5_1",
+            Q8_0 => "Q8_0",
+            Q8_1 => "Q8_1",
+            Q2K => "Q2_K",
+            Q3K => "Q3_K",
+            Q4K => "Q4_K",
+            Q5K => "Q5_K",
+            Q6K => "Q6_K",
+            Q8K => "Q8_K",
+            I8 => "I8",
+            I16 => "I16",
+            I32 => "I32",
+            I64 => "I64",
+            F64 => "F64",
+        };
+        f.write_str(s)
+    }
+}
+
+/// A 2-D weight (`rows` outputs × `cols` inputs) kept in its file's block format.
+#[derive(Clone)]
+pub struct QMatrix {
+    name: String,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    bytes: Arc<Storage>,
+    offset: usize,
+    len: usize,
+}
+
+impl fmt::Debug for QMatrix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "QMatrix({} {} {}x{})", self.name, self.ty, self.rows, self.cols)
+    }
+}
+
+/// Reusable buffer for quantized activations; grows to the largest product and stays there.
+#[derive(Default)]
+pub struct QuantScratch {
+    words: Vec<u64>,
+}
+
+impl QuantScratch {
+    fn bytes(&mut self, len: usize) -> &mut [u8] {
+        let words = len.div_ceil(8);
+        if self.words.len() < words {
+            self.words.resize(words, 0);
+        }
+        // SAFETY: u64 storage reinterpreted as bytes; any bit pattern is a valid u8.
+        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), len) }
+    }
+}
+
+impl QMatrix {
+    /// Reads a weight from the file, checking it is 2-D with the expected row length.
+    pub fn load(gguf: &Gguf, name: &str, cols: usize) -> Result<Self> {
+        let info = gguf.tensor(name)?;
+        let rows = match info.dims.as_slice() {
+            [c, r] if *c == cols => *r,
+            [c] if *c == cols => 1,
+            dims => {
+                return Err(Error::BadShape {
+                    name: name.to_owned(),
+                    found: dims.to_vec(),
+                    expected: vec![cols, 0],
+                })
+            }
+        };
+        Self::from_info(gguf, info, rows, cols)
+    }
+
+    /// Like [`QMatrix::load`] but also checks the row count.
+    pub fn load_exact(gguf: &Gguf, name: &str, cols: usize, rows: usize) -> Result<Self> {
+        let m = Self::load(gguf, name, cols)?;
+        if m.rows != rows {
+            return Err(Error::BadShape { name: name.to_owned(), found: vec![cols, m.rows], expected: vec![cols, rows] });
+        }
+        Ok(m)
+    }
+
+    fn from_info(gguf: &Gguf, info: &TensorInfo, rows: usize, cols: usize) -> Result<Self> {
+        if !info.ty.is_computable() {
+            return Err(Error::UnsupportedTensorType {
+                name: info.name.clone(),
+                ty: info.ty.to_string(),
+                supported: GgmlType::supported_list(),
+            });
+        }
+        let base = gguf.bytes.as_ptr() as usize + info.offset;
+        if base % 4 != 0 {
+            return Err(Error::Corrupt { path: gguf.path.clone(), reason: format!("tensor {} is misaligned", info.name) });
+        }
+        Ok(QMatrix {
+            name: info.name.clone(),
+            ty: info.ty,
+            rows,
+            cols,
+            bytes: gguf.bytes.clone(),
+            offset: info.offset,
+            len: info.len,
+        })
+    }
+
+    /// Output size.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input size.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Element type of the stored weight.
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+
+    fn raw(&self) -> &[u8] {
+        &self.bytes[self.offset..self.offset + self.len]
+    }
+
+    /// `out[t][r] = sum_c W[r][c] * xs[t][c]` for `n = xs.len() / cols` activation rows.
+    pub fn matmul(&self, xs: &[f32], out: &mut [f32], scratch: &mut QuantScratch) {
+        use GgmlType::*;
+        let n = xs.len() / self.cols;
+        debug_assert_eq!(xs.len(), n * self.cols);
+        debug_assert_eq!(out.len(), n * self.rows);
+        let w = self.raw();
+        match self.ty {
+            F32 => matmul_blocks::<f32>(w, self.rows, self.cols, xs, out, scratch),
+            F16 => matmul_blocks::<f16>(w, self.rows, self.cols, xs, out, scratch),
+            BF16 => matmul_blocks::<bf16>(w, self.rows, self.cols, xs, out, scratch),
+            Q4_0 => matmul_blocks::<kq::BlockQ4_0>(w, self.rows, self.cols, xs, out, scratch),
+            Q4_1 => matmul_blocks::<kq::BlockQ4_1>(w, self.rows, self.cols, xs, out, scratch),
+            Q5_0 => matmul_blocks::<kq::BlockQ5_0>(w, self.rows, self.cols, xs, out, scratch),
+            Q5_1 => matmul_blocks::<kq::BlockQ5_1>(w, self.rows, self.cols, xs, out, scratch),
+            Q8_0 => matmul_blocks::<kq::BlockQ8_0>(w, self.rows, self.cols, xs, out, scratch),
+            Q2K => matmul_blocks::<kq::BlockQ2K>(w, self.rows, self.cols, xs, out, scratch),
+            Q3K => matmul_blocks::<kq::BlockQ3K>(w, self.rows, self.cols, xs, out, scratch),
+            Q4K => matmul_blocks::<kq::BlockQ4K>(w, self.rows, self.cols, xs, out, scratch),
+            Q5K => matmul_blocks::<kq::BlockQ5K>(w, self.rows, self.cols, xs, out, scratch),
+            Q6K => matmul_blocks::<kq::BlockQ6K>(w, self.rows, self.cols, xs, out, scratch),
+            Q8_1 | Q8K | I8 | I16 | I32 | I64 | F64 => unreachable!("rejected at load"),
+        }
+    }
+
+    /// Dequantizes row `row` into `out` (length `cols`): the embedding lookup.
+    pub fn row_to_f32(&self, row: usize, out: &mut [f32]) {
+        use GgmlType::*;
+        let w = self.raw();
+        match self.ty {
+            F32 => row_blocks::<f32>(w, self.cols, row, out),
+            F16 => row_blocks::<f16>(w, self.cols, row, out),
+            BF16 => row_blocks::<bf16>(w, self.cols, row, out),
+            Q4_0 => row_blocks::<kq::BlockQ4_0>(w, self.cols, row, out),
+            Q4_1 => row_blocks::<kq::BlockQ4_1>(w, self.cols, row, out),
+            Q5_0 => row_blocks::<kq::BlockQ5_0>(w, self.cols, row, out),
+            Q5_1 => row_blocks::<kq::BlockQ5_1>(w, self.cols, row, out),
+            Q8_0 => row_blocks::<kq::BlockQ8_0>(w, self.cols, row, out),
+            Q2K => row_blocks::<kq::BlockQ2K>(w, self.cols, row, out),
+            Q3K => row_blocks::<kq::BlockQ3K>(w, self.cols, row, out),
+            Q4K => row_blocks::<kq::BlockQ4K>(w, self.cols, row, out),
+            Q5K => row_blocks::<kq::BlockQ5K>(w, self.cols, row, out),
+            Q6K => row_blocks::<kq::BlockQ6K>(w, self.cols, row, out),
+            Q8_1 | Q8K | I8 | I16 | I32 | I64 | F64 => unreachable!("rejected at load"),
+        }
+    }
+}
+
+/// Reinterprets GGUF bytes as blocks.
+fn as_blocks<T>(bytes: &[u8]) -> &[T] {
+    debug_assert_eq!(bytes.as_ptr() as usize % std::mem::align_of::<T>(), 0);
+    // SAFETY: block types are `repr(C)` plain data (f16/u8/i8/f32 fields) for which every bit
+    // pattern is valid; alignment was checked when the matrix was loaded (GGUF aligns tensors to
+    // 32 bytes, and the largest block alignment is 4).
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / std::mem::size_of::<T>()) }
+}
+
+fn as_blocks_mut<T>(bytes: &mut [u8]) -> &mut [T] {
+    debug_assert_eq!(bytes.as_ptr() as usize % std::mem::align_of::<T>(), 0);
+    // SAFETY: as in `as_blocks`; the scratch buffer is u64-aligned.
+    unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<T>(), bytes.len() / std::mem::size_of::<T>()) }
+}
+
+fn row_blocks<T: Block>(w: &[u8], cols: usize, row: usize, out: &mut [f32]) {
+    let per_row = cols / T::BLCK_SIZE;
+    let blocks = as_blocks::<T>(w);
+    T::to_float(&blocks[row * per_row..(row + 1) * per_row], out);
+}
+
+/// Rows per parallel task: enough work per task that scheduling stays cheap.
+const ROWS_PER_TASK: usize = 32;
+
+fn matmul_blocks<T: Block>(w: &[u8], rows: usize, cols: usize, xs: &[f32], out: &mut [f32], scratch: &mut QuantScratch) {
+    let n = xs.len() / cols;
+    let per_row = cols / T::BLCK_SIZE;
+    let dot_block = std::mem::size_of::<T::VecDotType>();
+    let dot_per_row = cols / T::VecDotType::BLCK_SIZE;
+    let qbytes = scratch.bytes(n * dot_per_row * dot_block);
+    let q = as_blocks_mut::<T::VecDotType>(qbytes);
+    q.par_chunks_mut(dot_per_row).zip(xs.par_chunks(cols)).for_each(|(qt, xt)| T::VecDotType::from_float(xt, qt));
+    let q: &[T::VecDotType] = q;
+    let w = as_blocks::<T>(w);
+    if n == 1 {
+        out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(i, chunk)| {
+            let r0 = i * ROWS_PER_TASK;
+            for (j, o) in chunk.iter_mut().enumerate() {
+                let r = r0 + j;
+                *o = T::vec_dot(cols, &w[r * per_row..(r + 1) * per_row], q);
+            }
+        });
+        return;
+    }
+    // Several activation rows: each task holds a band of weight rows in cache and runs every
+    // activation row against it, writing its own disjoint cells of `out`.
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    (0..rows.div_ceil(ROWS_PER_TASK)).into_par_iter().for_each(|band| {
+        let out_ptr = &out_ptr;
+        let r_end = ((band + 1) * ROWS_PER_TASK).min(rows);
+        for r in band * ROWS_PER_TASK..r_end {
+            let wr = &w[r * per_row..(r + 1) * per_row];
+            for t in 0..n {
+                let v = T::vec_dot(cols, wr, &q[t * dot_per_row..(t + 1) * dot_per_row]);
+                // SAFETY: cell (t, r) is written by exactly one task (the one owning row r),
+                // and `out` outlives the parallel loop.
+                unsafe { *out_ptr.0.add(t * rows + r) = v };
+            }
+        }
+    });
+}
+
+struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint cells; see `matmul_blocks`.
+unsafe impl Sync for SharedOut {}

@@ -1,0 +1,332 @@
+//! A stage: a contiguous range of a model's layers, plus the token embedding when it starts at
+//! layer 0 and the final norm and output head when it ends at the last layer. A whole model is
+//! the stage `0..n_layers`. Stages of a split, run one after another, compute exactly what the
+//! whole model computes.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use rayon::ThreadPool;
+
+use crate::error::{Error, Result};
+use crate::gguf::{Gguf, TensorInfo};
+use crate::kv_cache::{sized, KvCache};
+use crate::ops;
+use crate::quant::{GgmlType, QMatrix};
+use crate::spec::ModelSpec;
+
+/// What a stage consumes.
+#[derive(Debug, Clone, Copy)]
+pub enum StageInput<'a> {
+    /// Token ids (first stage only).
+    Tokens(&'a [u32]),
+    /// Hidden states from the previous stage, `n × dim` floats.
+    Hidden(&'a [f32]),
+}
+
+/// What a stage produced in the output buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageOutput {
+    /// `n × dim` hidden states for the next stage.
+    Hidden,
+    /// Logits over the vocabulary for the last input position.
+    Logits,
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: QMatrix,
+    wk: QMatrix,
+    wv: QMatrix,
+    wo: QMatrix,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    post_attn_norm: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    gate: QMatrix,
+    up: QMatrix,
+    down: QMatrix,
+    post_ffn_norm: Option<Vec<f32>>,
+}
+
+struct Head {
+    norm: Vec<f32>,
+    output: QMatrix,
+}
+
+/// Weights of a layer range, ready to run.
+pub struct Stage {
+    spec: Arc<ModelSpec>,
+    range: Range<usize>,
+    embedding: Option<QMatrix>,
+    layers: Vec<Layer>,
+    head: Option<Head>,
+    pool: Arc<ThreadPool>,
+}
+
+impl std::fmt::Debug for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Stage({} layers {:?})", self.spec.architecture, self.range)
+    }
+}
+
+fn load_vector(gguf: &Gguf, name: &str, len: usize) -> Result<Vec<f32>> {
+    let info: &TensorInfo = gguf.tensor(name)?;
+    if info.dims.iter().product::<usize>() != len {
+        return Err(Error::BadShape { name: name.to_owned(), found: info.dims.clone(), expected: vec![len] });
+    }
+    let bytes = gguf.tensor_bytes(info);
+    match info.ty {
+        GgmlType::F32 => Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect()),
+        GgmlType::F16 => Ok(bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes(b.try_into().expect("2 bytes")).to_f32())
+            .collect()),
+        other => Err(Error::UnsupportedTensorType {
+            name: name.to_owned(),
+            ty: other.to_string(),
+            supported: "F32, F16 (norm weights)".to_owned(),
+        }),
+    }
+}
+
+impl Stage {
+    /// Builds the stage holding `range` of the model's layers, reading only its tensors.
+    pub fn load(gguf: &Gguf, spec: Arc<ModelSpec>, range: Range<usize>, pool: Arc<ThreadPool>) -> Result<Self> {
+        let n_layers = spec.n_layers();
+        if range.start >= range.end || range.end > n_layers {
+            return Err(Error::BadLayerRange { start: range.start, end: range.end, layers: n_layers });
+        }
+        let s = &spec;
+        let first = range.start == 0;
+        let last = range.end == n_layers;
+        let embedding = if first { Some(QMatrix::load_exact(gguf, "token_embd.weight", s.dim, s.vocab)?) } else { None };
+        let layers = range
+            .clone()
+            .map(|i| {
+                let t = |n: &str| format!("blk.{i}.{n}.weight");
+                let optional = |n: &str, len: usize, want: bool| -> Result<Option<Vec<f32>>> {
+                    want.then(|| load_vector(gguf, &t(n), len)).transpose()
+                };
+                Ok(Layer {
+                    attn_norm: load_vector(gguf, &t("attn_norm"), s.dim)?,
+                    wq: QMatrix::load_exact(gguf, &t("attn_q"), s.dim, s.q_dim())?,
+                    wk: QMatrix::load_exact(gguf, &t("attn_k"), s.dim, s.kv_dim())?,
+                    wv: QMatrix::load_exact(gguf, &t("attn_v"), s.dim, s.kv_dim())?,
+                    wo: QMatrix::load_exact(gguf, &t("attn_output"), s.q_dim(), s.dim)?,
+                    q_norm: optional("attn_q_norm", s.head_dim, s.qk_norm)?,
+                    k_norm: optional("attn_k_norm", s.head_dim, s.qk_norm)?,
+                    post_attn_norm: optional("post_attention_norm", s.dim, s.post_norms)?,
+                    ffn_norm: load_vector(gguf, &t("ffn_norm"), s.dim)?,
+                    gate: QMatrix::load_exact(gguf, &t("ffn_gate"), s.dim, s.ffn_dim)?,
+                    up: QMatrix::load_exact(gguf, &t("ffn_up"), s.dim, s.ffn_dim)?,
+                    down: QMatrix::load_exact(gguf, &t("ffn_down"), s.ffn_dim, s.dim)?,
+                    post_ffn_norm: optional("post_ffw_norm", s.dim, s.post_norms)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let head = if last {
+            // Tied embeddings: models without an output matrix reuse the token embedding.
+            let name = if gguf.tensors.contains_key("output.weight") { "output.weight" } else { "token_embd.weight" };
+            Some(Head {
+                norm: load_vector(gguf, "output_norm.weight", s.dim)?,
+                output: QMatrix::load_exact(gguf, name, s.dim, s.vocab)?,
+            })
+        } else {
+            None
+        };
+        Ok(Stage { spec, range, embedding, layers, head, pool })
+    }
+
+    /// The layers this stage holds.
+    pub fn layers(&self) -> Range<usize> {
+        self.range.clone()
+    }
+
+    /// The model's spec.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// Whether this stage ends with the output head (produces logits).
+    pub fn is_last(&self) -> bool {
+        self.head.is_some()
+    }
+
+    /// Whether this stage starts with the embedding (takes tokens).
+    pub fn is_first(&self) -> bool {
+        self.embedding.is_some()
+    }
+
+    /// A fresh per-session cache for up to `capacity` positions (capped at the model's context).
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        KvCache::new(self.layers.len(), self.spec.kv_dim(), capacity.clamp(1, self.spec.context))
+    }
+
+    /// Runs the stage on `input` at the cache's next positions, appending them to the cache.
+    /// `out` receives `n × dim` hidden states, or the last position's logits on the last stage.
+    pub fn forward(&self, cache: &mut KvCache, input: StageInput<'_>, out: &mut Vec<f32>) -> Result<StageOutput> {
+        let dim = self.spec.dim;
+        let n = match input {
+            StageInput::Tokens(tokens) => {
+                if self.embedding.is_none() {
+                    return Err(Error::BadStageInput(format!(
+                        "stage {:?} starts mid-model and takes hidden states, not tokens",
+                        self.range
+                    )));
+                }
+                if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.spec.vocab) {
+                    return Err(Error::BadStageInput(format!("token id {bad} is outside the vocabulary of {}", self.spec.vocab)));
+                }
+                tokens.len()
+            }
+            StageInput::Hidden(h) => {
+                if self.embedding.is_some() {
+                    return Err(Error::BadStageInput("the first stage takes token ids, not hidden states".into()));
+                }
+                if h.len() % dim != 0 {
+                    return Err(Error::BadStageInput(format!("{} floats is not a whole number of {dim}-wide rows", h.len())));
+                }
+                h.len() / dim
+            }
+        };
+        if n == 0 {
+            return Err(Error::BadStageInput("no positions to run".into()));
+        }
+        if cache.len + n > cache.capacity {
+            return Err(Error::ContextOverflow { prompt: cache.len + n, context: cache.capacity });
+        }
+        if cache.layers.len() != self.layers.len() {
+            return Err(Error::BadStageInput("cache was made for a different stage".into()));
+        }
+        self.pool.install(|| self.forward_inner(cache, input, n, out))
+    }
+
+    fn forward_inner(&self, cache: &mut KvCache, input: StageInput<'_>, n: usize, out: &mut Vec<f32>) -> Result<StageOutput> {
+        let spec = &*self.spec;
+        let dim = spec.dim;
+        let pos0 = cache.len;
+        let s = &mut cache.scratch;
+        let x = sized(&mut s.x, n * dim);
+        match input {
+            StageInput::Tokens(tokens) => {
+                let emb = self.embedding.as_ref().expect("checked in forward");
+                for (row, &t) in x.chunks_exact_mut(dim).zip(tokens) {
+                    emb.row_to_f32(t as usize, row);
+                    if let Some(scale) = spec.embed_scale {
+                        row.iter_mut().for_each(|v| *v *= scale);
+                    }
+                }
+            }
+            StageInput::Hidden(h) => x.copy_from_slice(h),
+        }
+        for (li, layer) in self.layers.iter().enumerate() {
+            let layer_spec = spec.layers[self.range.start + li];
+            let lc = &mut cache.layers[li];
+            let x = &mut s.x[..n * dim];
+            let xn = sized(&mut s.xn, n * dim);
+            for (o, r) in xn.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+                ops::rms_norm(r, &layer.attn_norm, spec.norm_eps, o);
+            }
+            let q = sized(&mut s.q, n * spec.q_dim());
+            let k = sized(&mut s.k, n * spec.kv_dim());
+            let v = sized(&mut s.v, n * spec.kv_dim());
+            layer.wq.matmul(xn, q, &mut s.quant);
+            layer.wk.matmul(xn, k, &mut s.quant);
+            layer.wv.matmul(xn, v, &mut s.quant);
+            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                ops::rms_norm_rows_in_place(q, qn, spec.norm_eps);
+                ops::rms_norm_rows_in_place(k, kn, spec.norm_eps);
+            }
+            let half = spec.rope_dims / 2;
+            let cos = sized(&mut s.cos, half);
+            let sin = sized(&mut s.sin, half);
+            for t in 0..n {
+                ops::rope_angles(pos0 + t, layer_spec.rope_base, spec.rope_dims, cos, sin);
+                for head in q[t * spec.q_dim()..(t + 1) * spec.q_dim()].chunks_exact_mut(spec.head_dim) {
+                    ops::rope_apply(head, spec.rope_style, cos, sin);
+                }
+                for head in k[t * spec.kv_dim()..(t + 1) * spec.kv_dim()].chunks_exact_mut(spec.head_dim) {
+                    ops::rope_apply(head, spec.rope_style, cos, sin);
+                }
+            }
+            let kv = spec.kv_dim();
+            lc.k[pos0 * kv..(pos0 + n) * kv].copy_from_slice(k);
+            lc.v[pos0 * kv..(pos0 + n) * kv].copy_from_slice(v);
+            let att = sized(&mut s.att, n * spec.q_dim());
+            attention(spec, layer_spec.window, pos0, q, &lc.k, &lc.v, att, &mut s.scores);
+            let o = sized(&mut s.o, n * dim);
+            layer.wo.matmul(att, o, &mut s.quant);
+            if let Some(pn) = &layer.post_attn_norm {
+                ops::rms_norm_rows_in_place(o, pn, spec.norm_eps);
+            }
+            x.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
+
+            for (o, r) in xn.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+                ops::rms_norm(r, &layer.ffn_norm, spec.norm_eps, o);
+            }
+            let gate = sized(&mut s.gate, n * spec.ffn_dim);
+            let up = sized(&mut s.up, n * spec.ffn_dim);
+            layer.gate.matmul(xn, gate, &mut s.quant);
+            layer.up.matmul(xn, up, &mut s.quant);
+            ops::gated_activation(gate, up, spec.activation);
+            layer.down.matmul(gate, o, &mut s.quant);
+            if let Some(pn) = &layer.post_ffn_norm {
+                ops::rms_norm_rows_in_place(o, pn, spec.norm_eps);
+            }
+            x.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
+        }
+        cache.len += n;
+        let x = &s.x[..n * dim];
+        match &self.head {
+            Some(head) => {
+                let xn = sized(&mut s.xn, dim);
+                ops::rms_norm(&x[(n - 1) * dim..], &head.norm, spec.norm_eps, xn);
+                out.resize(spec.vocab, 0.0);
+                head.output.matmul(xn, out, &mut s.quant);
+                Ok(StageOutput::Logits)
+            }
+            None => {
+                out.clear();
+                out.extend_from_slice(x);
+                Ok(StageOutput::Hidden)
+            }
+        }
+    }
+}
+
+/// Causal (optionally sliding-window) grouped-query attention of `n` new positions starting at
+/// `pos0`, whose keys and values are already in the cache.
+#[allow(clippy::too_many_arguments)]
+fn attention(spec: &ModelSpec, window: Option<usize>, pos0: usize, q: &[f32], k_cache: &[f32], v_cache: &[f32], att: &mut [f32], scores: &mut Vec<f32>) {
+    let hd = spec.head_dim;
+    let heads = spec.heads;
+    let group = spec.heads / spec.kv_heads;
+    let kv = spec.kv_dim();
+    let one = |idx: usize, out: &mut [f32], sc: &mut Vec<f32>| {
+        let (t, h) = (idx / heads, idx % heads);
+        let p = pos0 + t;
+        let start = window.map_or(0, |w| (p + 1).saturating_sub(w));
+        let qh = &q[idx * hd..(idx + 1) * hd];
+        let kvh = (h / group) * hd;
+        let sc = sized(sc, p + 1 - start);
+        for (j, s) in (start..=p).zip(sc.iter_mut()) {
+            *s = ops::dot(qh, &k_cache[j * kv + kvh..j * kv + kvh + hd]) * spec.attn_scale;
+        }
+        ops::softmax(sc);
+        out.fill(0.0);
+        for (j, &w) in (start..=p).zip(sc.iter()) {
+            ops::axpy(out, w, &v_cache[j * kv + kvh..j * kv + kvh + hd]);
+        }
+    };
+    let n_rows = att.len() / hd;
+    if n_rows * (pos0 + 1) < 4096 {
+        // Short decode steps: threads would cost more than they save.
+        for (idx, out) in att.chunks_exact_mut(hd).enumerate() {
+            one(idx, out, scores);
+        }
+    } else {
+        att.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |sc, (idx, out)| one(idx, out, sc));
+    }
+}
