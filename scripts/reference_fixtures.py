@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import jinja2
+import numpy as np
 import llama_cpp
 from llama_cpp import Llama
 
@@ -46,6 +47,18 @@ QUESTIONS = [
     "What is a prime number?",
     "Write a Python function that reverses a string.",
     "Why is the sky blue?",
+    "What is the boiling point of water in Fahrenheit?",
+    "Name a famous painting by Leonardo da Vinci.",
+    "How many legs does a spider have?",
+    "What does a thermometer measure?",
+    "Suggest a name for a pet goldfish.",
+    "What is the largest ocean on Earth?",
+    "Write one sentence about the moon.",
+    "What language is spoken in Brazil?",
+    "How do I make a cup of tea?",
+    "What is the opposite of hot?",
+    "Who painted the Mona Lisa?",
+    "What is the square root of 81?",
 ]
 
 COMPLETIONS = [
@@ -61,6 +74,18 @@ COMPLETIONS = [
     "Photosynthesis is the process by which",
     "import numpy as np\n",
     "My favourite book is",
+    "The largest planet in our solar system is",
+    "To make a cup of tea, first",
+    "The Eiffel Tower is located in",
+    "Monday, Tuesday, Wednesday,",
+    "Dear Sir or Madam,\n\nI am writing to",
+    "The chemical symbol for gold is",
+    "for i in range(10):\n",
+    "The best way to learn a new language is",
+    "Mount Everest is the highest",
+    "Roses are red, violets are blue,",
+    "The sun rises in the",
+    "One, two, three, four,",
 ]
 
 
@@ -72,13 +97,19 @@ def render_chat(template: str, messages, bos: str, eos: str) -> str:
     )
 
 
-def greedy(llm: Llama, tokens):
-    out = []
-    for t in llm.generate(tokens, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
-        out.append(int(t))
-        if len(out) == GREEDY_TOKENS:
-            break
-    return out
+def greedy(path: Path, tokens):
+    """Greedy continuation from a fresh context, with the gap between the best and second-best
+    logit at each step (a small gap means the reference itself sits on a near-tie)."""
+    llm = Llama(model_path=str(path), n_ctx=1024, n_threads=2, n_batch=512, seed=0, verbose=False, logits_all=True)
+    llm.eval(tokens)
+    out, gaps = [], []
+    while len(out) < GREEDY_TOKENS:
+        logits = np.asarray(llm.scores[llm.n_tokens - 1])
+        best, second = np.argsort(-logits)[:2]
+        out.append(int(best))
+        gaps.append(round(float(logits[best] - logits[second]), 4))
+        llm.eval([int(best)])
+    return out, gaps
 
 
 def main(models_dir: Path, fixtures_dir: Path) -> None:
@@ -105,7 +136,7 @@ def main(models_dir: Path, fixtures_dir: Path) -> None:
         for p in prompts:
             ids = [int(i) for i in llm.tokenize(p["text"].encode(), add_bos=add_bos, special=True)]
             p["ids"] = ids
-            p["greedy"] = greedy(llm, ids)
+            p["greedy"], p["gaps"] = greedy(path, ids)
         fixture = {
             "model": name,
             "file": path.name,

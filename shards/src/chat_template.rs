@@ -100,7 +100,7 @@ mod tests {
         let src = "{% for m in messages %}\n  <|{{ m.role }}|>{{ m.content | trim }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}";
         let t = ChatTemplate::new(src, "<s>".into(), "</s>".into(), true).unwrap();
         let out = t.render(&[ChatMessage::new("user", " hi ")], true).unwrap();
-        assert_eq!(out, "<|user|>hi\n<|assistant|>");
+        assert_eq!(out, "  <|user|>hi\n<|assistant|>");
     }
 
     #[test]

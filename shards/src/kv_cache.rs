@@ -1,12 +1,15 @@
 //! Per-session state of one stage: the key/value cache of its layers and the activation buffers
-//! its forward pass reuses, so decoding a token allocates nothing.
+//! its forward pass reuses, so decoding a token allocates nothing. Keys and values are stored as
+//! f16, as llama.cpp stores them by default: half the memory, and the same rounding.
+
+use half::f16;
 
 use crate::quant::QuantScratch;
 
-/// Keys and values of one layer, `capacity` rows of `kv_dim` floats each.
+/// Keys and values of one layer, `capacity` rows of `kv_dim` halves each.
 pub(crate) struct LayerCache {
-    pub k: Vec<f32>,
-    pub v: Vec<f32>,
+    pub k: Vec<f16>,
+    pub v: Vec<f16>,
 }
 
 /// A session's cache for one stage.
@@ -22,7 +25,7 @@ impl KvCache {
     /// zeroed up front; the OS backs pages only as positions are written.
     pub(crate) fn new(layers: usize, kv_dim: usize, capacity: usize) -> Self {
         let layers = (0..layers)
-            .map(|_| LayerCache { k: vec![0.0; capacity * kv_dim], v: vec![0.0; capacity * kv_dim] })
+            .map(|_| LayerCache { k: vec![f16::ZERO; capacity * kv_dim], v: vec![f16::ZERO; capacity * kv_dim] })
             .collect();
         KvCache { layers, capacity, len: 0, scratch: Scratch::default() }
     }
@@ -60,7 +63,7 @@ pub(crate) struct Scratch {
     pub o: Vec<f32>,
     pub gate: Vec<f32>,
     pub up: Vec<f32>,
-    pub scores: Vec<f32>,
+    pub attn: crate::stage::AttnScratch,
     pub cos: Vec<f32>,
     pub sin: Vec<f32>,
     pub quant: QuantScratch,

@@ -1,6 +1,7 @@
 //! hearth's inference engine: GGUF models on CPU with candle's quantized block kernels, run as
 //! whole models or as layer-range stages of a split, with tokenizer, chat template and sampling.
 
+pub mod activation;
 pub mod chat_template;
 pub mod error;
 pub mod family;

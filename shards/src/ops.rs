@@ -4,19 +4,23 @@ use crate::spec::{Activation, RopeStyle};
 
 /// RMSNorm of one row into `out`: `x / sqrt(mean(x^2) + eps) * weight`.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    // Accumulate in f64 as ggml does: long rows of small values lose precision in f32.
-    let sum: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-    let scale = (1.0 / (sum / x.len() as f64 + f64::from(eps)).sqrt()) as f32;
+    let scale = rms_scale(x, eps);
     for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
         *o = v * scale * w;
     }
 }
 
+/// `1 / sqrt(mean(x^2) + eps)`, summed in f64 and finished in f32 as ggml does.
+fn rms_scale(x: &[f32], eps: f32) -> f32 {
+    let sum: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    1.0 / (mean + eps).sqrt()
+}
+
 /// RMSNorm of each `weight.len()`-wide row of `x`, in place.
 pub fn rms_norm_rows_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     for row in x.chunks_exact_mut(weight.len()) {
-        let sum: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-        let scale = (1.0 / (sum / row.len() as f64 + f64::from(eps)).sqrt()) as f32;
+        let scale = rms_scale(row, eps);
         for (v, &w) in row.iter_mut().zip(weight) {
             *v *= scale * w;
         }
@@ -64,13 +68,26 @@ pub fn gated_activation(gate: &mut [f32], up: &[f32], act: Activation) {
             }
         }
         Activation::GeluTanh => {
-            const SQRT_2_OVER_PI: f32 = 0.797_884_6;
             for (g, &u) in gate.iter_mut().zip(up) {
-                let x = *g;
-                *g = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh()) * u;
+                *g = gelu_f16_table(*g) * u;
             }
         }
     }
+}
+
+/// GELU (tanh approximation) as ggml computes it: looked up at the f16 nearest the input and
+/// stored as f16, with the tails passed through exactly.
+fn gelu_f16_table(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    if x <= -10.0 {
+        return 0.0;
+    }
+    if x >= 10.0 {
+        return x;
+    }
+    let x = half::f16::from_f32(x).to_f32();
+    let y = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh());
+    half::f16::from_f32(y).to_f32()
 }
 
 /// Numerically stable softmax in place.
@@ -149,8 +166,8 @@ mod tests {
     fn gelu_tanh_matches_known_values() {
         let mut g = [1.0f32, -1.0, 0.0];
         gated_activation(&mut g, &[1.0; 3], Activation::GeluTanh);
-        assert!((g[0] - 0.841_192).abs() < 1e-5, "{}", g[0]);
-        assert!((g[1] + 0.158_808).abs() < 1e-5, "{}", g[1]);
+        assert!((g[0] - 0.841_192).abs() < 1e-3, "{}", g[0]);
+        assert!((g[1] + 0.158_808).abs() < 1e-3, "{}", g[1]);
         assert_eq!(g[2], 0.0);
     }
 

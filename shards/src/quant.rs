@@ -6,6 +6,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use candle_core::quantized::k_quants::{self as kq, GgmlType as Block};
+use candle_core::quantized::GgmlDType;
+
+use crate::activation;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -322,9 +325,14 @@ fn matmul_blocks<T: Block>(w: &[u8], rows: usize, cols: usize, xs: &[f32], out: 
     let dot_block = std::mem::size_of::<T::VecDotType>();
     let dot_per_row = cols / T::VecDotType::BLCK_SIZE;
     let qbytes = scratch.bytes(n * dot_per_row * dot_block);
-    let q = as_blocks_mut::<T::VecDotType>(qbytes);
-    q.par_chunks_mut(dot_per_row).zip(xs.par_chunks(cols)).for_each(|(qt, xt)| T::VecDotType::from_float(xt, qt));
-    let q: &[T::VecDotType] = q;
+    let row_bytes = dot_per_row * dot_block;
+    qbytes.par_chunks_mut(row_bytes).zip(xs.par_chunks(cols)).for_each(|(qt, xt)| match T::VecDotType::DTYPE {
+        GgmlDType::Q8_0 => activation::quantize_q8_0(xt, qt),
+        GgmlDType::Q8_1 => activation::quantize_q8_1(xt, qt),
+        GgmlDType::Q8K => activation::quantize_q8_k(xt, qt),
+        _ => T::VecDotType::from_float(xt, as_blocks_mut::<T::VecDotType>(qt)),
+    });
+    let q: &[T::VecDotType] = as_blocks::<T::VecDotType>(qbytes);
     let w = as_blocks::<T>(w);
     if n == 1 {
         out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(i, chunk)| {

@@ -6,6 +6,8 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 use rayon::ThreadPool;
 
@@ -252,10 +254,10 @@ impl Stage {
                 }
             }
             let kv = spec.kv_dim();
-            lc.k[pos0 * kv..(pos0 + n) * kv].copy_from_slice(k);
-            lc.v[pos0 * kv..(pos0 + n) * kv].copy_from_slice(v);
+            lc.k[pos0 * kv..(pos0 + n) * kv].convert_from_f32_slice(k);
+            lc.v[pos0 * kv..(pos0 + n) * kv].convert_from_f32_slice(v);
             let att = sized(&mut s.att, n * spec.q_dim());
-            attention(spec, layer_spec.window, pos0, q, &lc.k, &lc.v, att, &mut s.scores);
+            attention(spec, layer_spec.window, pos0, q, &lc.k, &lc.v, att, &mut s.attn);
             let o = sized(&mut s.o, n * dim);
             layer.wo.matmul(att, o, &mut s.quant);
             if let Some(pn) = &layer.post_attn_norm {
@@ -297,36 +299,57 @@ impl Stage {
 }
 
 /// Causal (optionally sliding-window) grouped-query attention of `n` new positions starting at
-/// `pos0`, whose keys and values are already in the cache.
+/// `pos0`, whose keys and values are already in the cache. Like llama.cpp's default path, the
+/// query meets the f16 keys as f16, and the attention weights meet the f16 values as f16.
 #[allow(clippy::too_many_arguments)]
-fn attention(spec: &ModelSpec, window: Option<usize>, pos0: usize, q: &[f32], k_cache: &[f32], v_cache: &[f32], att: &mut [f32], scores: &mut Vec<f32>) {
+fn attention(spec: &ModelSpec, window: Option<usize>, pos0: usize, q: &[f32], k_cache: &[f16], v_cache: &[f16], att: &mut [f32], scratch: &mut AttnScratch) {
     let hd = spec.head_dim;
     let heads = spec.heads;
     let group = spec.heads / spec.kv_heads;
     let kv = spec.kv_dim();
-    let one = |idx: usize, out: &mut [f32], sc: &mut Vec<f32>| {
+    let one = |idx: usize, out: &mut [f32], s: &mut AttnScratch| {
         let (t, h) = (idx / heads, idx % heads);
         let p = pos0 + t;
         let start = window.map_or(0, |w| (p + 1).saturating_sub(w));
-        let qh = &q[idx * hd..(idx + 1) * hd];
         let kvh = (h / group) * hd;
-        let sc = sized(sc, p + 1 - start);
+        let qh = sized(&mut s.q, hd);
+        qh.copy_from_slice(&q[idx * hd..(idx + 1) * hd]);
+        round_to_f16(qh);
+        let row = sized(&mut s.row, hd);
+        let sc = sized(&mut s.scores, p + 1 - start);
         for (j, s) in (start..=p).zip(sc.iter_mut()) {
-            *s = ops::dot(qh, &k_cache[j * kv + kvh..j * kv + kvh + hd]) * spec.attn_scale;
+            k_cache[j * kv + kvh..j * kv + kvh + hd].convert_to_f32_slice(row);
+            *s = ops::dot(qh, row) * spec.attn_scale;
         }
         ops::softmax(sc);
+        round_to_f16(sc);
         out.fill(0.0);
         for (j, &w) in (start..=p).zip(sc.iter()) {
-            ops::axpy(out, w, &v_cache[j * kv + kvh..j * kv + kvh + hd]);
+            v_cache[j * kv + kvh..j * kv + kvh + hd].convert_to_f32_slice(row);
+            ops::axpy(out, w, row);
         }
     };
     let n_rows = att.len() / hd;
     if n_rows * (pos0 + 1) < 4096 {
         // Short decode steps: threads would cost more than they save.
         for (idx, out) in att.chunks_exact_mut(hd).enumerate() {
-            one(idx, out, scores);
+            one(idx, out, scratch);
         }
     } else {
-        att.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |sc, (idx, out)| one(idx, out, sc));
+        att.par_chunks_mut(hd).enumerate().for_each_init(AttnScratch::default, |s, (idx, out)| one(idx, out, s));
+    }
+}
+
+/// Buffers one attention row needs.
+#[derive(Default)]
+pub(crate) struct AttnScratch {
+    q: Vec<f32>,
+    row: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+fn round_to_f16(xs: &mut [f32]) {
+    for x in xs {
+        *x = f16::from_f32(*x).to_f32();
     }
 }

@@ -1,0 +1,30 @@
+# hearth: two entry points for a fresh machine.
+#   make run   fetch the models if missing, build, and chat with the default model
+#   make test  fetch the models if missing, build, and run every test
+# Everything builds with the release profile so dependencies compile once for both.
+
+CARGO ?= cargo
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+HEARTH := $(TARGET_DIR)/release/hearth
+
+.PHONY: run test build models fixtures bench
+
+build:
+	$(CARGO) build --release --workspace --bins
+
+models: build
+	HEARTH_BIN=$(HEARTH) bash scripts/fetch-models
+
+run: models
+	$(HEARTH) chat
+
+test: models
+	$(CARGO) test --release --workspace --no-fail-fast
+
+# Regenerate the llama.cpp reference fixtures (builds llama.cpp; not needed to run tests).
+fixtures:
+	bash scripts/make-reference-fixtures
+
+bench: models
+	$(HEARTH) bench -m smollm2-135m -t 1,2
+	$(HEARTH) bench -m gemma3-270m -t 1,2
