@@ -8,7 +8,7 @@ use std::sync::Arc;
 use candle_core::quantized::k_quants::{self as kq, GgmlType as Block};
 use candle_core::quantized::GgmlDType;
 
-use crate::activation;
+use crate::{activation, kernels};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -259,8 +259,8 @@ impl QMatrix {
             F16 => matmul_blocks::<f16>(w, self.rows, self.cols, xs, out, scratch),
             BF16 => matmul_blocks::<bf16>(w, self.rows, self.cols, xs, out, scratch),
             Q4_0 => matmul_blocks::<kq::BlockQ4_0>(w, self.rows, self.cols, xs, out, scratch),
-            Q4_1 => matmul_blocks::<kq::BlockQ4_1>(w, self.rows, self.cols, xs, out, scratch),
-            Q5_0 => matmul_blocks::<kq::BlockQ5_0>(w, self.rows, self.cols, xs, out, scratch),
+            Q4_1 => matmul_with::<kq::BlockQ4_1>(w, self.rows, self.cols, xs, out, scratch, q4_1_dot),
+            Q5_0 => matmul_with::<kq::BlockQ5_0>(w, self.rows, self.cols, xs, out, scratch, q5_0_dot),
             Q5_1 => matmul_blocks::<kq::BlockQ5_1>(w, self.rows, self.cols, xs, out, scratch),
             Q8_0 => matmul_blocks::<kq::BlockQ8_0>(w, self.rows, self.cols, xs, out, scratch),
             Q2K => matmul_blocks::<kq::BlockQ2K>(w, self.rows, self.cols, xs, out, scratch),
@@ -319,7 +319,28 @@ fn row_blocks<T: Block>(w: &[u8], cols: usize, row: usize, out: &mut [f32]) {
 /// Rows per parallel task: enough work per task that scheduling stays cheap.
 const ROWS_PER_TASK: usize = 32;
 
+/// A row dot product: `cols` weights against one quantized activation row.
+type RowDot<T> = fn(usize, &[T], &[<T as Block>::VecDotType]) -> f32;
+
 fn matmul_blocks<T: Block>(w: &[u8], rows: usize, cols: usize, xs: &[f32], out: &mut [f32], scratch: &mut QuantScratch) {
+    matmul_with::<T>(w, rows, cols, xs, out, scratch, T::vec_dot)
+}
+
+fn q4_1_dot(cols: usize, x: &[kq::BlockQ4_1], y: &[kq::BlockQ8_1]) -> f32 {
+    kernels::dot_q4_1_q8_1(as_bytes(x), as_bytes(y), cols / 32)
+}
+
+fn q5_0_dot(cols: usize, x: &[kq::BlockQ5_0], y: &[kq::BlockQ8_0]) -> f32 {
+    kernels::dot_q5_0_q8_0(as_bytes(x), as_bytes(y), cols / 32)
+}
+
+fn as_bytes<T>(blocks: &[T]) -> &[u8] {
+    // SAFETY: any initialized memory can be viewed as bytes.
+    unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), std::mem::size_of_val(blocks)) }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn matmul_with<T: Block>(w: &[u8], rows: usize, cols: usize, xs: &[f32], out: &mut [f32], scratch: &mut QuantScratch, dot: RowDot<T>) {
     let n = xs.len() / cols;
     let per_row = cols / T::BLCK_SIZE;
     let dot_block = std::mem::size_of::<T::VecDotType>();
@@ -339,7 +360,7 @@ fn matmul_blocks<T: Block>(w: &[u8], rows: usize, cols: usize, xs: &[f32], out: 
             let r0 = i * ROWS_PER_TASK;
             for (j, o) in chunk.iter_mut().enumerate() {
                 let r = r0 + j;
-                *o = T::vec_dot(cols, &w[r * per_row..(r + 1) * per_row], q);
+                *o = dot(cols, &w[r * per_row..(r + 1) * per_row], q);
             }
         });
         return;
@@ -353,7 +374,7 @@ fn matmul_blocks<T: Block>(w: &[u8], rows: usize, cols: usize, xs: &[f32], out: 
         for r in band * ROWS_PER_TASK..r_end {
             let wr = &w[r * per_row..(r + 1) * per_row];
             for t in 0..n {
-                let v = T::vec_dot(cols, wr, &q[t * dot_per_row..(t + 1) * dot_per_row]);
+                let v = dot(cols, wr, &q[t * dot_per_row..(t + 1) * dot_per_row]);
                 // SAFETY: cell (t, r) is written by exactly one task (the one owning row r),
                 // and `out` outlives the parallel loop.
                 unsafe { *out_ptr.0.add(t * rows + r) = v };

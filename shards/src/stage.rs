@@ -14,7 +14,7 @@ use rayon::ThreadPool;
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, TensorInfo};
 use crate::kv_cache::{sized, KvCache};
-use crate::ops;
+use crate::{kernels, ops};
 use crate::quant::{GgmlType, QMatrix};
 use crate::spec::ModelSpec;
 
@@ -315,18 +315,15 @@ fn attention(spec: &ModelSpec, window: Option<usize>, pos0: usize, q: &[f32], k_
         let qh = sized(&mut s.q, hd);
         qh.copy_from_slice(&q[idx * hd..(idx + 1) * hd]);
         round_to_f16(qh);
-        let row = sized(&mut s.row, hd);
         let sc = sized(&mut s.scores, p + 1 - start);
         for (j, s) in (start..=p).zip(sc.iter_mut()) {
-            k_cache[j * kv + kvh..j * kv + kvh + hd].convert_to_f32_slice(row);
-            *s = ops::dot(qh, row) * spec.attn_scale;
+            *s = kernels::dot_f16(&k_cache[j * kv + kvh..j * kv + kvh + hd], qh) * spec.attn_scale;
         }
         ops::softmax(sc);
         round_to_f16(sc);
         out.fill(0.0);
         for (j, &w) in (start..=p).zip(sc.iter()) {
-            v_cache[j * kv + kvh..j * kv + kvh + hd].convert_to_f32_slice(row);
-            ops::axpy(out, w, row);
+            kernels::axpy_f16(out, w, &v_cache[j * kv + kvh..j * kv + kvh + hd]);
         }
     };
     let n_rows = att.len() / hd;
@@ -344,7 +341,6 @@ fn attention(spec: &ModelSpec, window: Option<usize>, pos0: usize, q: &[f32], k_
 #[derive(Default)]
 pub(crate) struct AttnScratch {
     q: Vec<f32>,
-    row: Vec<f32>,
     scores: Vec<f32>,
 }
 

@@ -1,0 +1,299 @@
+//! Dot-product kernels for the block types candle leaves scalar (Q4_1 × Q8_1, Q5_0 × Q8_0), with
+//! AVX2/FMA paths chosen at run time and portable fallbacks tested to agree with them. Blocks are
+//! raw GGUF bytes: Q4_1 = f16 d, f16 m, 16 nibble bytes; Q5_0 = f16 d, u32 high bits, 16 nibble
+//! bytes; Q8_1 = f16 d, f16 s, 32 i8; Q8_0 = f16 d, 32 i8.
+
+use half::f16;
+
+const Q4_1: usize = 20;
+const Q5_0: usize = 22;
+const Q8_0: usize = 34;
+const Q8_1: usize = 36;
+
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// Whether the AVX2 + FMA + F16C kernels can run here.
+pub fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Dot product of `blocks` Q4_1 weight blocks with Q8_1 activation blocks.
+pub fn dot_q4_1_q8_1(x: &[u8], y: &[u8], blocks: usize) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 and FMA are present (checked above); slices hold `blocks` whole blocks.
+        return unsafe { avx2::dot_q4_1_q8_1(x, y, blocks) };
+    }
+    dot_q4_1_q8_1_portable(x, y, blocks)
+}
+
+/// Dot product of `blocks` Q5_0 weight blocks with Q8_0 activation blocks.
+pub fn dot_q5_0_q8_0(x: &[u8], y: &[u8], blocks: usize) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: as above.
+        return unsafe { avx2::dot_q5_0_q8_0(x, y, blocks) };
+    }
+    dot_q5_0_q8_0_portable(x, y, blocks)
+}
+
+/// `sum(k[i] * q[i])` for an f16 key row and an f32 query.
+pub fn dot_f16(k: &[f16], q: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() && k.len() % 8 == 0 {
+        // SAFETY: features checked; lengths checked inside.
+        return unsafe { avx2::dot_f16(k, q) };
+    }
+    k.iter().zip(q).map(|(a, b)| a.to_f32() * b).sum()
+}
+
+/// `out += w * v` for an f16 value row.
+pub fn axpy_f16(out: &mut [f32], w: f32, v: &[f16]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() && v.len() % 8 == 0 {
+        // SAFETY: features checked; lengths checked inside.
+        return unsafe { avx2::axpy_f16(out, w, v) };
+    }
+    for (o, x) in out.iter_mut().zip(v) {
+        *o += w * x.to_f32();
+    }
+}
+
+/// Portable Q4_1 × Q8_1.
+pub fn dot_q4_1_q8_1_portable(x: &[u8], y: &[u8], blocks: usize) -> f32 {
+    let mut sum = 0.0f32;
+    for (xb, yb) in x.chunks_exact(Q4_1).zip(y.chunks_exact(Q8_1)).take(blocks) {
+        let mut sumi = 0i32;
+        for j in 0..16 {
+            let lo = i32::from(xb[4 + j] & 0x0F);
+            let hi = i32::from(xb[4 + j] >> 4);
+            sumi += lo * i32::from(yb[4 + j] as i8) + hi * i32::from(yb[20 + j] as i8);
+        }
+        sum += sumi as f32 * f16_at(xb, 0) * f16_at(yb, 0) + f16_at(xb, 2) * f16_at(yb, 2);
+    }
+    sum
+}
+
+/// Portable Q5_0 × Q8_0.
+pub fn dot_q5_0_q8_0_portable(x: &[u8], y: &[u8], blocks: usize) -> f32 {
+    let mut sum = 0.0f32;
+    for (xb, yb) in x.chunks_exact(Q5_0).zip(y.chunks_exact(Q8_0)).take(blocks) {
+        let qh = u32::from_le_bytes([xb[2], xb[3], xb[4], xb[5]]);
+        let mut sumi = 0i32;
+        for j in 0..16 {
+            let h0 = ((qh >> j) << 4) & 0x10;
+            let h1 = (qh >> (j + 12)) & 0x10;
+            let x0 = ((u32::from(xb[6 + j]) & 0x0F) | h0) as i32 - 16;
+            let x1 = ((u32::from(xb[6 + j]) >> 4) | h1) as i32 - 16;
+            sumi += x0 * i32::from(yb[2 + j] as i8) + x1 * i32::from(yb[18 + j] as i8);
+        }
+        sum += sumi as f32 * f16_at(xb, 0) * f16_at(yb, 0);
+    }
+    sum
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use half::f16;
+
+    use super::{Q4_1, Q5_0, Q8_0, Q8_1};
+
+    /// Little-endian f16 at `at`, converted with F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn f16_at(b: &[u8], at: usize) -> f32 {
+        let bits = u16::from_le_bytes([b[at], b[at + 1]]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    }
+
+    /// # Safety
+    /// Needs AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16(k: &[f16], q: &[f32]) -> f32 {
+        assert!(q.len() >= k.len() && k.len() % 8 == 0);
+        let mut acc = _mm256_setzero_ps();
+        for i in (0..k.len()).step_by(8) {
+            // SAFETY: i + 8 <= k.len() <= q.len().
+            let (kv, qv) = unsafe { (_mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(i).cast())), _mm256_loadu_ps(q.as_ptr().add(i))) };
+            acc = _mm256_fmadd_ps(kv, qv, acc);
+        }
+        hsum(acc)
+    }
+
+    /// # Safety
+    /// Needs AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn axpy_f16(out: &mut [f32], w: f32, v: &[f16]) {
+        assert!(out.len() >= v.len() && v.len() % 8 == 0);
+        let wv = _mm256_set1_ps(w);
+        for i in (0..v.len()).step_by(8) {
+            // SAFETY: i + 8 <= v.len() <= out.len().
+            unsafe {
+                let x = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(i).cast()));
+                let o = out.as_mut_ptr().add(i);
+                _mm256_storeu_ps(o, _mm256_fmadd_ps(wv, x, _mm256_loadu_ps(o)));
+            }
+        }
+    }
+
+    /// 16 bytes of nibbles → 32 bytes: low nibbles, then high nibbles.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn nibbles(p: *const u8) -> __m256i {
+        // SAFETY: the caller passes a pointer to 16 readable bytes.
+        let tmp = unsafe { _mm_loadu_si128(p.cast()) };
+        let both = _mm256_insertf128_si256(_mm256_castsi128_si256(tmp), _mm_srli_epi16(tmp, 4), 1);
+        _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+    }
+
+    /// Sum of unsigned × signed byte products, as 8 floats.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn mul_sum_us8(ax: __m256i, sy: __m256i) -> __m256 {
+        let dot = _mm256_maddubs_epi16(ax, sy);
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(dot, _mm256_set1_epi16(1)))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// # Safety
+    /// Needs AVX2 and FMA; `x` and `y` hold at least `blocks` blocks.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q4_1_q8_1(x: &[u8], y: &[u8], blocks: usize) -> f32 {
+        assert!(x.len() >= blocks * Q4_1 && y.len() >= blocks * Q8_1);
+        let mut acc = _mm256_setzero_ps();
+        let mut offsets = 0.0f32;
+        for i in 0..blocks {
+            let (xb, yb) = (&x[i * Q4_1..], &y[i * Q8_1..]);
+            offsets += f16_at(xb, 2) * f16_at(yb, 2);
+            let d = _mm256_set1_ps(f16_at(xb, 0) * f16_at(yb, 0));
+            // SAFETY: bounds asserted above.
+            let (qx, qy) = unsafe { (nibbles(xb.as_ptr().add(4)), _mm256_loadu_si256(yb.as_ptr().add(4).cast())) };
+            acc = _mm256_fmadd_ps(d, mul_sum_us8(qx, qy), acc);
+        }
+        hsum(acc) + offsets
+    }
+
+    /// # Safety
+    /// Needs AVX2 and FMA; `x` and `y` hold at least `blocks` blocks.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q5_0_q8_0(x: &[u8], y: &[u8], blocks: usize) -> f32 {
+        assert!(x.len() >= blocks * Q5_0 && y.len() >= blocks * Q8_0);
+        let mut acc = _mm256_setzero_ps();
+        let shuffle = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+        let bit_mask = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
+        for i in 0..blocks {
+            let (xb, yb) = (&x[i * Q5_0..], &y[i * Q8_0..]);
+            let d = _mm256_set1_ps(f16_at(xb, 0) * f16_at(yb, 0));
+            let qh = i32::from_le_bytes([xb[2], xb[3], xb[4], xb[5]]);
+            // 0xFF in each byte whose fifth bit is set.
+            let bits = _mm256_cmpeq_epi8(_mm256_or_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(qh), shuffle), bit_mask), _mm256_set1_epi64x(-1));
+            // SAFETY: bounds asserted above.
+            let (lo, qy) = unsafe { (nibbles(xb.as_ptr().add(6)), _mm256_loadu_si256(yb.as_ptr().add(2).cast())) };
+            // Where the fifth bit is clear, value - 16 is the nibble with 0xF0 set (two's complement).
+            let qx = _mm256_or_si256(lo, _mm256_andnot_si256(bits, _mm256_set1_epi8(0xF0u8 as i8)));
+            let ax = _mm256_sign_epi8(qx, qx);
+            let sy = _mm256_sign_epi8(qy, qx);
+            acc = _mm256_fmadd_ps(d, mul_sum_us8(ax, sy), acc);
+        }
+        hsum(acc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(n: usize, seed: u64) -> Vec<u8> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (s >> 33) as u8
+            })
+            .collect()
+    }
+
+    /// Random blocks with sane f16 scales at the given byte offsets. Quantized activations never
+    /// hold -128 (their range is ±127), so neither do these.
+    fn blocks(count: usize, size: usize, scales: &[usize], seed: u64) -> Vec<u8> {
+        let mut b: Vec<u8> = bytes(count * size, seed).into_iter().map(|v| if v == 0x80 { 0x81 } else { v }).collect();
+        for (i, chunk) in b.chunks_exact_mut(size).enumerate() {
+            for (k, &at) in scales.iter().enumerate() {
+                let v = f16::from_f32(0.01 + ((i * 7 + k * 3) % 13) as f32 * 0.003);
+                chunk[at..at + 2].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        b
+    }
+
+    fn close(a: f32, b: f32) -> bool {
+        (a - b).abs() <= 1e-4 * a.abs().max(b.abs()).max(1.0)
+    }
+
+    #[test]
+    fn q4_1_simd_agrees_with_portable_and_candle() {
+        use candle_core::quantized::k_quants::{BlockQ4_1, BlockQ8_1, GgmlType};
+        for n in [1, 2, 18, 48] {
+            let x = blocks(n, Q4_1, &[0, 2], n as u64);
+            let y = blocks(n, Q8_1, &[0, 2], 99 + n as u64);
+            let portable = dot_q4_1_q8_1_portable(&x, &y, n);
+            assert!(close(dot_q4_1_q8_1(&x, &y, n), portable), "{n}");
+            // SAFETY: test buffers hold n blocks of each layout; alignment 2 holds for Vec<u8>
+            // allocations in practice and is checked here.
+            assert_eq!(x.as_ptr() as usize % 2, 0);
+            let (xc, yc) = unsafe {
+                (std::slice::from_raw_parts(x.as_ptr().cast::<BlockQ4_1>(), n), std::slice::from_raw_parts(y.as_ptr().cast::<BlockQ8_1>(), n))
+            };
+            assert!(close(BlockQ4_1::vec_dot_unopt(n * 32, xc, yc), portable), "{n}");
+        }
+    }
+
+    #[test]
+    fn f16_rows_simd_agree_with_portable() {
+        let k: Vec<f16> = (0..64).map(|i| f16::from_f32((i as f32 * 0.37).sin())).collect();
+        let q: Vec<f32> = (0..64).map(|i| (i as f32 * 0.11).cos()).collect();
+        let portable: f32 = k.iter().zip(&q).map(|(a, b)| a.to_f32() * b).sum();
+        assert!(close(dot_f16(&k, &q), portable));
+        let mut out = q.clone();
+        axpy_f16(&mut out, 0.5, &k);
+        for i in 0..64 {
+            assert!(close(out[i], q[i] + 0.5 * k[i].to_f32()));
+        }
+    }
+
+    #[test]
+    fn q5_0_simd_agrees_with_portable_and_candle() {
+        use candle_core::quantized::k_quants::{BlockQ5_0, BlockQ8_0, GgmlType};
+        for n in [1, 2, 20, 64] {
+            let x = blocks(n, Q5_0, &[0], 7 * n as u64);
+            let y = blocks(n, Q8_0, &[0], 31 + n as u64);
+            let portable = dot_q5_0_q8_0_portable(&x, &y, n);
+            assert!(close(dot_q5_0_q8_0(&x, &y, n), portable), "{n}: {} vs {portable}", dot_q5_0_q8_0(&x, &y, n));
+            let (xc, yc) = unsafe {
+                (std::slice::from_raw_parts(x.as_ptr().cast::<BlockQ5_0>(), n), std::slice::from_raw_parts(y.as_ptr().cast::<BlockQ8_0>(), n))
+            };
+            assert!(close(BlockQ5_0::vec_dot_unopt(n * 32, xc, yc), portable), "{n}");
+        }
+    }
+}
