@@ -43,34 +43,36 @@ pub struct ModelArgs {
     /// Worker threads (default: all cores).
     #[arg(short = 't', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
-    /// Context length in tokens (default: 4096, at most the model's).
+    /// Context length in tokens (capped at the model's own).
     #[arg(long, value_name = "TOKENS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..))]
     pub ctx: u32,
 }
 
-/// Sampling and stopping options shared by `run` and `chat`.
+/// Sampling and stopping options shared by `run` and `chat`. Negative numbers parse, so that
+/// `-n -5` is reported as an invalid value rather than an unknown flag.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Sampling")]
 pub struct SamplingArgs {
     /// Randomness; 0 always picks the most likely token.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Sample only from the K most likely tokens (0: no limit).
-    #[arg(long, default_value_t = 40, value_name = "K")]
+    #[arg(long, default_value_t = 40, value_name = "K", allow_negative_numbers = true)]
     pub top_k: usize,
     /// Sample only from the most likely tokens adding up to probability P (0 < P ≤ 1).
-    #[arg(long, default_value_t = 0.95, value_name = "P")]
+    #[arg(long, default_value_t = 0.95, value_name = "P", allow_negative_numbers = true)]
     pub top_p: f32,
     /// Penalty for repeating recent tokens (1: off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub repeat_penalty: f32,
     /// How many recent tokens the repeat penalty considers.
-    #[arg(long, default_value_t = 64, value_name = "N")]
+    #[arg(long, default_value_t = 64, value_name = "N", allow_negative_numbers = true)]
     pub repeat_last_n: usize,
     /// Random seed; the same seed gives the same reply.
     #[arg(long)]
     pub seed: Option<u64>,
     /// Most tokens to generate per reply.
-    #[arg(short = 'n', long, default_value_t = 512, value_name = "N")]
+    #[arg(short = 'n', long, default_value_t = 512, value_name = "N", allow_negative_numbers = true)]
     pub max_tokens: usize,
     /// Stop before this text (repeatable).
     #[arg(long, value_name = "TEXT")]

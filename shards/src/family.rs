@@ -7,7 +7,7 @@ mod llama;
 
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
-use crate::spec::ModelSpec;
+use crate::spec::{Activation, LayerSpec, ModelSpec, RopeStyle};
 
 /// Reads a family's hyperparameters from GGUF metadata.
 pub trait FamilyAdapter {
@@ -64,7 +64,7 @@ impl Common {
         let dim = gguf.get_usize(&key("embedding_length"))?;
         let heads = gguf.get_usize(&key("attention.head_count"))?;
         let kv_heads = gguf.get_usize(&key("attention.head_count_kv")).unwrap_or(heads);
-        if heads == 0 || dim % heads != 0 && gguf.metadata.get(&key("attention.key_length")).is_none() {
+        if heads == 0 || !dim.is_multiple_of(heads) && !gguf.metadata.contains_key(&key("attention.key_length")) {
             return Err(Error::BadMetadata { key: key("attention.head_count"), reason: format!("{heads} heads for width {dim}") });
         }
         let head_dim = match gguf.get_usize(&key("attention.key_length")) {
@@ -91,15 +91,41 @@ impl Common {
     }
 }
 
+impl Common {
+    /// The plain pre-norm transformer these sizes describe (llama-style); families change what
+    /// differs with struct update syntax.
+    fn base_spec(self, layers: Vec<LayerSpec>) -> ModelSpec {
+        ModelSpec {
+            dim: self.dim,
+            ffn_dim: self.ffn_dim,
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            context: self.context,
+            vocab: self.vocab,
+            norm_eps: self.norm_eps,
+            rope_style: RopeStyle::Interleaved,
+            rope_dims: self.head_dim,
+            activation: Activation::Silu,
+            embed_scale: None,
+            attn_scale: 1.0 / (self.head_dim as f32).sqrt(),
+            qk_norm: false,
+            post_norms: false,
+            layers,
+            architecture: self.arch,
+        }
+    }
+}
+
 fn validate(spec: &ModelSpec) -> Result<()> {
     let bad = |reason: String| Err(Error::BadMetadata { key: format!("{}.*", spec.architecture), reason });
     if spec.dim == 0 || spec.ffn_dim == 0 || spec.layers.is_empty() || spec.vocab == 0 || spec.context == 0 {
         return bad(format!("zero-sized model: {spec:?}"));
     }
-    if spec.kv_heads == 0 || spec.heads % spec.kv_heads != 0 {
+    if spec.kv_heads == 0 || !spec.heads.is_multiple_of(spec.kv_heads) {
         return bad(format!("{} query heads cannot share {} key/value heads", spec.heads, spec.kv_heads));
     }
-    if spec.rope_dims > spec.head_dim || spec.rope_dims % 2 != 0 {
+    if spec.rope_dims > spec.head_dim || !spec.rope_dims.is_multiple_of(2) {
         return bad(format!("rope over {} of {} head dimensions", spec.rope_dims, spec.head_dim));
     }
     // Sizes beyond these are not models hearth could hold; refusing them keeps a corrupt header

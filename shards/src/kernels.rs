@@ -51,7 +51,7 @@ pub fn dot_q5_0_q8_0(x: &[u8], y: &[u8], blocks: usize) -> f32 {
 /// `sum(k[i] * q[i])` for an f16 key row and an f32 query.
 pub fn dot_f16(k: &[f16], q: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() && k.len() % 8 == 0 {
+    if has_avx2() && k.len().is_multiple_of(8) {
         // SAFETY: features checked; lengths checked inside.
         return unsafe { avx2::dot_f16(k, q) };
     }
@@ -61,7 +61,7 @@ pub fn dot_f16(k: &[f16], q: &[f32]) -> f32 {
 /// `out += w * v` for an f16 value row.
 pub fn axpy_f16(out: &mut [f32], w: f32, v: &[f16]) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() && v.len() % 8 == 0 {
+    if has_avx2() && v.len().is_multiple_of(8) {
         // SAFETY: features checked; lengths checked inside.
         return unsafe { avx2::axpy_f16(out, w, v) };
     }
@@ -123,7 +123,7 @@ mod avx2 {
     /// Needs AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_f16(k: &[f16], q: &[f32]) -> f32 {
-        assert!(q.len() >= k.len() && k.len() % 8 == 0);
+        assert!(q.len() >= k.len() && k.len().is_multiple_of(8));
         let mut acc = _mm256_setzero_ps();
         for i in (0..k.len()).step_by(8) {
             // SAFETY: i + 8 <= k.len() <= q.len().
@@ -137,7 +137,7 @@ mod avx2 {
     /// Needs AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn axpy_f16(out: &mut [f32], w: f32, v: &[f16]) {
-        assert!(out.len() >= v.len() && v.len() % 8 == 0);
+        assert!(out.len() >= v.len() && v.len().is_multiple_of(8));
         let wv = _mm256_set1_ps(w);
         for i in (0..v.len()).step_by(8) {
             // SAFETY: i + 8 <= v.len() <= out.len().

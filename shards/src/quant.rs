@@ -214,7 +214,7 @@ impl QMatrix {
             });
         }
         let base = gguf.bytes.as_ptr() as usize + info.offset;
-        if base % 4 != 0 {
+        if !base.is_multiple_of(4) {
             return Err(Error::Corrupt { path: gguf.path.clone(), reason: format!("tensor {} is misaligned", info.name) });
         }
         Ok(QMatrix {

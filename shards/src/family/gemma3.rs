@@ -35,30 +35,22 @@ impl FamilyAdapter for Gemma3 {
                 }
             })
             .collect();
+        let attn_scale = if c.layers == GEMMA3_27B_LAYERS {
+            1.0 / ((c.dim / c.heads) as f32).sqrt()
+        } else {
+            1.0 / (c.head_dim as f32).sqrt()
+        };
+        let embed_scale = Some((c.dim as f32).sqrt());
         Ok(ModelSpec {
-            dim: c.dim,
-            ffn_dim: c.ffn_dim,
-            heads: c.heads,
-            kv_heads: c.kv_heads,
-            head_dim: c.head_dim,
-            context: c.context,
-            vocab: c.vocab,
-            norm_eps: c.norm_eps,
             rope_style: RopeStyle::Halves,
-            rope_dims: c.head_dim,
             activation: Activation::GeluTanh,
-            embed_scale: Some((c.dim as f32).sqrt()),
+            embed_scale,
             // Gemma 3 scales queries by query_pre_attn_scalar^-1/2, which equals head_dim for
             // every released size but the 27B (llama.cpp applies the same rule).
-            attn_scale: if c.layers == GEMMA3_27B_LAYERS {
-                1.0 / ((c.dim / c.heads) as f32).sqrt()
-            } else {
-                1.0 / (c.head_dim as f32).sqrt()
-            },
+            attn_scale,
             qk_norm: true,
             post_norms: true,
-            layers,
-            architecture: c.arch,
+            ..c.base_spec(layers)
         })
     }
 }

@@ -4,7 +4,7 @@
 use super::{Common, FamilyAdapter};
 use crate::error::Result;
 use crate::gguf::Gguf;
-use crate::spec::{Activation, LayerSpec, ModelSpec, RopeStyle};
+use crate::spec::{LayerSpec, ModelSpec};
 
 /// The `llama` architecture.
 pub struct Llama;
@@ -15,24 +15,7 @@ impl FamilyAdapter for Llama {
     fn spec(gguf: &Gguf) -> Result<ModelSpec> {
         let c = Common::read(gguf)?;
         let rope_dims = gguf.get_usize("llama.rope.dimension_count").unwrap_or(c.head_dim);
-        Ok(ModelSpec {
-            dim: c.dim,
-            ffn_dim: c.ffn_dim,
-            heads: c.heads,
-            kv_heads: c.kv_heads,
-            head_dim: c.head_dim,
-            context: c.context,
-            vocab: c.vocab,
-            norm_eps: c.norm_eps,
-            rope_style: RopeStyle::Interleaved,
-            rope_dims,
-            activation: Activation::Silu,
-            embed_scale: None,
-            attn_scale: 1.0 / (c.head_dim as f32).sqrt(),
-            qk_norm: false,
-            post_norms: false,
-            layers: vec![LayerSpec { rope_base: c.rope_base, window: None }; c.layers],
-            architecture: c.arch,
-        })
+        let layers = vec![LayerSpec { rope_base: c.rope_base, window: None }; c.layers];
+        Ok(ModelSpec { rope_dims, ..c.base_spec(layers) })
     }
 }
