@@ -38,6 +38,16 @@ pub fn dot_q4_1_q8_1(x: &[u8], y: &[u8], blocks: usize) -> f32 {
     dot_q4_1_q8_1_portable(x, y, blocks)
 }
 
+/// Four dot products of one Q4_1 weight row with four Q8_1 activation rows.
+pub fn dot_q4_1_q8_1_x4(x: &[u8], ys: [&[u8]; 4], blocks: usize) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: features checked; bounds asserted inside.
+        return unsafe { avx2::dot_q4_1_q8_1_x4(x, ys, blocks) };
+    }
+    ys.map(|y| dot_q4_1_q8_1_portable(x, y, blocks))
+}
+
 /// Dot product of `blocks` Q5_0 weight blocks with Q8_0 activation blocks.
 pub fn dot_q5_0_q8_0(x: &[u8], y: &[u8], blocks: usize) -> f32 {
     #[cfg(target_arch = "x86_64")]
@@ -68,6 +78,16 @@ pub fn axpy_f16(out: &mut [f32], w: f32, v: &[f16]) {
     for (o, x) in out.iter_mut().zip(v) {
         *o += w * x.to_f32();
     }
+}
+
+/// Four dot products of one Q5_0 weight row with four Q8_0 activation rows.
+pub fn dot_q5_0_q8_0_x4(x: &[u8], ys: [&[u8]; 4], blocks: usize) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: features checked; bounds asserted inside.
+        return unsafe { avx2::dot_q5_0_q8_0_x4(x, ys, blocks) };
+    }
+    ys.map(|y| dot_q5_0_q8_0_portable(x, y, blocks))
 }
 
 /// Portable Q4_1 × Q8_1.
@@ -110,14 +130,6 @@ mod avx2 {
     use half::f16;
 
     use super::{Q4_1, Q5_0, Q8_0, Q8_1};
-
-    /// Little-endian f16 at `at`, converted with F16C.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn f16_at(b: &[u8], at: usize) -> f32 {
-        let bits = u16::from_le_bytes([b[at], b[at + 1]]);
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
-    }
 
     /// # Safety
     /// Needs AVX2, FMA and F16C.
@@ -176,47 +188,127 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
+    /// f16 at `p`, converted with F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn f16_ptr(p: *const u8) -> f32 {
+        // SAFETY: the caller passes a pointer to 2 readable bytes.
+        let bits = unsafe { p.cast::<u16>().read_unaligned() };
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    }
+
     /// # Safety
-    /// Needs AVX2 and FMA; `x` and `y` hold at least `blocks` blocks.
+    /// Needs AVX2, FMA and F16C; `x` and `y` hold at least `blocks` blocks.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q4_1_q8_1(x: &[u8], y: &[u8], blocks: usize) -> f32 {
         assert!(x.len() >= blocks * Q4_1 && y.len() >= blocks * Q8_1);
         let mut acc = _mm256_setzero_ps();
         let mut offsets = 0.0f32;
-        for i in 0..blocks {
-            let (xb, yb) = (&x[i * Q4_1..], &y[i * Q8_1..]);
-            offsets += f16_at(xb, 2) * f16_at(yb, 2);
-            let d = _mm256_set1_ps(f16_at(xb, 0) * f16_at(yb, 0));
-            // SAFETY: bounds asserted above.
-            let (qx, qy) = unsafe { (nibbles(xb.as_ptr().add(4)), _mm256_loadu_si256(yb.as_ptr().add(4).cast())) };
-            acc = _mm256_fmadd_ps(d, mul_sum_us8(qx, qy), acc);
+        let (mut xp, mut yp) = (x.as_ptr(), y.as_ptr());
+        for _ in 0..blocks {
+            // SAFETY: `blocks` whole blocks are in bounds (asserted above).
+            unsafe {
+                offsets += f16_ptr(xp.add(2)) * f16_ptr(yp.add(2));
+                let d = _mm256_set1_ps(f16_ptr(xp) * f16_ptr(yp));
+                let qx = nibbles(xp.add(4));
+                let qy = _mm256_loadu_si256(yp.add(4).cast());
+                acc = _mm256_fmadd_ps(d, mul_sum_us8(qx, qy), acc);
+                xp = xp.add(Q4_1);
+                yp = yp.add(Q8_1);
+            }
         }
         hsum(acc) + offsets
     }
 
+    /// Four activation rows against one weight row, unpacking each weight block once.
+    ///
     /// # Safety
-    /// Needs AVX2 and FMA; `x` and `y` hold at least `blocks` blocks.
+    /// Needs AVX2, FMA and F16C; `x` and every `ys[i]` hold at least `blocks` blocks.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q4_1_q8_1_x4(x: &[u8], ys: [&[u8]; 4], blocks: usize) -> [f32; 4] {
+        assert!(x.len() >= blocks * Q4_1 && ys.iter().all(|y| y.len() >= blocks * Q8_1));
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut offsets = [0.0f32; 4];
+        for b in 0..blocks {
+            // SAFETY: block `b` is in bounds of `x` and of every `ys[i]` (asserted above).
+            unsafe {
+                let xp = x.as_ptr().add(b * Q4_1);
+                let (dx, mx) = (f16_ptr(xp), f16_ptr(xp.add(2)));
+                let qx = nibbles(xp.add(4));
+                for i in 0..4 {
+                    let yp = ys[i].as_ptr().add(b * Q8_1);
+                    offsets[i] += mx * f16_ptr(yp.add(2));
+                    let d = _mm256_set1_ps(dx * f16_ptr(yp));
+                    let qy = _mm256_loadu_si256(yp.add(4).cast());
+                    acc[i] = _mm256_fmadd_ps(d, mul_sum_us8(qx, qy), acc[i]);
+                }
+            }
+        }
+        [0, 1, 2, 3].map(|i| hsum(acc[i]) + offsets[i])
+    }
+
+    /// Q5_0 block at `xp` → 32 signed values in -16..=15.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q5_values(xp: *const u8) -> __m256i {
+        let shuffle = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+        let bit_mask = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
+        // SAFETY: the caller passes a pointer to a whole Q5_0 block.
+        let (qh, lo) = unsafe { (xp.add(2).cast::<i32>().read_unaligned(), nibbles(xp.add(6))) };
+        // 0xFF in each byte whose fifth bit is set.
+        let bits = _mm256_cmpeq_epi8(_mm256_or_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(qh), shuffle), bit_mask), _mm256_set1_epi64x(-1));
+        // Where the fifth bit is clear, value - 16 is the nibble with 0xF0 set (two's complement).
+        _mm256_or_si256(lo, _mm256_andnot_si256(bits, _mm256_set1_epi8(0xF0u8 as i8)))
+    }
+
+    /// Signed × signed byte products summed, as 8 floats.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn mul_sum_i8(qx: __m256i, qy: __m256i) -> __m256 {
+        mul_sum_us8(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx))
+    }
+
+    /// # Safety
+    /// Needs AVX2, FMA and F16C; `x` and `y` hold at least `blocks` blocks.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q5_0_q8_0(x: &[u8], y: &[u8], blocks: usize) -> f32 {
         assert!(x.len() >= blocks * Q5_0 && y.len() >= blocks * Q8_0);
         let mut acc = _mm256_setzero_ps();
-        let shuffle = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
-        let bit_mask = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
-        for i in 0..blocks {
-            let (xb, yb) = (&x[i * Q5_0..], &y[i * Q8_0..]);
-            let d = _mm256_set1_ps(f16_at(xb, 0) * f16_at(yb, 0));
-            let qh = i32::from_le_bytes([xb[2], xb[3], xb[4], xb[5]]);
-            // 0xFF in each byte whose fifth bit is set.
-            let bits = _mm256_cmpeq_epi8(_mm256_or_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(qh), shuffle), bit_mask), _mm256_set1_epi64x(-1));
-            // SAFETY: bounds asserted above.
-            let (lo, qy) = unsafe { (nibbles(xb.as_ptr().add(6)), _mm256_loadu_si256(yb.as_ptr().add(2).cast())) };
-            // Where the fifth bit is clear, value - 16 is the nibble with 0xF0 set (two's complement).
-            let qx = _mm256_or_si256(lo, _mm256_andnot_si256(bits, _mm256_set1_epi8(0xF0u8 as i8)));
-            let ax = _mm256_sign_epi8(qx, qx);
-            let sy = _mm256_sign_epi8(qy, qx);
-            acc = _mm256_fmadd_ps(d, mul_sum_us8(ax, sy), acc);
+        for b in 0..blocks {
+            // SAFETY: block `b` is in bounds (asserted above).
+            unsafe {
+                let (xp, yp) = (x.as_ptr().add(b * Q5_0), y.as_ptr().add(b * Q8_0));
+                let d = _mm256_set1_ps(f16_ptr(xp) * f16_ptr(yp));
+                let qy = _mm256_loadu_si256(yp.add(2).cast());
+                acc = _mm256_fmadd_ps(d, mul_sum_i8(q5_values(xp), qy), acc);
+            }
         }
         hsum(acc)
+    }
+
+    /// Four activation rows against one Q5_0 weight row, unpacking each weight block once.
+    ///
+    /// # Safety
+    /// Needs AVX2, FMA and F16C; `x` and every `ys[i]` hold at least `blocks` blocks.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q5_0_q8_0_x4(x: &[u8], ys: [&[u8]; 4], blocks: usize) -> [f32; 4] {
+        assert!(x.len() >= blocks * Q5_0 && ys.iter().all(|y| y.len() >= blocks * Q8_0));
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for b in 0..blocks {
+            // SAFETY: block `b` is in bounds of `x` and of every `ys[i]` (asserted above).
+            unsafe {
+                let xp = x.as_ptr().add(b * Q5_0);
+                let dx = f16_ptr(xp);
+                let qx = q5_values(xp);
+                for i in 0..4 {
+                    let yp = ys[i].as_ptr().add(b * Q8_0);
+                    let d = _mm256_set1_ps(dx * f16_ptr(yp));
+                    let qy = _mm256_loadu_si256(yp.add(2).cast());
+                    acc[i] = _mm256_fmadd_ps(d, mul_sum_i8(qx, qy), acc[i]);
+                }
+            }
+        }
+        acc.map(|a| hsum(a))
     }
 }
 
@@ -259,6 +351,10 @@ mod tests {
             let y = blocks(n, Q8_1, &[0, 2], 99 + n as u64);
             let portable = dot_q4_1_q8_1_portable(&x, &y, n);
             assert!(close(dot_q4_1_q8_1(&x, &y, n), portable), "{n}");
+            let others: Vec<Vec<u8>> = (0..3).map(|k| blocks(n, Q8_1, &[0, 2], 500 + k)).collect();
+            let four = dot_q4_1_q8_1_x4(&x, [&others[0], &y, &others[1], &others[2]], n);
+            assert!(close(four[1], portable), "{n}");
+            assert!(close(four[3], dot_q4_1_q8_1_portable(&x, &others[2], n)), "{n}");
             // SAFETY: test buffers hold n blocks of each layout; alignment 2 holds for Vec<u8>
             // allocations in practice and is checked here.
             assert_eq!(x.as_ptr() as usize % 2, 0);
@@ -290,6 +386,10 @@ mod tests {
             let y = blocks(n, Q8_0, &[0], 31 + n as u64);
             let portable = dot_q5_0_q8_0_portable(&x, &y, n);
             assert!(close(dot_q5_0_q8_0(&x, &y, n), portable), "{n}: {} vs {portable}", dot_q5_0_q8_0(&x, &y, n));
+            let others: Vec<Vec<u8>> = (0..3).map(|k| blocks(n, Q8_0, &[0], 700 + k)).collect();
+            let four = dot_q5_0_q8_0_x4(&x, [&others[0], &others[1], &y, &others[2]], n);
+            assert!(close(four[2], portable), "{n}");
+            assert!(close(four[0], dot_q5_0_q8_0_portable(&x, &others[0], n)), "{n}");
             let (xc, yc) = unsafe {
                 (std::slice::from_raw_parts(x.as_ptr().cast::<BlockQ5_0>(), n), std::slice::from_raw_parts(y.as_ptr().cast::<BlockQ8_0>(), n))
             };

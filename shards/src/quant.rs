@@ -259,8 +259,8 @@ impl QMatrix {
             F16 => matmul_blocks::<f16>(w, self.rows, self.cols, xs, out, scratch),
             BF16 => matmul_blocks::<bf16>(w, self.rows, self.cols, xs, out, scratch),
             Q4_0 => matmul_blocks::<kq::BlockQ4_0>(w, self.rows, self.cols, xs, out, scratch),
-            Q4_1 => matmul_with::<kq::BlockQ4_1>(w, self.rows, self.cols, xs, out, scratch, q4_1_dot),
-            Q5_0 => matmul_with::<kq::BlockQ5_0>(w, self.rows, self.cols, xs, out, scratch, q5_0_dot),
+            Q4_1 => matmul_with::<kq::BlockQ4_1>(w, self.rows, self.cols, xs, out, scratch, q4_1_dot, Some(q4_1_dot4)),
+            Q5_0 => matmul_with::<kq::BlockQ5_0>(w, self.rows, self.cols, xs, out, scratch, q5_0_dot, Some(q5_0_dot4)),
             Q5_1 => matmul_blocks::<kq::BlockQ5_1>(w, self.rows, self.cols, xs, out, scratch),
             Q8_0 => matmul_blocks::<kq::BlockQ8_0>(w, self.rows, self.cols, xs, out, scratch),
             Q2K => matmul_blocks::<kq::BlockQ2K>(w, self.rows, self.cols, xs, out, scratch),
@@ -321,17 +321,27 @@ const ROWS_PER_TASK: usize = 32;
 
 /// A row dot product: `cols` weights against one quantized activation row.
 type RowDot<T> = fn(usize, &[T], &[<T as Block>::VecDotType]) -> f32;
+/// One weight row against four quantized activation rows.
+type RowDot4<T> = fn(usize, &[T], [&[<T as Block>::VecDotType]; 4]) -> [f32; 4];
 
 fn matmul_blocks<T: Block>(w: &[u8], rows: usize, cols: usize, xs: &[f32], out: &mut [f32], scratch: &mut QuantScratch) {
-    matmul_with::<T>(w, rows, cols, xs, out, scratch, T::vec_dot)
+    matmul_with::<T>(w, rows, cols, xs, out, scratch, T::vec_dot, None)
 }
 
 fn q4_1_dot(cols: usize, x: &[kq::BlockQ4_1], y: &[kq::BlockQ8_1]) -> f32 {
     kernels::dot_q4_1_q8_1(as_bytes(x), as_bytes(y), cols / 32)
 }
 
+fn q4_1_dot4(cols: usize, x: &[kq::BlockQ4_1], ys: [&[kq::BlockQ8_1]; 4]) -> [f32; 4] {
+    kernels::dot_q4_1_q8_1_x4(as_bytes(x), ys.map(as_bytes), cols / 32)
+}
+
 fn q5_0_dot(cols: usize, x: &[kq::BlockQ5_0], y: &[kq::BlockQ8_0]) -> f32 {
     kernels::dot_q5_0_q8_0(as_bytes(x), as_bytes(y), cols / 32)
+}
+
+fn q5_0_dot4(cols: usize, x: &[kq::BlockQ5_0], ys: [&[kq::BlockQ8_0]; 4]) -> [f32; 4] {
+    kernels::dot_q5_0_q8_0_x4(as_bytes(x), ys.map(as_bytes), cols / 32)
 }
 
 fn as_bytes<T>(blocks: &[T]) -> &[u8] {
@@ -340,7 +350,7 @@ fn as_bytes<T>(blocks: &[T]) -> &[u8] {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn matmul_with<T: Block>(w: &[u8], rows: usize, cols: usize, xs: &[f32], out: &mut [f32], scratch: &mut QuantScratch, dot: RowDot<T>) {
+fn matmul_with<T: Block>(w: &[u8], rows: usize, cols: usize, xs: &[f32], out: &mut [f32], scratch: &mut QuantScratch, dot: RowDot<T>, dot4: Option<RowDot4<T>>) {
     let n = xs.len() / cols;
     let per_row = cols / T::BLCK_SIZE;
     let dot_block = std::mem::size_of::<T::VecDotType>();
@@ -373,11 +383,20 @@ fn matmul_with<T: Block>(w: &[u8], rows: usize, cols: usize, xs: &[f32], out: &m
         let r_end = ((band + 1) * ROWS_PER_TASK).min(rows);
         for r in band * ROWS_PER_TASK..r_end {
             let wr = &w[r * per_row..(r + 1) * per_row];
-            for t in 0..n {
-                let v = dot(cols, wr, &q[t * dot_per_row..(t + 1) * dot_per_row]);
-                // SAFETY: cell (t, r) is written by exactly one task (the one owning row r),
-                // and `out` outlives the parallel loop.
-                unsafe { *out_ptr.0.add(t * rows + r) = v };
+            let qrow = |t: usize| &q[t * dot_per_row..(t + 1) * dot_per_row];
+            // SAFETY (both writes): cell (t, r) is written by exactly one task (the one owning
+            // row r), and `out` outlives the parallel loop.
+            let put = |t: usize, v: f32| unsafe { *out_ptr.0.add(t * rows + r) = v };
+            let mut t = 0;
+            if let Some(dot4) = dot4 {
+                while t + 4 <= n {
+                    let v = dot4(cols, wr, [qrow(t), qrow(t + 1), qrow(t + 2), qrow(t + 3)]);
+                    (0..4).for_each(|i| put(t + i, v[i]));
+                    t += 4;
+                }
+            }
+            for t in t..n {
+                put(t, dot(cols, wr, qrow(t)));
             }
         }
     });
