@@ -1,4 +1,5 @@
-//! Dot-product kernels for the block types candle leaves scalar (Q4_1 × Q8_1, Q5_0 × Q8_0), with
+//! Dot-product kernels for Q4_1 × Q8_1, Q5_0 × Q8_0 and Q8_0 × Q8_0 (candle's are scalar, or
+//! convert scales through a feature check per block), each also four activation rows at a time, with
 //! AVX2/FMA paths chosen at run time and portable fallbacks tested to agree with them. Blocks are
 //! raw GGUF bytes: Q4_1 = f16 d, f16 m, 16 nibble bytes; Q5_0 = f16 d, u32 high bits, 16 nibble
 //! bytes; Q8_1 = f16 d, f16 s, 32 i8; Q8_0 = f16 d, 32 i8.
@@ -88,6 +89,36 @@ pub fn dot_q5_0_q8_0_x4(x: &[u8], ys: [&[u8]; 4], blocks: usize) -> [f32; 4] {
         return unsafe { avx2::dot_q5_0_q8_0_x4(x, ys, blocks) };
     }
     ys.map(|y| dot_q5_0_q8_0_portable(x, y, blocks))
+}
+
+/// Dot product of `blocks` Q8_0 weight blocks with Q8_0 activation blocks.
+pub fn dot_q8_0_q8_0(x: &[u8], y: &[u8], blocks: usize) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: features checked; bounds asserted inside.
+        return unsafe { avx2::dot_q8_0_q8_0(x, y, blocks) };
+    }
+    dot_q8_0_q8_0_portable(x, y, blocks)
+}
+
+/// Four dot products of one Q8_0 weight row with four Q8_0 activation rows.
+pub fn dot_q8_0_q8_0_x4(x: &[u8], ys: [&[u8]; 4], blocks: usize) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: features checked; bounds asserted inside.
+        return unsafe { avx2::dot_q8_0_q8_0_x4(x, ys, blocks) };
+    }
+    ys.map(|y| dot_q8_0_q8_0_portable(x, y, blocks))
+}
+
+/// Portable Q8_0 × Q8_0.
+pub fn dot_q8_0_q8_0_portable(x: &[u8], y: &[u8], blocks: usize) -> f32 {
+    let mut sum = 0.0f32;
+    for (xb, yb) in x.chunks_exact(Q8_0).zip(y.chunks_exact(Q8_0)).take(blocks) {
+        let sumi: i32 = xb[2..].iter().zip(&yb[2..]).map(|(&a, &b)| i32::from(a as i8) * i32::from(b as i8)).sum();
+        sum += sumi as f32 * f16_at(xb, 0) * f16_at(yb, 0);
+    }
+    sum
 }
 
 /// Portable Q4_1 × Q8_1.
@@ -286,6 +317,51 @@ mod avx2 {
         hsum(acc)
     }
 
+    /// # Safety
+    /// Needs AVX2, FMA and F16C; `x` and `y` hold at least `blocks` blocks.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q8_0_q8_0(x: &[u8], y: &[u8], blocks: usize) -> f32 {
+        assert!(x.len() >= blocks * Q8_0 && y.len() >= blocks * Q8_0);
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..blocks {
+            // SAFETY: block `b` is in bounds (asserted above).
+            unsafe {
+                let (xp, yp) = (x.as_ptr().add(b * Q8_0), y.as_ptr().add(b * Q8_0));
+                let d = _mm256_set1_ps(f16_ptr(xp) * f16_ptr(yp));
+                let qx = _mm256_loadu_si256(xp.add(2).cast());
+                let qy = _mm256_loadu_si256(yp.add(2).cast());
+                acc = _mm256_fmadd_ps(d, mul_sum_i8(qx, qy), acc);
+            }
+        }
+        hsum(acc)
+    }
+
+    /// Four activation rows against one Q8_0 weight row.
+    ///
+    /// # Safety
+    /// Needs AVX2, FMA and F16C; `x` and every `ys[i]` hold at least `blocks` blocks.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q8_0_q8_0_x4(x: &[u8], ys: [&[u8]; 4], blocks: usize) -> [f32; 4] {
+        assert!(x.len() >= blocks * Q8_0 && ys.iter().all(|y| y.len() >= blocks * Q8_0));
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for b in 0..blocks {
+            // SAFETY: block `b` is in bounds of `x` and of every `ys[i]` (asserted above).
+            unsafe {
+                let xp = x.as_ptr().add(b * Q8_0);
+                let dx = f16_ptr(xp);
+                let qx = _mm256_loadu_si256(xp.add(2).cast());
+                let ax = _mm256_sign_epi8(qx, qx);
+                for i in 0..4 {
+                    let yp = ys[i].as_ptr().add(b * Q8_0);
+                    let d = _mm256_set1_ps(dx * f16_ptr(yp));
+                    let sy = _mm256_sign_epi8(_mm256_loadu_si256(yp.add(2).cast()), qx);
+                    acc[i] = _mm256_fmadd_ps(d, mul_sum_us8(ax, sy), acc[i]);
+                }
+            }
+        }
+        acc.map(|a| hsum(a))
+    }
+
     /// Four activation rows against one Q5_0 weight row, unpacking each weight block once.
     ///
     /// # Safety
@@ -362,6 +438,26 @@ mod tests {
                 (std::slice::from_raw_parts(x.as_ptr().cast::<BlockQ4_1>(), n), std::slice::from_raw_parts(y.as_ptr().cast::<BlockQ8_1>(), n))
             };
             assert!(close(BlockQ4_1::vec_dot_unopt(n * 32, xc, yc), portable), "{n}");
+        }
+    }
+
+    #[test]
+    fn q8_0_simd_agrees_with_portable_and_candle() {
+        use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
+        for n in [1, 2, 20, 64] {
+            let x = blocks(n, Q8_0, &[0], 3 * n as u64);
+            let y = blocks(n, Q8_0, &[0], 77 + n as u64);
+            let portable = dot_q8_0_q8_0_portable(&x, &y, n);
+            assert!(close(dot_q8_0_q8_0(&x, &y, n), portable), "{n}");
+            let others: Vec<Vec<u8>> = (0..3).map(|k| blocks(n, Q8_0, &[0], 900 + k)).collect();
+            let four = dot_q8_0_q8_0_x4(&x, [&y, &others[0], &others[1], &others[2]], n);
+            assert!(close(four[0], portable), "{n}");
+            assert!(close(four[2], dot_q8_0_q8_0_portable(&x, &others[1], n)), "{n}");
+            // SAFETY: the buffers hold n blocks of this layout; Vec<u8> allocations are 2-aligned here.
+            let (xc, yc) = unsafe {
+                (std::slice::from_raw_parts(x.as_ptr().cast::<BlockQ8_0>(), n), std::slice::from_raw_parts(y.as_ptr().cast::<BlockQ8_0>(), n))
+            };
+            assert!(close(BlockQ8_0::vec_dot_unopt(n * 32, xc, yc), portable), "{n}");
         }
     }
 

@@ -262,7 +262,7 @@ impl QMatrix {
             Q4_1 => matmul_with::<kq::BlockQ4_1>(w, self.rows, self.cols, xs, out, scratch, q4_1_dot, Some(q4_1_dot4)),
             Q5_0 => matmul_with::<kq::BlockQ5_0>(w, self.rows, self.cols, xs, out, scratch, q5_0_dot, Some(q5_0_dot4)),
             Q5_1 => matmul_blocks::<kq::BlockQ5_1>(w, self.rows, self.cols, xs, out, scratch),
-            Q8_0 => matmul_blocks::<kq::BlockQ8_0>(w, self.rows, self.cols, xs, out, scratch),
+            Q8_0 => matmul_with::<kq::BlockQ8_0>(w, self.rows, self.cols, xs, out, scratch, q8_0_dot, Some(q8_0_dot4)),
             Q2K => matmul_blocks::<kq::BlockQ2K>(w, self.rows, self.cols, xs, out, scratch),
             Q3K => matmul_blocks::<kq::BlockQ3K>(w, self.rows, self.cols, xs, out, scratch),
             Q4K => matmul_blocks::<kq::BlockQ4K>(w, self.rows, self.cols, xs, out, scratch),
@@ -342,6 +342,14 @@ fn q5_0_dot(cols: usize, x: &[kq::BlockQ5_0], y: &[kq::BlockQ8_0]) -> f32 {
 
 fn q5_0_dot4(cols: usize, x: &[kq::BlockQ5_0], ys: [&[kq::BlockQ8_0]; 4]) -> [f32; 4] {
     kernels::dot_q5_0_q8_0_x4(as_bytes(x), ys.map(as_bytes), cols / 32)
+}
+
+fn q8_0_dot(cols: usize, x: &[kq::BlockQ8_0], y: &[kq::BlockQ8_0]) -> f32 {
+    kernels::dot_q8_0_q8_0(as_bytes(x), as_bytes(y), cols / 32)
+}
+
+fn q8_0_dot4(cols: usize, x: &[kq::BlockQ8_0], ys: [&[kq::BlockQ8_0]; 4]) -> [f32; 4] {
+    kernels::dot_q8_0_q8_0_x4(as_bytes(x), ys.map(as_bytes), cols / 32)
 }
 
 fn as_bytes<T>(blocks: &[T]) -> &[u8] {
