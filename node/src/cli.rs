@@ -153,6 +153,10 @@ pub struct BenchArgs {
     /// Generation test: tokens decoded one by one (0 skips it).
     #[arg(short = 'n', long = "n-gen", default_value_t = 128, value_name = "TOKENS")]
     pub n_gen: usize,
+    /// Also measure batched generation: this many sessions decoding together, one shared step
+    /// per token (reports aggregate tokens/s as tgNxS).
+    #[arg(short = 's', long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub sessions: u32,
     /// Repetitions of each test (after one warm-up run).
     #[arg(short = 'r', long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub repetitions: u32,

@@ -13,7 +13,7 @@ use rayon::ThreadPool;
 
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, TensorInfo};
-use crate::kv_cache::{sized, KvCache};
+use crate::kv_cache::{sized, KvCache, Scratch};
 use crate::{kernels, ops};
 use crate::quant::{GgmlType, QMatrix};
 use crate::spec::ModelSpec;
@@ -202,14 +202,54 @@ impl Stage {
         if cache.layers.len() != self.layers.len() {
             return Err(Error::BadStageInput("cache was made for a different stage".into()));
         }
-        self.pool.install(|| self.forward_inner(cache, input, n, out))
+        let rows = Rows::Contiguous { pos0: cache.len };
+        let kind = self.pool.install(|| self.run(std::slice::from_mut(&mut &mut *cache), &rows, input, n, out, false));
+        cache.len += n;
+        Ok(kind)
     }
 
-    fn forward_inner(&self, cache: &mut KvCache, input: StageInput<'_>, n: usize, out: &mut Vec<f32>) -> Result<StageOutput> {
+    /// One decoding step for several sessions at once: session `i` feeds `tokens[i]` at its
+    /// cache's next position and gets its logits in `logits[i * vocab..(i + 1) * vocab]`. Every
+    /// weight is read once for the whole step, and each session's logits are bit-identical to
+    /// what [`Stage::forward`] gives it alone. Needs a whole-model stage.
+    pub fn decode_batch(&self, caches: &mut [&mut KvCache], tokens: &[u32], logits: &mut Vec<f32>) -> Result<()> {
+        if !(self.is_first() && self.is_last()) {
+            return Err(Error::BadStageInput(format!("batched decoding needs the whole model, not layers {:?}", self.range)));
+        }
+        if caches.is_empty() || caches.len() != tokens.len() {
+            return Err(Error::BadStageInput(format!("{} sessions but {} tokens", caches.len(), tokens.len())));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.spec.vocab) {
+            return Err(Error::BadStageInput(format!("token id {bad} is outside the vocabulary of {}", self.spec.vocab)));
+        }
+        for c in caches.iter() {
+            if c.layers.len() != self.layers.len() {
+                return Err(Error::BadStageInput("cache was made for a different stage".into()));
+            }
+            if c.len + 1 > c.capacity {
+                return Err(Error::ContextOverflow { prompt: c.len + 1, context: c.capacity });
+            }
+        }
+        let rows = Rows::Sessions(caches.iter().map(|c| c.len).collect());
+        self.pool.install(|| self.run(caches, &rows, StageInput::Tokens(tokens), tokens.len(), logits, true));
+        caches.iter_mut().for_each(|c| c.len += 1);
+        Ok(())
+    }
+
+    /// Runs `n` rows through the stage. Row `t` belongs to the cache and position `rows.at(t)`;
+    /// the first cache's scratch buffers serve the whole step.
+    #[allow(clippy::too_many_arguments)]
+    fn run(&self, caches: &mut [&mut KvCache], rows: &Rows, input: StageInput<'_>, n: usize, out: &mut Vec<f32>, all_logits: bool) -> StageOutput {
+        let mut scratch = std::mem::take(&mut caches[0].scratch);
+        let kind = self.run_rows(&mut scratch, caches, rows, input, n, out, all_logits);
+        caches[0].scratch = scratch;
+        kind
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_rows(&self, s: &mut Scratch, caches: &mut [&mut KvCache], rows: &Rows, input: StageInput<'_>, n: usize, out: &mut Vec<f32>, all_logits: bool) -> StageOutput {
         let spec = &*self.spec;
         let dim = spec.dim;
-        let pos0 = cache.len;
-        let s = &mut cache.scratch;
         let x = sized(&mut s.x, n * dim);
         match input {
             StageInput::Tokens(tokens) => {
@@ -225,7 +265,6 @@ impl Stage {
         }
         for (li, layer) in self.layers.iter().enumerate() {
             let layer_spec = spec.layers[self.range.start + li];
-            let lc = &mut cache.layers[li];
             let x = &mut s.x[..n * dim];
             let xn = sized(&mut s.xn, n * dim);
             for (o, r) in xn.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
@@ -245,7 +284,7 @@ impl Stage {
             let cos = sized(&mut s.cos, half);
             let sin = sized(&mut s.sin, half);
             for t in 0..n {
-                ops::rope_angles(pos0 + t, layer_spec.rope_base, spec.rope_dims, cos, sin);
+                ops::rope_angles(rows.at(t).1, layer_spec.rope_base, spec.rope_dims, cos, sin);
                 for head in q[t * spec.q_dim()..(t + 1) * spec.q_dim()].chunks_exact_mut(spec.head_dim) {
                     ops::rope_apply(head, spec.rope_style, cos, sin);
                 }
@@ -254,10 +293,16 @@ impl Stage {
                 }
             }
             let kv = spec.kv_dim();
-            lc.k[pos0 * kv..(pos0 + n) * kv].convert_from_f32_slice(k);
-            lc.v[pos0 * kv..(pos0 + n) * kv].convert_from_f32_slice(v);
+            for t in 0..n {
+                let (ci, p) = rows.at(t);
+                let lc = &mut caches[ci].layers[li];
+                lc.k[p * kv..(p + 1) * kv].convert_from_f32_slice(&k[t * kv..(t + 1) * kv]);
+                lc.v[p * kv..(p + 1) * kv].convert_from_f32_slice(&v[t * kv..(t + 1) * kv]);
+            }
             let att = sized(&mut s.att, n * spec.q_dim());
-            attention(spec, layer_spec.window, pos0, q, &lc.k, &lc.v, att, &mut s.attn);
+            let views: &[&mut KvCache] = caches;
+            let layer_kv = |ci: usize| (&views[ci].layers[li].k[..], &views[ci].layers[li].v[..]);
+            attention(spec, layer_spec.window, rows, layer_kv, q, att, &mut s.attn);
             let o = sized(&mut s.o, n * dim);
             layer.wo.matmul(att, o, &mut s.quant);
             if let Some(pn) = &layer.post_attn_norm {
@@ -279,37 +324,65 @@ impl Stage {
             }
             x.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
         }
-        cache.len += n;
         let x = &s.x[..n * dim];
         match &self.head {
             Some(head) => {
-                let xn = sized(&mut s.xn, dim);
-                ops::rms_norm(&x[(n - 1) * dim..], &head.norm, spec.norm_eps, xn);
-                out.resize(spec.vocab, 0.0);
+                // Logits for every row in a batched step; for the last row only otherwise.
+                let first = if all_logits { 0 } else { n - 1 };
+                let xn = sized(&mut s.xn, (n - first) * dim);
+                for (o, r) in xn.chunks_exact_mut(dim).zip(x[first * dim..].chunks_exact(dim)) {
+                    ops::rms_norm(r, &head.norm, spec.norm_eps, o);
+                }
+                out.resize((n - first) * spec.vocab, 0.0);
                 head.output.matmul(xn, out, &mut s.quant);
-                Ok(StageOutput::Logits)
+                StageOutput::Logits
             }
             None => {
                 out.clear();
                 out.extend_from_slice(x);
-                Ok(StageOutput::Hidden)
+                StageOutput::Hidden
             }
         }
     }
 }
 
-/// Causal (optionally sliding-window) grouped-query attention of `n` new positions starting at
-/// `pos0`, whose keys and values are already in the cache. Like llama.cpp's default path, the
+/// Where each row of a step goes: consecutive positions of one cache (a prompt, a decode step),
+/// or one row per session cache at that cache's next position (a batched decode step).
+enum Rows {
+    Contiguous { pos0: usize },
+    Sessions(Vec<usize>),
+}
+
+impl Rows {
+    /// (cache index, position) of row `t`.
+    fn at(&self, t: usize) -> (usize, usize) {
+        match self {
+            Rows::Contiguous { pos0 } => (0, pos0 + t),
+            Rows::Sessions(positions) => (t, positions[t]),
+        }
+    }
+}
+
+/// Causal (optionally sliding-window) grouped-query attention for each row, whose keys and
+/// values are already in its cache (`layer_kv(cache index)`). Like llama.cpp's default path, the
 /// query meets the f16 keys as f16, and the attention weights meet the f16 values as f16.
-#[allow(clippy::too_many_arguments)]
-fn attention(spec: &ModelSpec, window: Option<usize>, pos0: usize, q: &[f32], k_cache: &[f16], v_cache: &[f16], att: &mut [f32], scratch: &mut AttnScratch) {
+fn attention<'c>(
+    spec: &ModelSpec,
+    window: Option<usize>,
+    rows: &Rows,
+    layer_kv: impl Fn(usize) -> (&'c [f16], &'c [f16]) + Sync,
+    q: &[f32],
+    att: &mut [f32],
+    scratch: &mut AttnScratch,
+) {
     let hd = spec.head_dim;
     let heads = spec.heads;
     let group = spec.heads / spec.kv_heads;
     let kv = spec.kv_dim();
     let one = |idx: usize, out: &mut [f32], s: &mut AttnScratch| {
         let (t, h) = (idx / heads, idx % heads);
-        let p = pos0 + t;
+        let (ci, p) = rows.at(t);
+        let (k_cache, v_cache) = layer_kv(ci);
         let start = window.map_or(0, |w| (p + 1).saturating_sub(w));
         let kvh = (h / group) * hd;
         let qh = sized(&mut s.q, hd);
@@ -327,7 +400,7 @@ fn attention(spec: &ModelSpec, window: Option<usize>, pos0: usize, q: &[f32], k_
         }
     };
     let n_rows = att.len() / hd;
-    if n_rows * (pos0 + 1) < 4096 {
+    if n_rows * (rows.at(n_rows / heads - 1).1 + 1) < 4096 {
         // Short decode steps: threads would cost more than they save.
         for (idx, out) in att.chunks_exact_mut(hd).enumerate() {
             one(idx, out, scratch);

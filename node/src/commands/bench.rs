@@ -23,20 +23,23 @@ pub(super) fn bench(cache: &ModelCache, args: BenchArgs) -> Result<()> {
         let stage = model.full_stage()?;
         label = resolved.entry.as_ref().map_or_else(|| resolved.path.display().to_string(), |e| e.name.clone());
         let quant = hearth_shards::ModelSummary::of(model.gguf())?.quantization;
-        let tests = [("pp", args.n_prompt), ("tg", args.n_gen)];
-        for (kind, n) in tests.into_iter().filter(|(_, n)| *n > 0) {
+        let sessions = args.sessions as usize;
+        let batched = if sessions > 1 { args.n_gen } else { 0 };
+        let tests = [("pp", args.n_prompt, 1), ("tg", args.n_gen, 1), ("tg", batched, sessions)];
+        for (kind, n, sessions) in tests.into_iter().filter(|(_, n, _)| *n > 0) {
+            let name = if sessions > 1 { format!("{kind}{n}x{sessions}") } else { format!("{kind}{n}") };
             let rates = (0..=args.repetitions)
-                .map(|_| run_once(&stage, kind, n))
+                .map(|_| if sessions > 1 { run_batched(&stage, n, sessions) } else { run_once(&stage, kind, n) })
                 .collect::<Result<Vec<f64>>>()?
                 .split_off(1); // the first run warms caches and page-ins
             let (mean, sd) = mean_sd(&rates);
             if args.json {
                 println!(
                     "{}",
-                    serde_json::json!({"model": label, "quantization": quant, "size": size, "threads": t, "test": format!("{kind}{n}"), "tokens_per_s": mean, "sd": sd, "samples": rates})
+                    serde_json::json!({"model": label, "quantization": quant, "size": size, "threads": t, "test": name, "tokens_per_s": mean, "sd": sd, "samples": rates})
                 );
             } else {
-                println!("| {label} {quant} | {:.1} MB | {t} | {kind}{n} | {mean:.2} ± {sd:.2} |", size as f64 / 1e6);
+                println!("| {label} {quant} | {:.1} MB | {t} | {name} | {mean:.2} ± {sd:.2} |", size as f64 / 1e6);
             }
         }
     }
@@ -65,6 +68,20 @@ fn run_once(stage: &Stage, kind: &str, n: usize) -> Result<f64> {
         }
     }
     Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// `sessions` sessions decode `n` tokens each, sharing every step; returns aggregate tokens/s.
+fn run_batched(stage: &Stage, n: usize, sessions: usize) -> Result<f64> {
+    let vocab = stage.spec().vocab as u64;
+    let mut caches: Vec<_> = (0..sessions).map(|_| stage.new_cache(n + 1)).collect();
+    let mut out = Vec::new();
+    let start = Instant::now();
+    for i in 0..n {
+        let tokens: Vec<u32> = (0..sessions).map(|s| (((i * sessions + s) as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17) as u32 % vocab as u32).collect();
+        let mut refs: Vec<_> = caches.iter_mut().collect();
+        stage.decode_batch(&mut refs, &tokens, &mut out)?;
+    }
+    Ok((n * sessions) as f64 / start.elapsed().as_secs_f64())
 }
 
 fn mean_sd(xs: &[f64]) -> (f64, f64) {
