@@ -224,8 +224,33 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn f16_ptr(p: *const u8) -> f32 {
         // SAFETY: the caller passes a pointer to 2 readable bytes.
-        let bits = unsafe { p.cast::<u16>().read_unaligned() };
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+        let bits = u32::from(unsafe { p.cast::<u16>().read_unaligned() });
+        let out: __m128;
+        // Written out because the compiler otherwise inserts the 16 bits into a live register
+        // (often the accumulator), chaining every block to the previous block's FMA; `vmovd`
+        // from a general register starts a fresh value.
+        // SAFETY: register-only instructions, available with F16C (enabled for this function).
+        unsafe {
+            std::arch::asm!(
+                "vmovd {x}, {bits:e}",
+                "vcvtph2ps {x}, {x}",
+                bits = in(reg) bits,
+                x = out(xmm_reg) out,
+                options(pure, nomem, nostack, preserves_flags),
+            );
+        }
+        _mm_cvtss_f32(out)
+    }
+
+    /// The two f16 scales at the start of a Q4_1 or Q8_1 block, as lanes 0 and 1. Converting both
+    /// at once keeps the load a full 32 bits: a 16-bit insert into a live register would chain each
+    /// block to the previous one through a false dependency.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn f16_pair(p: *const u8) -> __m128 {
+        // SAFETY: the caller passes a pointer to 4 readable bytes.
+        let bits = unsafe { p.cast::<i32>().read_unaligned() };
+        _mm_cvtph_ps(_mm_cvtsi32_si128(bits))
     }
 
     /// # Safety
@@ -234,13 +259,16 @@ mod avx2 {
     pub unsafe fn dot_q4_1_q8_1(x: &[u8], y: &[u8], blocks: usize) -> f32 {
         assert!(x.len() >= blocks * Q4_1 && y.len() >= blocks * Q8_1);
         let mut acc = _mm256_setzero_ps();
-        let mut offsets = 0.0f32;
+        // Lane 1 sums m_x * s_y over blocks (lane 0 is unused).
+        let mut offsets = _mm_setzero_ps();
         let (mut xp, mut yp) = (x.as_ptr(), y.as_ptr());
         for _ in 0..blocks {
             // SAFETY: `blocks` whole blocks are in bounds (asserted above).
             unsafe {
-                offsets += f16_ptr(xp.add(2)) * f16_ptr(yp.add(2));
-                let d = _mm256_set1_ps(f16_ptr(xp) * f16_ptr(yp));
+                // (d_x * d_y, m_x * s_y)
+                let scales = _mm_mul_ps(f16_pair(xp), f16_pair(yp));
+                offsets = _mm_add_ps(offsets, scales);
+                let d = _mm256_broadcastss_ps(scales);
                 let qx = nibbles(xp.add(4));
                 let qy = _mm256_loadu_si256(yp.add(4).cast());
                 acc = _mm256_fmadd_ps(d, mul_sum_us8(qx, qy), acc);
@@ -248,7 +276,7 @@ mod avx2 {
                 yp = yp.add(Q8_1);
             }
         }
-        hsum(acc) + offsets
+        hsum(acc) + _mm_cvtss_f32(_mm_movehdup_ps(offsets))
     }
 
     /// Four activation rows against one weight row, unpacking each weight block once.
@@ -259,23 +287,25 @@ mod avx2 {
     pub unsafe fn dot_q4_1_q8_1_x4(x: &[u8], ys: [&[u8]; 4], blocks: usize) -> [f32; 4] {
         assert!(x.len() >= blocks * Q4_1 && ys.iter().all(|y| y.len() >= blocks * Q8_1));
         let mut acc = [_mm256_setzero_ps(); 4];
-        let mut offsets = [0.0f32; 4];
+        let mut offsets = [_mm_setzero_ps(); 4];
         for b in 0..blocks {
             // SAFETY: block `b` is in bounds of `x` and of every `ys[i]` (asserted above).
             unsafe {
                 let xp = x.as_ptr().add(b * Q4_1);
-                let (dx, mx) = (f16_ptr(xp), f16_ptr(xp.add(2)));
+                let xs = f16_pair(xp);
                 let qx = nibbles(xp.add(4));
                 for i in 0..4 {
                     let yp = ys[i].as_ptr().add(b * Q8_1);
-                    offsets[i] += mx * f16_ptr(yp.add(2));
-                    let d = _mm256_set1_ps(dx * f16_ptr(yp));
+                    // Same operations in the same order as the one-row kernel: identical results.
+                    let scales = _mm_mul_ps(xs, f16_pair(yp));
+                    offsets[i] = _mm_add_ps(offsets[i], scales);
+                    let d = _mm256_broadcastss_ps(scales);
                     let qy = _mm256_loadu_si256(yp.add(4).cast());
                     acc[i] = _mm256_fmadd_ps(d, mul_sum_us8(qx, qy), acc[i]);
                 }
             }
         }
-        [0, 1, 2, 3].map(|i| hsum(acc[i]) + offsets[i])
+        [0, 1, 2, 3].map(|i| hsum(acc[i]) + _mm_cvtss_f32(_mm_movehdup_ps(offsets[i])))
     }
 
     /// Q5_0 block at `xp` → 32 signed values in -16..=15.
