@@ -5,8 +5,8 @@ use std::path::PathBuf;
 /// Errors from loading and running models.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path} is not a GGUF model file ({reason}); point hearth at a .gguf file")]
     NotGguf { path: PathBuf, reason: String },
     #[error("{path} is damaged: {reason}; download or import the file again")]

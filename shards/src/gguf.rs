@@ -115,7 +115,7 @@ impl std::fmt::Debug for Gguf {
 impl Gguf {
     /// Memory-maps and parses `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let io = |source| Error::Io { path: path.to_owned(), source };
+        let io = |error| Error::Io { path: path.to_owned(), error };
         let file = File::open(path).map_err(io)?;
         // SAFETY: the map is read-only; hearth's model cache never rewrites a file in place
         // (imports go to a temp file and are renamed), so the bytes do not change under us.
