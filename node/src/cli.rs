@@ -57,22 +57,43 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Sample only from the K most likely tokens (0: no limit).
-    #[arg(long, default_value_t = 40, value_name = "K", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        default_value_t = 40,
+        value_name = "K",
+        allow_negative_numbers = true
+    )]
     pub top_k: usize,
     /// Sample only from the most likely tokens adding up to probability P (0 < P ≤ 1).
-    #[arg(long, default_value_t = 0.95, value_name = "P", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        default_value_t = 0.95,
+        value_name = "P",
+        allow_negative_numbers = true
+    )]
     pub top_p: f32,
     /// Penalty for repeating recent tokens (1: off).
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub repeat_penalty: f32,
     /// How many recent tokens the repeat penalty considers.
-    #[arg(long, default_value_t = 64, value_name = "N", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        default_value_t = 64,
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
     pub repeat_last_n: usize,
     /// Random seed; the same seed gives the same reply.
     #[arg(long)]
     pub seed: Option<u64>,
     /// Most tokens to generate per reply.
-    #[arg(short = 'n', long, default_value_t = 512, value_name = "N", allow_negative_numbers = true)]
+    #[arg(
+        short = 'n',
+        long,
+        default_value_t = 512,
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
     pub max_tokens: usize,
     /// Stop before this text (repeatable).
     #[arg(long, value_name = "TEXT")]
@@ -92,14 +113,20 @@ impl SamplingArgs {
             seed: self.seed.unwrap_or_else(|| random_seed(defaults.seed)),
         };
         sampling.validate()?;
-        Ok(GenerateParams { sampling, max_tokens: self.max_tokens, stop: self.stop.clone() })
+        Ok(GenerateParams {
+            sampling,
+            max_tokens: self.max_tokens,
+            stop: self.stop.clone(),
+        })
     }
 }
 
 fn random_seed(fallback: u64) -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(fallback, |d| d.as_nanos() as u64 ^ u64::from(std::process::id()))
+        .map_or(fallback, |d| {
+            d.as_nanos() as u64 ^ u64::from(std::process::id())
+        })
 }
 
 /// `hearth run`.
@@ -148,10 +175,20 @@ pub struct BenchArgs {
     #[arg(short = 't', long, value_name = "N[,N...]", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Vec<u32>,
     /// Prompt-processing test: tokens in one forward pass (0 skips it).
-    #[arg(short = 'p', long = "n-prompt", default_value_t = 512, value_name = "TOKENS")]
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        default_value_t = 512,
+        value_name = "TOKENS"
+    )]
     pub n_prompt: usize,
     /// Generation test: tokens decoded one by one (0 skips it).
-    #[arg(short = 'n', long = "n-gen", default_value_t = 128, value_name = "TOKENS")]
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        default_value_t = 128,
+        value_name = "TOKENS"
+    )]
     pub n_gen: usize,
     /// Also measure batched generation: this many sessions decoding together, one shared step
     /// per token (reports aggregate tokens/s as tgNxS).

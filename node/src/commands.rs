@@ -31,5 +31,6 @@ fn open_model(cache: &ModelCache, args: &ModelArgs, threads: Option<u32>) -> Res
         None => cache.default_model()?,
     };
     let threads = threads.map_or_else(default_threads, |t| t as usize);
-    Model::open(&resolved.path, threads).with_context(|| format!("cannot load {}", resolved.path.display()))
+    Model::open(&resolved.path, threads)
+        .with_context(|| format!("cannot load {}", resolved.path.display()))
 }

@@ -69,8 +69,12 @@ impl ModelCache {
     fn load_index(&self) -> Result<Index> {
         let path = self.index_path();
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("model index {} is damaged; remove it and import the models again", path.display())),
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                    "model index {} is damaged; remove it and import the models again",
+                    path.display()
+                )
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Index::default()),
             Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
         }
@@ -78,7 +82,8 @@ impl ModelCache {
 
     fn save_index(&self, index: &Index) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(index)?;
-        durable::write_atomic(&self.index_path(), &bytes).with_context(|| format!("cannot write {}", self.index_path().display()))
+        durable::write_atomic(&self.index_path(), &bytes)
+            .with_context(|| format!("cannot write {}", self.index_path().display()))
     }
 
     /// Every cached model, in import order.
@@ -89,13 +94,23 @@ impl ModelCache {
     /// Imports a GGUF file: checks it parses, hashes it while copying it into the cache, checks
     /// `expected_sha256` when given, and records it under `name` (default: the file's stem).
     /// `progress` is called with (bytes done, total).
-    pub fn import(&self, src: &Path, name: Option<&str>, expected_sha256: Option<&str>, progress: &dyn Fn(u64, u64)) -> Result<Imported> {
+    pub fn import(
+        &self,
+        src: &Path,
+        name: Option<&str>,
+        expected_sha256: Option<&str>,
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<Imported> {
         let gguf = Gguf::open(src).with_context(|| format!("cannot import {}", src.display()))?;
-        let summary = ModelSummary::of(&gguf).with_context(|| format!("cannot import {}", src.display()))?;
+        let summary =
+            ModelSummary::of(&gguf).with_context(|| format!("cannot import {}", src.display()))?;
         drop(gguf);
         let name = match name {
             Some(n) => n.to_owned(),
-            None => src.file_stem().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_else(|| "model".into()),
+            None => src
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_lowercase())
+                .unwrap_or_else(|| "model".into()),
         };
         validate_name(&name)?;
         let expected = expected_sha256.map(str::to_lowercase);
@@ -104,7 +119,8 @@ impl ModelCache {
                 bail!("--sha256 {e} is not a SHA-256 digest (64 hex characters)");
             }
         }
-        fs::create_dir_all(&self.dir).with_context(|| format!("cannot create the model cache {}", self.dir.display()))?;
+        fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create the model cache {}", self.dir.display()))?;
 
         let total = fs::metadata(src)?.len();
         let tmp = self.dir.join(format!(".import-{}.tmp", std::process::id()));
@@ -122,12 +138,24 @@ impl ModelCache {
             let _ = fs::remove_file(&tmp);
             return Ok(Imported::AlreadyPresent(existing.clone()));
         }
-        if let Some(taken) = index.models.iter().find(|m| m.name.eq_ignore_ascii_case(&name)) {
+        if let Some(taken) = index
+            .models
+            .iter()
+            .find(|m| m.name.eq_ignore_ascii_case(&name))
+        {
             let _ = fs::remove_file(&tmp);
-            bail!("the name {name} already belongs to model {}; pick another with --name", &taken.digest[..12]);
+            bail!(
+                "the name {name} already belongs to model {}; pick another with --name",
+                &taken.digest[..12]
+            );
         }
         durable::rename_durable(&tmp, &self.file_path(&digest))?;
-        let entry = CachedModel { name, digest, size: total, summary };
+        let entry = CachedModel {
+            name,
+            digest,
+            size: total,
+            summary,
+        };
         index.models.push(entry.clone());
         self.save_index(&index)?;
         Ok(Imported::Added(entry))
@@ -139,7 +167,13 @@ impl ModelCache {
         let entry = find(&index.models, query)?.clone();
         index.models.retain(|m| m.digest != entry.digest);
         self.save_index(&index)?;
-        fs::remove_file(self.file_path(&entry.digest)).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })?;
+        fs::remove_file(self.file_path(&entry.digest)).or_else(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
         Ok(entry)
     }
 
@@ -147,11 +181,17 @@ impl ModelCache {
     pub fn resolve(&self, query: &str) -> Result<Resolved> {
         let models = self.list()?;
         match find(&models, query) {
-            Ok(entry) => Ok(Resolved { path: self.file_path(&entry.digest), entry: Some(entry.clone()) }),
+            Ok(entry) => Ok(Resolved {
+                path: self.file_path(&entry.digest),
+                entry: Some(entry.clone()),
+            }),
             Err(not_found) => {
                 let p = Path::new(query);
                 if p.is_file() {
-                    Ok(Resolved { path: p.to_owned(), entry: None })
+                    Ok(Resolved {
+                        path: p.to_owned(),
+                        entry: None,
+                    })
                 } else {
                     Err(not_found)
                 }
@@ -167,8 +207,13 @@ impl ModelCache {
         }
         match models.as_slice() {
             [only] => self.resolve(&only.name.clone()),
-            [] => bail!("no models in {}: run scripts/fetch-models, or `hearth models import FILE.gguf`", self.dir.display()),
-            _ => bail!("no model named {DEFAULT_MODEL}; choose one with -m (see `hearth models list`)"),
+            [] => bail!(
+                "no models in {}: run scripts/fetch-models, or `hearth models import FILE.gguf`",
+                self.dir.display()
+            ),
+            _ => bail!(
+                "no model named {DEFAULT_MODEL}; choose one with -m (see `hearth models list`)"
+            ),
         }
     }
 }
@@ -186,7 +231,10 @@ fn find<'a>(models: &'a [CachedModel], query: &str) -> Result<&'a CachedModel> {
             many => bail!(
                 "digest prefix {query} matches {} models ({}); give more characters",
                 many.len(),
-                many.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+                many.iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }
     }
@@ -194,13 +242,18 @@ fn find<'a>(models: &'a [CachedModel], query: &str) -> Result<&'a CachedModel> {
     if names.is_empty() {
         bail!("no model {query}: the cache is empty and no such file exists; run scripts/fetch-models or `hearth models import FILE.gguf`")
     }
-    bail!("no model {query}: not a cached name ({}), digest prefix or file", names.join(", "))
+    bail!(
+        "no model {query}: not a cached name ({}), digest prefix or file",
+        names.join(", ")
+    )
 }
 
 fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         && !name.chars().all(|c| c.is_ascii_hexdigit());
     if !ok {
         bail!("model name {name:?} must be 1-64 letters, digits, '-', '_' or '.', and not look like a digest");
@@ -210,7 +263,8 @@ fn validate_name(name: &str) -> Result<()> {
 
 fn copy_hashing(src: &Path, dst: &Path, total: u64, progress: &dyn Fn(u64, u64)) -> Result<String> {
     let mut input = File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
-    let mut output = File::create(dst).with_context(|| format!("cannot write {}", dst.display()))?;
+    let mut output =
+        File::create(dst).with_context(|| format!("cannot write {}", dst.display()))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut done = 0u64;
@@ -225,5 +279,9 @@ fn copy_hashing(src: &Path, dst: &Path, total: u64, progress: &dyn Fn(u64, u64))
         progress(done, total);
     }
     output.sync_all()?;
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }

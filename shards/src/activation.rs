@@ -50,7 +50,10 @@ pub fn quantize_q8_k(xs: &[f32], out: &mut [u8]) {
             *q = ((iscale * v).round_ties_even() as i32).min(127) as i8 as u8;
         }
         for (j, s) in sums.chunks_exact_mut(2).enumerate() {
-            let sum: i16 = qs[j * 16..j * 16 + 16].iter().map(|&q| i16::from(q as i8)).sum();
+            let sum: i16 = qs[j * 16..j * 16 + 16]
+                .iter()
+                .map(|&q| i16::from(q as i8))
+                .sum();
             s.copy_from_slice(&sum.to_le_bytes());
         }
         block[..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
@@ -70,17 +73,30 @@ mod tests {
     use candle_core::quantized::k_quants::{BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType};
 
     fn sample(n: usize) -> Vec<f32> {
-        (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.173 + (i as f32).sin()).collect()
+        (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.173 + (i as f32).sin())
+            .collect()
     }
 
     /// Our bytes, read back through candle's block types, dequantize to the input within one step.
-    fn roundtrip<T: GgmlType>(quant: fn(&[f32], &mut [u8]), n: usize, block_bytes: usize, tol: f32) {
+    fn roundtrip<T: GgmlType>(
+        quant: fn(&[f32], &mut [u8]),
+        n: usize,
+        block_bytes: usize,
+        tol: f32,
+    ) {
         let xs = sample(n);
         let mut bytes = vec![0u64; (n / T::BLCK_SIZE * block_bytes).div_ceil(8)];
         // SAFETY: u64 storage viewed as bytes, then as plain-data blocks of the matching layout.
-        let raw = unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<u8>(), n / T::BLCK_SIZE * block_bytes) };
+        let raw = unsafe {
+            std::slice::from_raw_parts_mut(
+                bytes.as_mut_ptr().cast::<u8>(),
+                n / T::BLCK_SIZE * block_bytes,
+            )
+        };
         quant(&xs, raw);
-        let blocks = unsafe { std::slice::from_raw_parts(raw.as_ptr().cast::<T>(), n / T::BLCK_SIZE) };
+        let blocks =
+            unsafe { std::slice::from_raw_parts(raw.as_ptr().cast::<T>(), n / T::BLCK_SIZE) };
         let mut back = vec![0.0; n];
         T::to_float(blocks, &mut back);
         for (a, b) in xs.iter().zip(&back) {

@@ -18,12 +18,16 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message with `role` and `content`.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage { role: role.into(), content: content.into() }
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
 /// Template used for models that ship none: a plain transcript a base model can continue.
-const PLAIN_TRANSCRIPT: &str = "{% for m in messages %}{{ m.role | capitalize }}: {{ m.content }}\n\n{% endfor %}\
+const PLAIN_TRANSCRIPT: &str =
+    "{% for m in messages %}{{ m.role | capitalize }}: {{ m.content }}\n\n{% endfor %}\
 {% if add_generation_prompt %}Assistant:{% endif %}";
 
 /// A compiled chat template.
@@ -45,7 +49,11 @@ impl std::fmt::Debug for ChatTemplate {
 impl ChatTemplate {
     /// The model's template, or the plain transcript when the file has none.
     pub fn from_gguf(gguf: &Gguf, tokenizer: &Tokenizer) -> Result<Self> {
-        let text = |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or("").to_owned();
+        let text = |id: Option<u32>| {
+            id.and_then(|i| tokenizer.token_text(i))
+                .unwrap_or("")
+                .to_owned()
+        };
         let (bos, eos) = (text(tokenizer.bos()), text(tokenizer.eos()));
         match gguf.get_str("tokenizer.chat_template") {
             Ok(source) => Self::new(source, bos, eos, true),
@@ -60,12 +68,26 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        });
-        env.add_template_owned("chat", source.to_owned()).map_err(|e| Error::Template(format!("cannot compile: {e}")))?;
-        let stop_strings = if from_model { Vec::new() } else { vec!["\nUser:".to_owned()] };
-        Ok(ChatTemplate { env, bos, eos, stop_strings, from_model })
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
+        env.add_template_owned("chat", source.to_owned())
+            .map_err(|e| Error::Template(format!("cannot compile: {e}")))?;
+        let stop_strings = if from_model {
+            Vec::new()
+        } else {
+            vec!["\nUser:".to_owned()]
+        };
+        Ok(ChatTemplate {
+            env,
+            bos,
+            eos,
+            stop_strings,
+            from_model,
+        })
     }
 
     /// Whether the template came from the model file (instruct models) rather than the fallback.
@@ -80,7 +102,10 @@ impl ChatTemplate {
 
     /// Renders the conversation; with `add_generation_prompt`, ends where the assistant speaks.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self.env.get_template("chat").map_err(|e| Error::Template(e.to_string()))?;
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| Error::Template(e.to_string()))?;
         tmpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -107,15 +132,27 @@ mod tests {
     fn python_string_methods_and_raise_exception_work() {
         let src = "{% if messages[0].role != 'user' %}{{ raise_exception('first message must be from the user') }}{% endif %}{{ messages[0].content.strip().upper() }}";
         let t = ChatTemplate::new(src, String::new(), String::new(), true).unwrap();
-        assert_eq!(t.render(&[ChatMessage::new("user", "  yo ")], false).unwrap(), "YO");
-        let err = t.render(&[ChatMessage::new("system", "x")], false).unwrap_err();
-        assert!(err.to_string().contains("first message must be from the user"), "{err}");
+        assert_eq!(
+            t.render(&[ChatMessage::new("user", "  yo ")], false)
+                .unwrap(),
+            "YO"
+        );
+        let err = t
+            .render(&[ChatMessage::new("system", "x")], false)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("first message must be from the user"),
+            "{err}"
+        );
     }
 
     #[test]
     fn plain_transcript_for_models_without_template() {
         let t = ChatTemplate::new(PLAIN_TRANSCRIPT, String::new(), String::new(), false).unwrap();
-        let out = t.render(&[ChatMessage::new("user", "hello")], true).unwrap();
+        let out = t
+            .render(&[ChatMessage::new("user", "hello")], true)
+            .unwrap();
         assert_eq!(out, "User: hello\n\nAssistant:");
         assert_eq!(t.stop_strings(), ["\nUser:"]);
     }

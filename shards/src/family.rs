@@ -36,7 +36,9 @@ pub fn spec_for(gguf: &Gguf) -> Result<ModelSpec> {
     let (_, spec) = FAMILIES
         .iter()
         .find(|(name, _)| *name == arch)
-        .ok_or_else(|| Error::UnsupportedArchitecture(arch.to_owned(), supported_architectures().join(", ")))?;
+        .ok_or_else(|| {
+            Error::UnsupportedArchitecture(arch.to_owned(), supported_architectures().join(", "))
+        })?;
     let spec = spec(gguf)?;
     validate(&spec)?;
     Ok(spec)
@@ -63,9 +65,17 @@ impl Common {
         let key = |k: &str| format!("{arch}.{k}");
         let dim = gguf.get_usize(&key("embedding_length"))?;
         let heads = gguf.get_usize(&key("attention.head_count"))?;
-        let kv_heads = gguf.get_usize(&key("attention.head_count_kv")).unwrap_or(heads);
-        if heads == 0 || !dim.is_multiple_of(heads) && !gguf.metadata.contains_key(&key("attention.key_length")) {
-            return Err(Error::BadMetadata { key: key("attention.head_count"), reason: format!("{heads} heads for width {dim}") });
+        let kv_heads = gguf
+            .get_usize(&key("attention.head_count_kv"))
+            .unwrap_or(heads);
+        if heads == 0
+            || !dim.is_multiple_of(heads)
+                && !gguf.metadata.contains_key(&key("attention.key_length"))
+        {
+            return Err(Error::BadMetadata {
+                key: key("attention.head_count"),
+                reason: format!("{heads} heads for width {dim}"),
+            });
         }
         let head_dim = match gguf.get_usize(&key("attention.key_length")) {
             Ok(d) => d,
@@ -118,15 +128,31 @@ impl Common {
 }
 
 fn validate(spec: &ModelSpec) -> Result<()> {
-    let bad = |reason: String| Err(Error::BadMetadata { key: format!("{}.*", spec.architecture), reason });
-    if spec.dim == 0 || spec.ffn_dim == 0 || spec.layers.is_empty() || spec.vocab == 0 || spec.context == 0 {
+    let bad = |reason: String| {
+        Err(Error::BadMetadata {
+            key: format!("{}.*", spec.architecture),
+            reason,
+        })
+    };
+    if spec.dim == 0
+        || spec.ffn_dim == 0
+        || spec.layers.is_empty()
+        || spec.vocab == 0
+        || spec.context == 0
+    {
         return bad(format!("zero-sized model: {spec:?}"));
     }
     if spec.kv_heads == 0 || !spec.heads.is_multiple_of(spec.kv_heads) {
-        return bad(format!("{} query heads cannot share {} key/value heads", spec.heads, spec.kv_heads));
+        return bad(format!(
+            "{} query heads cannot share {} key/value heads",
+            spec.heads, spec.kv_heads
+        ));
     }
     if spec.rope_dims > spec.head_dim || !spec.rope_dims.is_multiple_of(2) {
-        return bad(format!("rope over {} of {} head dimensions", spec.rope_dims, spec.head_dim));
+        return bad(format!(
+            "rope over {} of {} head dimensions",
+            spec.rope_dims, spec.head_dim
+        ));
     }
     // Sizes beyond these are not models hearth could hold; refusing them keeps a corrupt header
     // from turning into a giant allocation.

@@ -22,7 +22,11 @@ pub struct GenerateParams {
 
 impl Default for GenerateParams {
     fn default() -> Self {
-        GenerateParams { sampling: SamplingParams::default(), max_tokens: 512, stop: Vec::new() }
+        GenerateParams {
+            sampling: SamplingParams::default(),
+            max_tokens: 512,
+            stop: Vec::new(),
+        }
     }
 }
 
@@ -68,9 +72,18 @@ impl std::fmt::Debug for Generator {
 impl Generator {
     /// A generator over `stage`, which must hold the whole model.
     pub fn new(stage: Arc<Stage>, tokenizer: Arc<Tokenizer>, context: usize) -> Self {
-        assert!(stage.is_first() && stage.is_last(), "a generator needs the whole model");
+        assert!(
+            stage.is_first() && stage.is_last(),
+            "a generator needs the whole model"
+        );
         let cache = stage.new_cache(context);
-        Generator { stage, tokenizer, cache, cached: Vec::new(), logits: Vec::new() }
+        Generator {
+            stage,
+            tokenizer,
+            cache,
+            cached: Vec::new(),
+            logits: Vec::new(),
+        }
     }
 
     /// Positions the context holds.
@@ -86,15 +99,28 @@ impl Generator {
 
     /// Generates a continuation of `prompt`, calling `on_text` with each piece of text as soon
     /// as it is final; `on_text` returns `false` to stop early.
-    pub fn generate(&mut self, prompt: &[u32], params: &GenerateParams, mut on_text: impl FnMut(&str) -> bool) -> Result<Completion> {
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Completion> {
         let mut sampler = Sampler::new(params.sampling.clone())?;
         if prompt.is_empty() {
             return Err(Error::BadParameter("the prompt is empty".into()));
         }
         if prompt.len() >= self.cache.capacity() {
-            return Err(Error::ContextOverflow { prompt: prompt.len(), context: self.cache.capacity() });
+            return Err(Error::ContextOverflow {
+                prompt: prompt.len(),
+                context: self.cache.capacity(),
+            });
         }
-        let mut reused = self.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let mut reused = self
+            .cached
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
         if reused == prompt.len() {
             // The last prompt token must run again to produce the next token's logits.
             reused -= 1;
@@ -103,7 +129,11 @@ impl Generator {
         self.cached.truncate(reused);
 
         let start = Instant::now();
-        self.stage.forward(&mut self.cache, StageInput::Tokens(&prompt[reused..]), &mut self.logits)?;
+        self.stage.forward(
+            &mut self.cache,
+            StageInput::Tokens(&prompt[reused..]),
+            &mut self.logits,
+        )?;
         self.cached.extend_from_slice(&prompt[reused..]);
         let prefill_time = start.elapsed();
 
@@ -131,7 +161,11 @@ impl Generator {
             if tokens.len() == params.max_tokens || self.cache.len() + 1 >= self.cache.capacity() {
                 break;
             }
-            self.stage.forward(&mut self.cache, StageInput::Tokens(&[token]), &mut self.logits)?;
+            self.stage.forward(
+                &mut self.cache,
+                StageInput::Tokens(&[token]),
+                &mut self.logits,
+            )?;
             self.cached.push(token);
         }
         if finish != FinishReason::Cancelled {
@@ -165,7 +199,12 @@ struct StopScanner<'a> {
 
 impl<'a> StopScanner<'a> {
     fn new(stops: &'a [String]) -> Self {
-        StopScanner { stops, held: String::new(), emitted: String::new(), stopped: false }
+        StopScanner {
+            stops,
+            held: String::new(),
+            emitted: String::new(),
+            stopped: false,
+        }
     }
 
     /// Adds text; returns what can be released and whether a stop string was found.
@@ -174,7 +213,12 @@ impl<'a> StopScanner<'a> {
             return (String::new(), true);
         }
         self.held.push_str(text);
-        let found = self.stops.iter().filter(|s| !s.is_empty()).filter_map(|s| self.held.find(s.as_str())).min();
+        let found = self
+            .stops
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min();
         if let Some(at) = found {
             self.held.truncate(at);
             self.stopped = true;
@@ -186,7 +230,12 @@ impl<'a> StopScanner<'a> {
         let keep = self
             .stops
             .iter()
-            .flat_map(|s| (1..s.len()).rev().filter(|&n| s.is_char_boundary(n)).map(move |n| &s[..n]))
+            .flat_map(|s| {
+                (1..s.len())
+                    .rev()
+                    .filter(|&n| s.is_char_boundary(n))
+                    .map(move |n| &s[..n])
+            })
             .filter(|prefix| self.held.ends_with(prefix))
             .map(str::len)
             .max()

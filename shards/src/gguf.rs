@@ -115,7 +115,10 @@ impl std::fmt::Debug for Gguf {
 impl Gguf {
     /// Memory-maps and parses `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let io = |error| Error::Io { path: path.to_owned(), error };
+        let io = |error| Error::Io {
+            path: path.to_owned(),
+            error,
+        };
         let file = File::open(path).map_err(io)?;
         // SAFETY: the map is read-only; hearth's model cache never rewrites a file in place
         // (imports go to a temp file and are renamed), so the bytes do not change under us.
@@ -126,30 +129,47 @@ impl Gguf {
     /// Parses GGUF bytes already in memory.
     pub fn parse(path: PathBuf, storage: Storage) -> Result<Self> {
         let bytes = Arc::new(storage);
-        let mut r = Reader { buf: &bytes, pos: 0 };
-        let not_gguf = |reason: String| Error::NotGguf { path: path.clone(), reason };
-        let corrupt = |reason: String| Error::Corrupt { path: path.clone(), reason };
+        let mut r = Reader {
+            buf: &bytes,
+            pos: 0,
+        };
+        let not_gguf = |reason: String| Error::NotGguf {
+            path: path.clone(),
+            reason,
+        };
+        let corrupt = |reason: String| Error::Corrupt {
+            path: path.clone(),
+            reason,
+        };
 
         if r.buf.len() < 4 || &r.buf[..4] != MAGIC {
-            return Err(not_gguf("it does not start with the GGUF magic bytes".into()));
+            return Err(not_gguf(
+                "it does not start with the GGUF magic bytes".into(),
+            ));
         }
         r.pos = 4;
         let version = r.u32().map_err(corrupt)?;
         if !(2..=3).contains(&version) {
-            return Err(not_gguf(format!("GGUF version {version}; hearth reads versions 2 and 3")));
+            return Err(not_gguf(format!(
+                "GGUF version {version}; hearth reads versions 2 and 3"
+            )));
         }
         let tensor_count = r.u64().map_err(corrupt)?;
         let kv_count = r.u64().map_err(corrupt)?;
         // Each entry takes at least 8 bytes, so counts beyond the file size are lies.
         let limit = r.buf.len() as u64 / 8;
         if tensor_count > limit || kv_count > limit {
-            return Err(corrupt(format!("header claims {tensor_count} tensors and {kv_count} metadata entries")));
+            return Err(corrupt(format!(
+                "header claims {tensor_count} tensors and {kv_count} metadata entries"
+            )));
         }
         let mut metadata = HashMap::new();
         for _ in 0..kv_count {
             let key = r.string().map_err(corrupt)?;
             let ty = r.u32().map_err(corrupt)?;
-            let value = r.value(ty, 0).map_err(|e| corrupt(format!("metadata `{key}`: {e}")))?;
+            let value = r
+                .value(ty, 0)
+                .map_err(|e| corrupt(format!("metadata `{key}`: {e}")))?;
             metadata.insert(key, value);
         }
         let mut infos = Vec::with_capacity(tensor_count as usize);
@@ -196,7 +216,9 @@ impl Gguf {
                 )));
             }
             let len = elements / ty.block_size() as u64 * ty.type_size() as u64;
-            let start = data_start.checked_add(offset).filter(|s| s % alignment == 0);
+            let start = data_start
+                .checked_add(offset)
+                .filter(|s| s % alignment == 0);
             let end = start.and_then(|s| s.checked_add(len));
             let (Some(start), Some(end)) = (start, end) else {
                 return Err(corrupt(format!("tensor {name} has offset {offset}")));
@@ -218,12 +240,21 @@ impl Gguf {
                 return Err(corrupt(format!("tensor {name} appears twice")));
             }
         }
-        Ok(Gguf { path, version, metadata, tensors, tensor_order, bytes })
+        Ok(Gguf {
+            path,
+            version,
+            metadata,
+            tensors,
+            tensor_order,
+            bytes,
+        })
     }
 
     /// A metadata value, or an error naming the missing key.
     pub fn get(&self, key: &str) -> Result<&Value> {
-        self.metadata.get(key).ok_or_else(|| Error::MissingMetadata(key.to_owned()))
+        self.metadata
+            .get(key)
+            .ok_or_else(|| Error::MissingMetadata(key.to_owned()))
     }
 
     /// A string metadata value.
@@ -245,7 +276,9 @@ impl Gguf {
     /// A float metadata value.
     pub fn get_f32(&self, key: &str) -> Result<f32> {
         let v = self.get(key)?;
-        v.as_f64().map(|v| v as f32).ok_or_else(|| bad(key, format!("expected a number, found {v:?}")))
+        v.as_f64()
+            .map(|v| v as f32)
+            .ok_or_else(|| bad(key, format!("expected a number, found {v:?}")))
     }
 
     /// An array metadata value.
@@ -258,7 +291,9 @@ impl Gguf {
 
     /// The tensor directory entry for `name`.
     pub fn tensor(&self, name: &str) -> Result<&TensorInfo> {
-        self.tensors.get(name).ok_or_else(|| Error::MissingTensor(name.to_owned()))
+        self.tensors
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor(name.to_owned()))
     }
 
     /// The raw bytes of a tensor.
@@ -268,7 +303,10 @@ impl Gguf {
 }
 
 fn bad(key: &str, reason: String) -> Error {
-    Error::BadMetadata { key: key.to_owned(), reason }
+    Error::BadMetadata {
+        key: key.to_owned(),
+        reason,
+    }
 }
 
 struct Reader<'a> {
@@ -280,7 +318,10 @@ impl Reader<'_> {
     fn take(&mut self, n: usize) -> Result<&[u8], String> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
         let Some(end) = end else {
-            return Err(format!("unexpected end of file at byte {} (truncated?)", self.pos));
+            return Err(format!(
+                "unexpected end of file at byte {} (truncated?)",
+                self.pos
+            ));
         };
         let s = &self.buf[self.pos..end];
         self.pos = end;

@@ -115,7 +115,11 @@ pub fn dot_q8_0_q8_0_x4(x: &[u8], ys: [&[u8]; 4], blocks: usize) -> [f32; 4] {
 pub fn dot_q8_0_q8_0_portable(x: &[u8], y: &[u8], blocks: usize) -> f32 {
     let mut sum = 0.0f32;
     for (xb, yb) in x.chunks_exact(Q8_0).zip(y.chunks_exact(Q8_0)).take(blocks) {
-        let sumi: i32 = xb[2..].iter().zip(&yb[2..]).map(|(&a, &b)| i32::from(a as i8) * i32::from(b as i8)).sum();
+        let sumi: i32 = xb[2..]
+            .iter()
+            .zip(&yb[2..])
+            .map(|(&a, &b)| i32::from(a as i8) * i32::from(b as i8))
+            .sum();
         sum += sumi as f32 * f16_at(xb, 0) * f16_at(yb, 0);
     }
     sum
@@ -170,7 +174,12 @@ mod avx2 {
         let mut acc = _mm256_setzero_ps();
         for i in (0..k.len()).step_by(8) {
             // SAFETY: i + 8 <= k.len() <= q.len().
-            let (kv, qv) = unsafe { (_mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(i).cast())), _mm256_loadu_ps(q.as_ptr().add(i))) };
+            let (kv, qv) = unsafe {
+                (
+                    _mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(i).cast())),
+                    _mm256_loadu_ps(q.as_ptr().add(i)),
+                )
+            };
             acc = _mm256_fmadd_ps(kv, qv, acc);
         }
         hsum(acc)
@@ -312,14 +321,28 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q5_values(xp: *const u8) -> __m256i {
-        let shuffle = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+        let shuffle = _mm256_set_epi64x(
+            0x0303030303030303,
+            0x0202020202020202,
+            0x0101010101010101,
+            0,
+        );
         let bit_mask = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
         // SAFETY: the caller passes a pointer to a whole Q5_0 block.
         let (qh, lo) = unsafe { (xp.add(2).cast::<i32>().read_unaligned(), nibbles(xp.add(6))) };
         // 0xFF in each byte whose fifth bit is set.
-        let bits = _mm256_cmpeq_epi8(_mm256_or_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(qh), shuffle), bit_mask), _mm256_set1_epi64x(-1));
+        let bits = _mm256_cmpeq_epi8(
+            _mm256_or_si256(
+                _mm256_shuffle_epi8(_mm256_set1_epi32(qh), shuffle),
+                bit_mask,
+            ),
+            _mm256_set1_epi64x(-1),
+        );
         // Where the fifth bit is clear, value - 16 is the nibble with 0xF0 set (two's complement).
-        _mm256_or_si256(lo, _mm256_andnot_si256(bits, _mm256_set1_epi8(0xF0u8 as i8)))
+        _mm256_or_si256(
+            lo,
+            _mm256_andnot_si256(bits, _mm256_set1_epi8(0xF0u8 as i8)),
+        )
     }
 
     /// Signed × signed byte products summed, as 8 floats.
@@ -426,7 +449,9 @@ mod tests {
         let mut s = seed;
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 (s >> 33) as u8
             })
             .collect()
@@ -435,7 +460,10 @@ mod tests {
     /// Random blocks with sane f16 scales at the given byte offsets. Quantized activations never
     /// hold -128 (their range is ±127), so neither do these.
     fn blocks(count: usize, size: usize, scales: &[usize], seed: u64) -> Vec<u8> {
-        let mut b: Vec<u8> = bytes(count * size, seed).into_iter().map(|v| if v == 0x80 { 0x81 } else { v }).collect();
+        let mut b: Vec<u8> = bytes(count * size, seed)
+            .into_iter()
+            .map(|v| if v == 0x80 { 0x81 } else { v })
+            .collect();
         for (i, chunk) in b.chunks_exact_mut(size).enumerate() {
             for (k, &at) in scales.iter().enumerate() {
                 let v = f16::from_f32(0.01 + ((i * 7 + k * 3) % 13) as f32 * 0.003);
@@ -460,14 +488,23 @@ mod tests {
             let others: Vec<Vec<u8>> = (0..3).map(|k| blocks(n, Q8_1, &[0, 2], 500 + k)).collect();
             let four = dot_q4_1_q8_1_x4(&x, [&others[0], &y, &others[1], &others[2]], n);
             assert!(close(four[1], portable), "{n}");
-            assert!(close(four[3], dot_q4_1_q8_1_portable(&x, &others[2], n)), "{n}");
+            assert!(
+                close(four[3], dot_q4_1_q8_1_portable(&x, &others[2], n)),
+                "{n}"
+            );
             // SAFETY: test buffers hold n blocks of each layout; alignment 2 holds for Vec<u8>
             // allocations in practice and is checked here.
             assert_eq!(x.as_ptr() as usize % 2, 0);
             let (xc, yc) = unsafe {
-                (std::slice::from_raw_parts(x.as_ptr().cast::<BlockQ4_1>(), n), std::slice::from_raw_parts(y.as_ptr().cast::<BlockQ8_1>(), n))
+                (
+                    std::slice::from_raw_parts(x.as_ptr().cast::<BlockQ4_1>(), n),
+                    std::slice::from_raw_parts(y.as_ptr().cast::<BlockQ8_1>(), n),
+                )
             };
-            assert!(close(BlockQ4_1::vec_dot_unopt(n * 32, xc, yc), portable), "{n}");
+            assert!(
+                close(BlockQ4_1::vec_dot_unopt(n * 32, xc, yc), portable),
+                "{n}"
+            );
         }
     }
 
@@ -482,18 +519,29 @@ mod tests {
             let others: Vec<Vec<u8>> = (0..3).map(|k| blocks(n, Q8_0, &[0], 900 + k)).collect();
             let four = dot_q8_0_q8_0_x4(&x, [&y, &others[0], &others[1], &others[2]], n);
             assert!(close(four[0], portable), "{n}");
-            assert!(close(four[2], dot_q8_0_q8_0_portable(&x, &others[1], n)), "{n}");
+            assert!(
+                close(four[2], dot_q8_0_q8_0_portable(&x, &others[1], n)),
+                "{n}"
+            );
             // SAFETY: the buffers hold n blocks of this layout; Vec<u8> allocations are 2-aligned here.
             let (xc, yc) = unsafe {
-                (std::slice::from_raw_parts(x.as_ptr().cast::<BlockQ8_0>(), n), std::slice::from_raw_parts(y.as_ptr().cast::<BlockQ8_0>(), n))
+                (
+                    std::slice::from_raw_parts(x.as_ptr().cast::<BlockQ8_0>(), n),
+                    std::slice::from_raw_parts(y.as_ptr().cast::<BlockQ8_0>(), n),
+                )
             };
-            assert!(close(BlockQ8_0::vec_dot_unopt(n * 32, xc, yc), portable), "{n}");
+            assert!(
+                close(BlockQ8_0::vec_dot_unopt(n * 32, xc, yc), portable),
+                "{n}"
+            );
         }
     }
 
     #[test]
     fn f16_rows_simd_agree_with_portable() {
-        let k: Vec<f16> = (0..64).map(|i| f16::from_f32((i as f32 * 0.37).sin())).collect();
+        let k: Vec<f16> = (0..64)
+            .map(|i| f16::from_f32((i as f32 * 0.37).sin()))
+            .collect();
         let q: Vec<f32> = (0..64).map(|i| (i as f32 * 0.11).cos()).collect();
         let portable: f32 = k.iter().zip(&q).map(|(a, b)| a.to_f32() * b).sum();
         assert!(close(dot_f16(&k, &q), portable));
@@ -511,15 +559,28 @@ mod tests {
             let x = blocks(n, Q5_0, &[0], 7 * n as u64);
             let y = blocks(n, Q8_0, &[0], 31 + n as u64);
             let portable = dot_q5_0_q8_0_portable(&x, &y, n);
-            assert!(close(dot_q5_0_q8_0(&x, &y, n), portable), "{n}: {} vs {portable}", dot_q5_0_q8_0(&x, &y, n));
+            assert!(
+                close(dot_q5_0_q8_0(&x, &y, n), portable),
+                "{n}: {} vs {portable}",
+                dot_q5_0_q8_0(&x, &y, n)
+            );
             let others: Vec<Vec<u8>> = (0..3).map(|k| blocks(n, Q8_0, &[0], 700 + k)).collect();
             let four = dot_q5_0_q8_0_x4(&x, [&others[0], &others[1], &y, &others[2]], n);
             assert!(close(four[2], portable), "{n}");
-            assert!(close(four[0], dot_q5_0_q8_0_portable(&x, &others[0], n)), "{n}");
+            assert!(
+                close(four[0], dot_q5_0_q8_0_portable(&x, &others[0], n)),
+                "{n}"
+            );
             let (xc, yc) = unsafe {
-                (std::slice::from_raw_parts(x.as_ptr().cast::<BlockQ5_0>(), n), std::slice::from_raw_parts(y.as_ptr().cast::<BlockQ8_0>(), n))
+                (
+                    std::slice::from_raw_parts(x.as_ptr().cast::<BlockQ5_0>(), n),
+                    std::slice::from_raw_parts(y.as_ptr().cast::<BlockQ8_0>(), n),
+                )
             };
-            assert!(close(BlockQ5_0::vec_dot_unopt(n * 32, xc, yc), portable), "{n}");
+            assert!(
+                close(BlockQ5_0::vec_dot_unopt(n * 32, xc, yc), portable),
+                "{n}"
+            );
         }
     }
 }

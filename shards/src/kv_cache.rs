@@ -25,9 +25,17 @@ impl KvCache {
     /// zeroed up front; the OS backs pages only as positions are written.
     pub(crate) fn new(layers: usize, kv_dim: usize, capacity: usize) -> Self {
         let layers = (0..layers)
-            .map(|_| LayerCache { k: vec![f16::ZERO; capacity * kv_dim], v: vec![f16::ZERO; capacity * kv_dim] })
+            .map(|_| LayerCache {
+                k: vec![f16::ZERO; capacity * kv_dim],
+                v: vec![f16::ZERO; capacity * kv_dim],
+            })
             .collect();
-        KvCache { layers, capacity, len: 0, scratch: Scratch::default() }
+        KvCache {
+            layers,
+            capacity,
+            len: 0,
+            scratch: Scratch::default(),
+        }
     }
 
     /// Positions held.

@@ -33,7 +33,11 @@ impl ModelSummary {
     /// Summarises a parsed GGUF file.
     pub fn of(gguf: &Gguf) -> Result<Self> {
         let architecture = gguf.get_str("general.architecture")?.to_owned();
-        let quantization = match gguf.metadata.get("general.file_type").and_then(Value::as_u64) {
+        let quantization = match gguf
+            .metadata
+            .get("general.file_type")
+            .and_then(Value::as_u64)
+        {
             Some(ft) => file_type_name(ft).map(str::to_owned),
             None => None,
         }
@@ -41,7 +45,9 @@ impl ModelSummary {
         Ok(ModelSummary {
             name: gguf.get_str("general.name").ok().map(str::to_owned),
             layers: gguf.get_usize(&format!("{architecture}.block_count")).ok(),
-            context: gguf.get_usize(&format!("{architecture}.context_length")).ok(),
+            context: gguf
+                .get_usize(&format!("{architecture}.context_length"))
+                .ok(),
             architecture,
             quantization,
             tensors: gguf.tensors.len(),
@@ -81,7 +87,10 @@ fn dominant_weight_type(gguf: &Gguf) -> String {
             None => counts.push((t.ty, 1)),
         }
     }
-    counts.iter().max_by_key(|(_, c)| *c).map_or_else(|| "unknown".to_owned(), |(ty, _)| ty.to_string())
+    counts
+        .iter()
+        .max_by_key(|(_, c)| *c)
+        .map_or_else(|| "unknown".to_owned(), |(ty, _)| ty.to_string())
 }
 
 /// Threads to use when the caller does not say.
@@ -92,7 +101,9 @@ pub fn default_threads() -> usize {
 /// A worker pool for stages.
 pub fn thread_pool(threads: usize) -> Result<Arc<ThreadPool>> {
     if threads == 0 || threads > 1024 {
-        return Err(Error::BadParameter(format!("threads must be between 1 and 1024, not {threads}")));
+        return Err(Error::BadParameter(format!(
+            "threads must be between 1 and 1024, not {threads}"
+        )));
     }
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -131,7 +142,11 @@ impl Model {
         if tokenizer.vocab_size() != spec.vocab {
             return Err(Error::BadMetadata {
                 key: "tokenizer.ggml.tokens".into(),
-                reason: format!("{} tokens but the model has {} embeddings", tokenizer.vocab_size(), spec.vocab),
+                reason: format!(
+                    "{} tokens but the model has {} embeddings",
+                    tokenizer.vocab_size(),
+                    spec.vocab
+                ),
             });
         }
         let template = ChatTemplate::from_gguf(&gguf, &tokenizer)?;
@@ -176,7 +191,15 @@ impl Model {
 
     /// A generator over the whole model with a context of `context` positions (0: the model's).
     pub fn generator(&self, context: usize) -> Result<Generator> {
-        let ctx = if context == 0 { self.spec.context } else { context.min(self.spec.context) };
-        Ok(Generator::new(Arc::new(self.full_stage()?), self.tokenizer.clone(), ctx))
+        let ctx = if context == 0 {
+            self.spec.context
+        } else {
+            context.min(self.spec.context)
+        };
+        Ok(Generator::new(
+            Arc::new(self.full_stage()?),
+            self.tokenizer.clone(),
+            ctx,
+        ))
     }
 }

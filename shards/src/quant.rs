@@ -157,7 +157,11 @@ pub struct QMatrix {
 
 impl fmt::Debug for QMatrix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "QMatrix({} {} {}x{})", self.name, self.ty, self.rows, self.cols)
+        write!(
+            f,
+            "QMatrix({} {} {}x{})",
+            self.name, self.ty, self.rows, self.cols
+        )
     }
 }
 
@@ -200,7 +204,11 @@ impl QMatrix {
     pub fn load_exact(gguf: &Gguf, name: &str, cols: usize, rows: usize) -> Result<Self> {
         let m = Self::load(gguf, name, cols)?;
         if m.rows != rows {
-            return Err(Error::BadShape { name: name.to_owned(), found: vec![cols, m.rows], expected: vec![cols, rows] });
+            return Err(Error::BadShape {
+                name: name.to_owned(),
+                found: vec![cols, m.rows],
+                expected: vec![cols, rows],
+            });
         }
         Ok(m)
     }
@@ -215,7 +223,10 @@ impl QMatrix {
         }
         let base = gguf.bytes.as_ptr() as usize + info.offset;
         if !base.is_multiple_of(4) {
-            return Err(Error::Corrupt { path: gguf.path.clone(), reason: format!("tensor {} is misaligned", info.name) });
+            return Err(Error::Corrupt {
+                path: gguf.path.clone(),
+                reason: format!("tensor {} is misaligned", info.name),
+            });
         }
         Ok(QMatrix {
             name: info.name.clone(),
@@ -259,10 +270,37 @@ impl QMatrix {
             F16 => matmul_blocks::<f16>(w, self.rows, self.cols, xs, out, scratch),
             BF16 => matmul_blocks::<bf16>(w, self.rows, self.cols, xs, out, scratch),
             Q4_0 => matmul_blocks::<kq::BlockQ4_0>(w, self.rows, self.cols, xs, out, scratch),
-            Q4_1 => matmul_with::<kq::BlockQ4_1>(w, self.rows, self.cols, xs, out, scratch, q4_1_dot, Some(q4_1_dot4)),
-            Q5_0 => matmul_with::<kq::BlockQ5_0>(w, self.rows, self.cols, xs, out, scratch, q5_0_dot, Some(q5_0_dot4)),
+            Q4_1 => matmul_with::<kq::BlockQ4_1>(
+                w,
+                self.rows,
+                self.cols,
+                xs,
+                out,
+                scratch,
+                q4_1_dot,
+                Some(q4_1_dot4),
+            ),
+            Q5_0 => matmul_with::<kq::BlockQ5_0>(
+                w,
+                self.rows,
+                self.cols,
+                xs,
+                out,
+                scratch,
+                q5_0_dot,
+                Some(q5_0_dot4),
+            ),
             Q5_1 => matmul_blocks::<kq::BlockQ5_1>(w, self.rows, self.cols, xs, out, scratch),
-            Q8_0 => matmul_with::<kq::BlockQ8_0>(w, self.rows, self.cols, xs, out, scratch, q8_0_dot, Some(q8_0_dot4)),
+            Q8_0 => matmul_with::<kq::BlockQ8_0>(
+                w,
+                self.rows,
+                self.cols,
+                xs,
+                out,
+                scratch,
+                q8_0_dot,
+                Some(q8_0_dot4),
+            ),
             Q2K => matmul_blocks::<kq::BlockQ2K>(w, self.rows, self.cols, xs, out, scratch),
             Q3K => matmul_blocks::<kq::BlockQ3K>(w, self.rows, self.cols, xs, out, scratch),
             Q4K => matmul_blocks::<kq::BlockQ4K>(w, self.rows, self.cols, xs, out, scratch),
@@ -301,13 +339,23 @@ fn as_blocks<T>(bytes: &[u8]) -> &[T] {
     // SAFETY: block types are `repr(C)` plain data (f16/u8/i8/f32 fields) for which every bit
     // pattern is valid; alignment was checked when the matrix was loaded (GGUF aligns tensors to
     // 32 bytes, and the largest block alignment is 4).
-    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / std::mem::size_of::<T>()) }
+    unsafe {
+        std::slice::from_raw_parts(
+            bytes.as_ptr().cast::<T>(),
+            bytes.len() / std::mem::size_of::<T>(),
+        )
+    }
 }
 
 fn as_blocks_mut<T>(bytes: &mut [u8]) -> &mut [T] {
     debug_assert_eq!(bytes.as_ptr() as usize % std::mem::align_of::<T>(), 0);
     // SAFETY: as in `as_blocks`; the scratch buffer is u64-aligned.
-    unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<T>(), bytes.len() / std::mem::size_of::<T>()) }
+    unsafe {
+        std::slice::from_raw_parts_mut(
+            bytes.as_mut_ptr().cast::<T>(),
+            bytes.len() / std::mem::size_of::<T>(),
+        )
+    }
 }
 
 fn row_blocks<T: Block>(w: &[u8], cols: usize, row: usize, out: &mut [f32]) {
@@ -324,7 +372,14 @@ type RowDot<T> = fn(usize, &[T], &[<T as Block>::VecDotType]) -> f32;
 /// One weight row against four quantized activation rows.
 type RowDot4<T> = fn(usize, &[T], [&[<T as Block>::VecDotType]; 4]) -> [f32; 4];
 
-fn matmul_blocks<T: Block>(w: &[u8], rows: usize, cols: usize, xs: &[f32], out: &mut [f32], scratch: &mut QuantScratch) {
+fn matmul_blocks<T: Block>(
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    xs: &[f32],
+    out: &mut [f32],
+    scratch: &mut QuantScratch,
+) {
     matmul_with::<T>(w, rows, cols, xs, out, scratch, T::vec_dot, None)
 }
 
@@ -354,60 +409,78 @@ fn q8_0_dot4(cols: usize, x: &[kq::BlockQ8_0], ys: [&[kq::BlockQ8_0]; 4]) -> [f3
 
 fn as_bytes<T>(blocks: &[T]) -> &[u8] {
     // SAFETY: any initialized memory can be viewed as bytes.
-    unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), std::mem::size_of_val(blocks)) }
+    unsafe {
+        std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), std::mem::size_of_val(blocks))
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn matmul_with<T: Block>(w: &[u8], rows: usize, cols: usize, xs: &[f32], out: &mut [f32], scratch: &mut QuantScratch, dot: RowDot<T>, dot4: Option<RowDot4<T>>) {
+fn matmul_with<T: Block>(
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    xs: &[f32],
+    out: &mut [f32],
+    scratch: &mut QuantScratch,
+    dot: RowDot<T>,
+    dot4: Option<RowDot4<T>>,
+) {
     let n = xs.len() / cols;
     let per_row = cols / T::BLCK_SIZE;
     let dot_block = std::mem::size_of::<T::VecDotType>();
     let dot_per_row = cols / T::VecDotType::BLCK_SIZE;
     let qbytes = scratch.bytes(n * dot_per_row * dot_block);
     let row_bytes = dot_per_row * dot_block;
-    qbytes.par_chunks_mut(row_bytes).zip(xs.par_chunks(cols)).for_each(|(qt, xt)| match T::VecDotType::DTYPE {
-        GgmlDType::Q8_0 => activation::quantize_q8_0(xt, qt),
-        GgmlDType::Q8_1 => activation::quantize_q8_1(xt, qt),
-        GgmlDType::Q8K => activation::quantize_q8_k(xt, qt),
-        _ => T::VecDotType::from_float(xt, as_blocks_mut::<T::VecDotType>(qt)),
-    });
+    qbytes
+        .par_chunks_mut(row_bytes)
+        .zip(xs.par_chunks(cols))
+        .for_each(|(qt, xt)| match T::VecDotType::DTYPE {
+            GgmlDType::Q8_0 => activation::quantize_q8_0(xt, qt),
+            GgmlDType::Q8_1 => activation::quantize_q8_1(xt, qt),
+            GgmlDType::Q8K => activation::quantize_q8_k(xt, qt),
+            _ => T::VecDotType::from_float(xt, as_blocks_mut::<T::VecDotType>(qt)),
+        });
     let q: &[T::VecDotType] = as_blocks::<T::VecDotType>(qbytes);
     let w = as_blocks::<T>(w);
     if n == 1 {
-        out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(i, chunk)| {
-            let r0 = i * ROWS_PER_TASK;
-            for (j, o) in chunk.iter_mut().enumerate() {
-                let r = r0 + j;
-                *o = dot(cols, &w[r * per_row..(r + 1) * per_row], q);
-            }
-        });
+        out.par_chunks_mut(ROWS_PER_TASK)
+            .enumerate()
+            .for_each(|(i, chunk)| {
+                let r0 = i * ROWS_PER_TASK;
+                for (j, o) in chunk.iter_mut().enumerate() {
+                    let r = r0 + j;
+                    *o = dot(cols, &w[r * per_row..(r + 1) * per_row], q);
+                }
+            });
         return;
     }
     // Several activation rows: each task holds a band of weight rows in cache and runs every
     // activation row against it, writing its own disjoint cells of `out`.
     let out_ptr = SharedOut(out.as_mut_ptr());
-    (0..rows.div_ceil(ROWS_PER_TASK)).into_par_iter().for_each(|band| {
-        let out_ptr = &out_ptr;
-        let r_end = ((band + 1) * ROWS_PER_TASK).min(rows);
-        for r in band * ROWS_PER_TASK..r_end {
-            let wr = &w[r * per_row..(r + 1) * per_row];
-            let qrow = |t: usize| &q[t * dot_per_row..(t + 1) * dot_per_row];
-            // SAFETY (both writes): cell (t, r) is written by exactly one task (the one owning
-            // row r), and `out` outlives the parallel loop.
-            let put = |t: usize, v: f32| unsafe { *out_ptr.0.add(t * rows + r) = v };
-            let mut t = 0;
-            if let Some(dot4) = dot4 {
-                while t + 4 <= n {
-                    let v = dot4(cols, wr, [qrow(t), qrow(t + 1), qrow(t + 2), qrow(t + 3)]);
-                    (0..4).for_each(|i| put(t + i, v[i]));
-                    t += 4;
+    (0..rows.div_ceil(ROWS_PER_TASK))
+        .into_par_iter()
+        .for_each(|band| {
+            let out_ptr = &out_ptr;
+            let r_end = ((band + 1) * ROWS_PER_TASK).min(rows);
+            for r in band * ROWS_PER_TASK..r_end {
+                let wr = &w[r * per_row..(r + 1) * per_row];
+                let qrow = |t: usize| &q[t * dot_per_row..(t + 1) * dot_per_row];
+                // SAFETY (both writes): cell (t, r) is written by exactly one task (the one owning
+                // row r), and `out` outlives the parallel loop.
+                let put = |t: usize, v: f32| unsafe { *out_ptr.0.add(t * rows + r) = v };
+                let mut t = 0;
+                if let Some(dot4) = dot4 {
+                    while t + 4 <= n {
+                        let v = dot4(cols, wr, [qrow(t), qrow(t + 1), qrow(t + 2), qrow(t + 3)]);
+                        (0..4).for_each(|i| put(t + i, v[i]));
+                        t += 4;
+                    }
+                }
+                for t in t..n {
+                    put(t, dot(cols, wr, qrow(t)));
                 }
             }
-            for t in t..n {
-                put(t, dot(cols, wr, qrow(t)));
-            }
-        }
-    });
+        });
 }
 
 struct SharedOut(*mut f32);

@@ -23,27 +23,49 @@ pub struct SamplingParams {
 impl Default for SamplingParams {
     /// llama.cpp's defaults.
     fn default() -> Self {
-        SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, repeat_penalty: 1.0, repeat_last_n: 64, seed: 0x4845_4152_5448 }
+        SamplingParams {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 0x4845_4152_5448,
+        }
     }
 }
 
 impl SamplingParams {
     /// Greedy decoding.
     pub fn greedy() -> Self {
-        SamplingParams { temperature: 0.0, ..Default::default() }
+        SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        }
     }
 
     /// Checks every parameter is in range, naming the first that is not.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::BadParameter(m));
         if !self.temperature.is_finite() || !(0.0..=100.0).contains(&self.temperature) {
-            return bad(format!("temperature {} must be between 0 and 100 (0 is greedy)", self.temperature));
+            return bad(format!(
+                "temperature {} must be between 0 and 100 (0 is greedy)",
+                self.temperature
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad(format!("top-p {} must be greater than 0 and at most 1", self.top_p));
+            return bad(format!(
+                "top-p {} must be greater than 0 and at most 1",
+                self.top_p
+            ));
         }
-        if !self.repeat_penalty.is_finite() || !(0.0..=10.0).contains(&self.repeat_penalty) || self.repeat_penalty == 0.0 {
-            return bad(format!("repeat penalty {} must be greater than 0 and at most 10 (1 disables it)", self.repeat_penalty));
+        if !self.repeat_penalty.is_finite()
+            || !(0.0..=10.0).contains(&self.repeat_penalty)
+            || self.repeat_penalty == 0.0
+        {
+            return bad(format!(
+                "repeat penalty {} must be greater than 0 and at most 10 (1 disables it)",
+                self.repeat_penalty
+            ));
         }
         Ok(())
     }
@@ -81,7 +103,11 @@ impl Sampler {
     pub fn new(params: SamplingParams) -> Result<Self> {
         params.validate()?;
         let rng = Rng(params.seed);
-        Ok(Sampler { params, rng, candidates: Vec::new() })
+        Ok(Sampler {
+            params,
+            rng,
+            candidates: Vec::new(),
+        })
     }
 
     /// Chooses the next token. `history` holds the tokens so far (for the repetition penalty).
@@ -95,7 +121,11 @@ impl Sampler {
             seen.dedup();
             for &t in &seen {
                 if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
+                    *l = if *l > 0.0 {
+                        *l / p.repeat_penalty
+                    } else {
+                        *l * p.repeat_penalty
+                    };
                 }
             }
         }
@@ -163,13 +193,22 @@ mod tests {
 
     #[test]
     fn repetition_penalty_can_change_the_greedy_choice() {
-        let mut s = Sampler::new(SamplingParams { repeat_penalty: 2.0, ..SamplingParams::greedy() }).unwrap();
+        let mut s = Sampler::new(SamplingParams {
+            repeat_penalty: 2.0,
+            ..SamplingParams::greedy()
+        })
+        .unwrap();
         assert_eq!(s.sample(&mut [0.1, 3.0, 2.9, -1.0], &[1]), 2);
     }
 
     #[test]
     fn top_k_one_is_greedy_whatever_the_temperature() {
-        let mut s = Sampler::new(SamplingParams { temperature: 5.0, top_k: 1, ..Default::default() }).unwrap();
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 5.0,
+            top_k: 1,
+            ..Default::default()
+        })
+        .unwrap();
         for _ in 0..20 {
             assert_eq!(s.sample(&mut [0.1, 3.0, 2.9, -1.0], &[]), 1);
         }
@@ -177,27 +216,56 @@ mod tests {
 
     #[test]
     fn same_seed_same_tokens_and_top_p_limits_choices() {
-        let params = SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.9, ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.9,
+            ..Default::default()
+        };
         let logits = [2.0, 1.9, 1.8, -20.0, -20.0];
         let draw = |seed| {
-            let mut s = Sampler::new(SamplingParams { seed, ..params.clone() }).unwrap();
-            (0..200).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
+            let mut s = Sampler::new(SamplingParams {
+                seed,
+                ..params.clone()
+            })
+            .unwrap();
+            (0..200)
+                .map(|_| s.sample(&mut logits.clone(), &[]))
+                .collect::<Vec<_>>()
         };
         let a = draw(7);
         assert_eq!(a, draw(7));
         assert_ne!(a, draw(8));
         assert!(a.iter().all(|&t| t < 3), "top-p kept an unlikely token");
-        assert!((0..3).all(|t| a.contains(&t)), "sampling never picked some likely token");
+        assert!(
+            (0..3).all(|t| a.contains(&t)),
+            "sampling never picked some likely token"
+        );
     }
 
     #[test]
     fn absurd_parameters_are_refused() {
         for p in [
-            SamplingParams { top_p: 7.0, ..Default::default() },
-            SamplingParams { top_p: 0.0, ..Default::default() },
-            SamplingParams { temperature: -1.0, ..Default::default() },
-            SamplingParams { temperature: f32::NAN, ..Default::default() },
-            SamplingParams { repeat_penalty: 0.0, ..Default::default() },
+            SamplingParams {
+                top_p: 7.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 0.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: -1.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: f32::NAN,
+                ..Default::default()
+            },
+            SamplingParams {
+                repeat_penalty: 0.0,
+                ..Default::default()
+            },
         ] {
             assert!(matches!(Sampler::new(p), Err(Error::BadParameter(_))));
         }

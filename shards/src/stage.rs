@@ -14,9 +14,9 @@ use rayon::ThreadPool;
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, TensorInfo};
 use crate::kv_cache::{sized, KvCache, Scratch};
-use crate::{kernels, ops};
 use crate::quant::{GgmlType, QMatrix};
 use crate::spec::ModelSpec;
+use crate::{kernels, ops};
 
 /// What a stage consumes.
 #[derive(Debug, Clone, Copy)]
@@ -69,18 +69,29 @@ pub struct Stage {
 
 impl std::fmt::Debug for Stage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Stage({} layers {:?})", self.spec.architecture, self.range)
+        write!(
+            f,
+            "Stage({} layers {:?})",
+            self.spec.architecture, self.range
+        )
     }
 }
 
 fn load_vector(gguf: &Gguf, name: &str, len: usize) -> Result<Vec<f32>> {
     let info: &TensorInfo = gguf.tensor(name)?;
     if info.dims.iter().product::<usize>() != len {
-        return Err(Error::BadShape { name: name.to_owned(), found: info.dims.clone(), expected: vec![len] });
+        return Err(Error::BadShape {
+            name: name.to_owned(),
+            found: info.dims.clone(),
+            expected: vec![len],
+        });
     }
     let bytes = gguf.tensor_bytes(info);
     match info.ty {
-        GgmlType::F32 => Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect()),
+        GgmlType::F32 => Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+            .collect()),
         GgmlType::F16 => Ok(bytes
             .chunks_exact(2)
             .map(|b| half::f16::from_le_bytes(b.try_into().expect("2 bytes")).to_f32())
@@ -95,15 +106,33 @@ fn load_vector(gguf: &Gguf, name: &str, len: usize) -> Result<Vec<f32>> {
 
 impl Stage {
     /// Builds the stage holding `range` of the model's layers, reading only its tensors.
-    pub fn load(gguf: &Gguf, spec: Arc<ModelSpec>, range: Range<usize>, pool: Arc<ThreadPool>) -> Result<Self> {
+    pub fn load(
+        gguf: &Gguf,
+        spec: Arc<ModelSpec>,
+        range: Range<usize>,
+        pool: Arc<ThreadPool>,
+    ) -> Result<Self> {
         let n_layers = spec.n_layers();
         if range.start >= range.end || range.end > n_layers {
-            return Err(Error::BadLayerRange { start: range.start, end: range.end, layers: n_layers });
+            return Err(Error::BadLayerRange {
+                start: range.start,
+                end: range.end,
+                layers: n_layers,
+            });
         }
         let s = &spec;
         let first = range.start == 0;
         let last = range.end == n_layers;
-        let embedding = if first { Some(QMatrix::load_exact(gguf, "token_embd.weight", s.dim, s.vocab)?) } else { None };
+        let embedding = if first {
+            Some(QMatrix::load_exact(
+                gguf,
+                "token_embd.weight",
+                s.dim,
+                s.vocab,
+            )?)
+        } else {
+            None
+        };
         let layers = range
             .clone()
             .map(|i| {
@@ -130,7 +159,11 @@ impl Stage {
             .collect::<Result<Vec<_>>>()?;
         let head = if last {
             // Tied embeddings: models without an output matrix reuse the token embedding.
-            let name = if gguf.tensors.contains_key("output.weight") { "output.weight" } else { "token_embd.weight" };
+            let name = if gguf.tensors.contains_key("output.weight") {
+                "output.weight"
+            } else {
+                "token_embd.weight"
+            };
             Some(Head {
                 norm: load_vector(gguf, "output_norm.weight", s.dim)?,
                 output: QMatrix::load_exact(gguf, name, s.dim, s.vocab)?,
@@ -138,7 +171,14 @@ impl Stage {
         } else {
             None
         };
-        Ok(Stage { spec, range, embedding, layers, head, pool })
+        Ok(Stage {
+            spec,
+            range,
+            embedding,
+            layers,
+            head,
+            pool,
+        })
     }
 
     /// The layers this stage holds.
@@ -163,12 +203,21 @@ impl Stage {
 
     /// A fresh per-session cache for up to `capacity` positions (capped at the model's context).
     pub fn new_cache(&self, capacity: usize) -> KvCache {
-        KvCache::new(self.layers.len(), self.spec.kv_dim(), capacity.clamp(1, self.spec.context))
+        KvCache::new(
+            self.layers.len(),
+            self.spec.kv_dim(),
+            capacity.clamp(1, self.spec.context),
+        )
     }
 
     /// Runs the stage on `input` at the cache's next positions, appending them to the cache.
     /// `out` receives `n × dim` hidden states, or the last position's logits on the last stage.
-    pub fn forward(&self, cache: &mut KvCache, input: StageInput<'_>, out: &mut Vec<f32>) -> Result<StageOutput> {
+    pub fn forward(
+        &self,
+        cache: &mut KvCache,
+        input: StageInput<'_>,
+        out: &mut Vec<f32>,
+    ) -> Result<StageOutput> {
         let dim = self.spec.dim;
         let n = match input {
             StageInput::Tokens(tokens) => {
@@ -179,16 +228,24 @@ impl Stage {
                     )));
                 }
                 if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.spec.vocab) {
-                    return Err(Error::BadStageInput(format!("token id {bad} is outside the vocabulary of {}", self.spec.vocab)));
+                    return Err(Error::BadStageInput(format!(
+                        "token id {bad} is outside the vocabulary of {}",
+                        self.spec.vocab
+                    )));
                 }
                 tokens.len()
             }
             StageInput::Hidden(h) => {
                 if self.embedding.is_some() {
-                    return Err(Error::BadStageInput("the first stage takes token ids, not hidden states".into()));
+                    return Err(Error::BadStageInput(
+                        "the first stage takes token ids, not hidden states".into(),
+                    ));
                 }
                 if h.len() % dim != 0 {
-                    return Err(Error::BadStageInput(format!("{} floats is not a whole number of {dim}-wide rows", h.len())));
+                    return Err(Error::BadStageInput(format!(
+                        "{} floats is not a whole number of {dim}-wide rows",
+                        h.len()
+                    )));
                 }
                 h.len() / dim
             }
@@ -197,13 +254,27 @@ impl Stage {
             return Err(Error::BadStageInput("no positions to run".into()));
         }
         if cache.len + n > cache.capacity {
-            return Err(Error::ContextOverflow { prompt: cache.len + n, context: cache.capacity });
+            return Err(Error::ContextOverflow {
+                prompt: cache.len + n,
+                context: cache.capacity,
+            });
         }
         if cache.layers.len() != self.layers.len() {
-            return Err(Error::BadStageInput("cache was made for a different stage".into()));
+            return Err(Error::BadStageInput(
+                "cache was made for a different stage".into(),
+            ));
         }
         let rows = Rows::Contiguous { pos0: cache.len };
-        let kind = self.pool.install(|| self.run(std::slice::from_mut(&mut &mut *cache), &rows, input, n, out, false));
+        let kind = self.pool.install(|| {
+            self.run(
+                std::slice::from_mut(&mut &mut *cache),
+                &rows,
+                input,
+                n,
+                out,
+                false,
+            )
+        });
         cache.len += n;
         Ok(kind)
     }
@@ -212,26 +283,55 @@ impl Stage {
     /// cache's next position and gets its logits in `logits[i * vocab..(i + 1) * vocab]`. Every
     /// weight is read once for the whole step, and each session's logits are bit-identical to
     /// what [`Stage::forward`] gives it alone. Needs a whole-model stage.
-    pub fn decode_batch(&self, caches: &mut [&mut KvCache], tokens: &[u32], logits: &mut Vec<f32>) -> Result<()> {
+    pub fn decode_batch(
+        &self,
+        caches: &mut [&mut KvCache],
+        tokens: &[u32],
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
         if !(self.is_first() && self.is_last()) {
-            return Err(Error::BadStageInput(format!("batched decoding needs the whole model, not layers {:?}", self.range)));
+            return Err(Error::BadStageInput(format!(
+                "batched decoding needs the whole model, not layers {:?}",
+                self.range
+            )));
         }
         if caches.is_empty() || caches.len() != tokens.len() {
-            return Err(Error::BadStageInput(format!("{} sessions but {} tokens", caches.len(), tokens.len())));
+            return Err(Error::BadStageInput(format!(
+                "{} sessions but {} tokens",
+                caches.len(),
+                tokens.len()
+            )));
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.spec.vocab) {
-            return Err(Error::BadStageInput(format!("token id {bad} is outside the vocabulary of {}", self.spec.vocab)));
+            return Err(Error::BadStageInput(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.spec.vocab
+            )));
         }
         for c in caches.iter() {
             if c.layers.len() != self.layers.len() {
-                return Err(Error::BadStageInput("cache was made for a different stage".into()));
+                return Err(Error::BadStageInput(
+                    "cache was made for a different stage".into(),
+                ));
             }
             if c.len + 1 > c.capacity {
-                return Err(Error::ContextOverflow { prompt: c.len + 1, context: c.capacity });
+                return Err(Error::ContextOverflow {
+                    prompt: c.len + 1,
+                    context: c.capacity,
+                });
             }
         }
         let rows = Rows::Sessions(caches.iter().map(|c| c.len).collect());
-        self.pool.install(|| self.run(caches, &rows, StageInput::Tokens(tokens), tokens.len(), logits, true));
+        self.pool.install(|| {
+            self.run(
+                caches,
+                &rows,
+                StageInput::Tokens(tokens),
+                tokens.len(),
+                logits,
+                true,
+            )
+        });
         caches.iter_mut().for_each(|c| c.len += 1);
         Ok(())
     }
@@ -239,7 +339,15 @@ impl Stage {
     /// Runs `n` rows through the stage. Row `t` belongs to the cache and position `rows.at(t)`;
     /// the first cache's scratch buffers serve the whole step.
     #[allow(clippy::too_many_arguments)]
-    fn run(&self, caches: &mut [&mut KvCache], rows: &Rows, input: StageInput<'_>, n: usize, out: &mut Vec<f32>, all_logits: bool) -> StageOutput {
+    fn run(
+        &self,
+        caches: &mut [&mut KvCache],
+        rows: &Rows,
+        input: StageInput<'_>,
+        n: usize,
+        out: &mut Vec<f32>,
+        all_logits: bool,
+    ) -> StageOutput {
         let mut scratch = std::mem::take(&mut caches[0].scratch);
         let kind = self.run_rows(&mut scratch, caches, rows, input, n, out, all_logits);
         caches[0].scratch = scratch;
@@ -247,7 +355,16 @@ impl Stage {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn run_rows(&self, s: &mut Scratch, caches: &mut [&mut KvCache], rows: &Rows, input: StageInput<'_>, n: usize, out: &mut Vec<f32>, all_logits: bool) -> StageOutput {
+    fn run_rows(
+        &self,
+        s: &mut Scratch,
+        caches: &mut [&mut KvCache],
+        rows: &Rows,
+        input: StageInput<'_>,
+        n: usize,
+        out: &mut Vec<f32>,
+        all_logits: bool,
+    ) -> StageOutput {
         let spec = &*self.spec;
         let dim = spec.dim;
         let x = sized(&mut s.x, n * dim);
@@ -285,10 +402,14 @@ impl Stage {
             let sin = sized(&mut s.sin, half);
             for t in 0..n {
                 ops::rope_angles(rows.at(t).1, layer_spec.rope_base, spec.rope_dims, cos, sin);
-                for head in q[t * spec.q_dim()..(t + 1) * spec.q_dim()].chunks_exact_mut(spec.head_dim) {
+                for head in
+                    q[t * spec.q_dim()..(t + 1) * spec.q_dim()].chunks_exact_mut(spec.head_dim)
+                {
                     ops::rope_apply(head, spec.rope_style, cos, sin);
                 }
-                for head in k[t * spec.kv_dim()..(t + 1) * spec.kv_dim()].chunks_exact_mut(spec.head_dim) {
+                for head in
+                    k[t * spec.kv_dim()..(t + 1) * spec.kv_dim()].chunks_exact_mut(spec.head_dim)
+                {
                     ops::rope_apply(head, spec.rope_style, cos, sin);
                 }
             }
@@ -330,7 +451,10 @@ impl Stage {
                 // Logits for every row in a batched step; for the last row only otherwise.
                 let first = if all_logits { 0 } else { n - 1 };
                 let xn = sized(&mut s.xn, (n - first) * dim);
-                for (o, r) in xn.chunks_exact_mut(dim).zip(x[first * dim..].chunks_exact(dim)) {
+                for (o, r) in xn
+                    .chunks_exact_mut(dim)
+                    .zip(x[first * dim..].chunks_exact(dim))
+                {
                     ops::rms_norm(r, &head.norm, spec.norm_eps, o);
                 }
                 out.resize((n - first) * spec.vocab, 0.0);
@@ -406,7 +530,9 @@ fn attention<'c>(
             one(idx, out, scratch);
         }
     } else {
-        att.par_chunks_mut(hd).enumerate().for_each_init(AttnScratch::default, |s, (idx, out)| one(idx, out, s));
+        att.par_chunks_mut(hd)
+            .enumerate()
+            .for_each_init(AttnScratch::default, |s, (idx, out)| one(idx, out, s));
     }
 }
 

@@ -61,7 +61,13 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 /// Token texts that end a turn in common chat formats.
-const END_OF_TURN_TEXTS: &[&str] = &["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>", "<|end|>"];
+const END_OF_TURN_TEXTS: &[&str] = &[
+    "<|im_end|>",
+    "<end_of_turn>",
+    "<|eot_id|>",
+    "<|endoftext|>",
+    "<|end|>",
+];
 
 impl Tokenizer {
     /// Reads the tokenizer stored in a GGUF file.
@@ -72,14 +78,17 @@ impl Tokenizer {
             .iter()
             .map(|v| match v {
                 Value::String(s) => Ok(s.clone()),
-                other => Err(Error::Tokenizer(format!("token is not a string: {other:?}"))),
+                other => Err(Error::Tokenizer(format!(
+                    "token is not a string: {other:?}"
+                ))),
             })
             .collect::<Result<_>>()?;
         let n = tokens.len();
         let types: Vec<TokenType> = match gguf.metadata.get("tokenizer.ggml.token_type") {
-            Some(Value::Array(a)) if a.len() == n => {
-                a.iter().map(|v| TokenType::from_raw(v.as_f64().unwrap_or(1.0) as i64)).collect()
-            }
+            Some(Value::Array(a)) if a.len() == n => a
+                .iter()
+                .map(|v| TokenType::from_raw(v.as_f64().unwrap_or(1.0) as i64))
+                .collect(),
             _ => vec![TokenType::Normal; n],
         };
         let mut ids = HashMap::with_capacity(n);
@@ -90,11 +99,16 @@ impl Tokenizer {
         let bos = id_key("tokenizer.ggml.bos_token_id");
         let eos = id_key("tokenizer.ggml.eos_token_id");
         let eot = id_key("tokenizer.ggml.eot_token_id");
-        let add_bos = matches!(gguf.metadata.get("tokenizer.ggml.add_bos_token"), Some(Value::Bool(true)));
+        let add_bos = matches!(
+            gguf.metadata.get("tokenizer.ggml.add_bos_token"),
+            Some(Value::Bool(true))
+        );
         let mut specials: Vec<u32> = (0..n as u32)
             .filter(|&i| {
-                matches!(types[i as usize], TokenType::Control | TokenType::UserDefined | TokenType::Unknown)
-                    && !tokens[i as usize].is_empty()
+                matches!(
+                    types[i as usize],
+                    TokenType::Control | TokenType::UserDefined | TokenType::Unknown
+                ) && !tokens[i as usize].is_empty()
             })
             .collect();
         specials.sort_by_key(|&i| std::cmp::Reverse(tokens[i as usize].len()));
@@ -115,7 +129,17 @@ impl Tokenizer {
                 )))
             }
         };
-        Ok(Tokenizer { tokens, types, ids, specials, model, bos, eos, add_bos, stop_tokens })
+        Ok(Tokenizer {
+            tokens,
+            types,
+            ids,
+            specials,
+            model,
+            bos,
+            eos,
+            add_bos,
+            stop_tokens,
+        })
     }
 
     /// Vocabulary size.
@@ -182,7 +206,9 @@ impl Tokenizer {
 
     /// The bytes a token stands for when printed (control tokens print nothing).
     pub fn token_bytes(&self, id: u32) -> Vec<u8> {
-        let Some(text) = self.tokens.get(id as usize) else { return Vec::new() };
+        let Some(text) = self.tokens.get(id as usize) else {
+            return Vec::new();
+        };
         match self.types[id as usize] {
             TokenType::Control | TokenType::Unknown | TokenType::Unused => Vec::new(),
             TokenType::UserDefined => text.as_bytes().to_vec(),

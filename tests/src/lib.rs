@@ -8,12 +8,16 @@ use serde::Deserialize;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the repo").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the repo")
+        .to_owned()
 }
 
 /// Directory holding the verified model files (`scripts/fetch-models` fills it).
 pub fn models_dir() -> PathBuf {
-    std::env::var_os("HEARTH_MODELS_DIR").map_or_else(|| repo_root().join(".cache/models"), PathBuf::from)
+    std::env::var_os("HEARTH_MODELS_DIR")
+        .map_or_else(|| repo_root().join(".cache/models"), PathBuf::from)
 }
 
 /// The two models at hand.
@@ -42,7 +46,11 @@ impl TestModel {
             TestModel::Gemma3 => "gemma-3-270m-q4_k_m.gguf",
         };
         let p = models_dir().join(file);
-        assert!(p.is_file(), "{} is missing: run scripts/fetch-models (or make test)", p.display());
+        assert!(
+            p.is_file(),
+            "{} is missing: run scripts/fetch-models (or make test)",
+            p.display()
+        );
         p
     }
 
@@ -89,9 +97,16 @@ pub struct PromptCase {
 /// The `hearth` binary built next to this test (cargo builds workspace binaries for tests).
 pub fn hearth_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
     let bin = dir.join(format!("hearth{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.is_file(), "{} is missing: build it with `cargo build --release -p hearth-node`", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build --release -p hearth-node`",
+        bin.display()
+    );
     bin
 }
 
@@ -106,7 +121,12 @@ pub fn hearth(data_dir: &Path, args: &[&str], stdin: &str) -> Output {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("hearth starts");
-    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
     child.wait_with_output().expect("hearth runs")
 }
 

@@ -13,7 +13,14 @@ fn stderr(o: &std::process::Output) -> String {
 #[test]
 fn every_command_has_help() {
     let dir = tempfile::tempdir().unwrap();
-    for args in [&["--help"][..], &["run", "--help"], &["chat", "--help"], &["bench", "--help"], &["models", "--help"], &["models", "import", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["chat", "--help"],
+        &["bench", "--help"],
+        &["models", "--help"],
+        &["models", "import", "--help"],
+    ] {
         let o = hearth(dir.path(), args, "");
         assert!(o.status.success(), "{args:?}: {}", stderr(&o));
         assert!(stdout(&o).contains("Usage:"), "{args:?}");
@@ -29,14 +36,30 @@ fn import_list_resolve_and_remove() {
     let o = hearth(d, &["models", "list"], "");
     assert!(stdout(&o).contains("no models cached"));
 
-    let o = hearth(d, &["models", "import", p, "--name", "smol", "--sha256", &"0".repeat(64)], "");
+    let o = hearth(
+        d,
+        &[
+            "models",
+            "import",
+            p,
+            "--name",
+            "smol",
+            "--sha256",
+            &"0".repeat(64),
+        ],
+        "",
+    );
     assert!(!o.status.success());
     assert!(stderr(&o).contains("expected 0000"), "{}", stderr(&o));
 
     let o = hearth(d, &["models", "import", p, "--name", "smol"], "");
     assert!(o.status.success(), "{}", stderr(&o));
     let o = hearth(d, &["models", "import", p], "");
-    assert!(stdout(&o).contains("already cached as smol"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("already cached as smol"),
+        "{}",
+        stdout(&o)
+    );
 
     let o = hearth(d, &["models", "list"], "");
     let listing = stdout(&o);
@@ -49,12 +72,20 @@ fn import_list_resolve_and_remove() {
 
     // Name, digest prefix and path all find the model.
     for m in ["smol", "SMOL", "b179c95", p] {
-        let o = hearth(d, &["run", "-m", m, "-p", "Hi", "-n", "3", "--temperature", "0"], "");
+        let o = hearth(
+            d,
+            &["run", "-m", m, "-p", "Hi", "-n", "3", "--temperature", "0"],
+            "",
+        );
         assert!(o.status.success(), "-m {m}: {}", stderr(&o));
     }
     let o = hearth(d, &["run", "-m", "nosuch", "-p", "Hi"], "");
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("no model nosuch") && stderr(&o).contains("smol"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no model nosuch") && stderr(&o).contains("smol"),
+        "{}",
+        stderr(&o)
+    );
 
     let o = hearth(d, &["models", "remove", "smol"], "");
     assert!(o.status.success());
@@ -66,7 +97,11 @@ fn import_refuses_files_that_are_not_models() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.gguf");
     std::fs::write(&junk, b"GGUF\x03\x00\x00\x00garbage").unwrap();
-    let o = hearth(dir.path(), &["models", "import", junk.to_str().unwrap()], "");
+    let o = hearth(
+        dir.path(),
+        &["models", "import", junk.to_str().unwrap()],
+        "",
+    );
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -77,9 +112,28 @@ fn import_refuses_files_that_are_not_models() {
 fn run_streams_a_greedy_reply() {
     let dir = tempfile::tempdir().unwrap();
     let p = TestModel::Gemma3.path();
-    let o = hearth(dir.path(), &["run", "-m", p.to_str().unwrap(), "-p", "The capital of France is", "-n", "8", "--temperature", "0", "--stats"], "");
+    let o = hearth(
+        dir.path(),
+        &[
+            "run",
+            "-m",
+            p.to_str().unwrap(),
+            "-p",
+            "The capital of France is",
+            "-n",
+            "8",
+            "--temperature",
+            "0",
+            "--stats",
+        ],
+        "",
+    );
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("Paris") || stdout(&o).to_lowercase().contains("capital"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("Paris") || stdout(&o).to_lowercase().contains("capital"),
+        "{}",
+        stdout(&o)
+    );
     assert!(stderr(&o).contains("generated at"), "{}", stderr(&o));
 }
 
@@ -88,14 +142,26 @@ fn absurd_parameters_get_a_one_line_error() {
     let dir = tempfile::tempdir().unwrap();
     let p = TestModel::SmolLm2.path();
     let p = p.to_str().unwrap();
-    let o = hearth(dir.path(), &["run", "-m", p, "-p", "Hi", "--top-p", "7"], "");
+    let o = hearth(
+        dir.path(),
+        &["run", "-m", p, "-p", "Hi", "--top-p", "7"],
+        "",
+    );
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("top-p 7"), "{}", stderr(&o));
     assert_eq!(stderr(&o).lines().count(), 1);
-    let o = hearth(dir.path(), &["run", "-m", p, "-p", "Hi", "--max-tokens", "-5"], "");
+    let o = hearth(
+        dir.path(),
+        &["run", "-m", p, "-p", "Hi", "--max-tokens", "-5"],
+        "",
+    );
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--max-tokens"), "{}", stderr(&o));
-    let o = hearth(dir.path(), &["run", "-m", p, "-p", "Hi", "--temperature", "-1"], "");
+    let o = hearth(
+        dir.path(),
+        &["run", "-m", p, "-p", "Hi", "--temperature", "-1"],
+        "",
+    );
     assert!(!o.status.success());
     let o = hearth(dir.path(), &["bench", "-m", p, "-t", "0"], "");
     assert_eq!(o.status.code(), Some(2));
@@ -106,7 +172,20 @@ fn chat_keeps_history_resets_and_quits() {
     let dir = tempfile::tempdir().unwrap();
     let p = TestModel::SmolLm2.path();
     let input = "Hello!\n/bogus\nWhat did I just say?\n/reset\nHi again\n/quit\nnever read\n";
-    let o = hearth(dir.path(), &["chat", "-m", p.to_str().unwrap(), "--temperature", "0", "-n", "12", "--stats"], input);
+    let o = hearth(
+        dir.path(),
+        &[
+            "chat",
+            "-m",
+            p.to_str().unwrap(),
+            "--temperature",
+            "0",
+            "-n",
+            "12",
+            "--stats",
+        ],
+        input,
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     assert!(out.contains("unknown command /bogus"), "{out}");
@@ -123,9 +202,29 @@ fn chat_keeps_history_resets_and_quits() {
 fn bench_reports_speed_and_peak_memory() {
     let dir = tempfile::tempdir().unwrap();
     let p = TestModel::SmolLm2.path();
-    let o = hearth(dir.path(), &["bench", "-m", p.to_str().unwrap(), "-t", "2", "-p", "32", "-n", "8", "-r", "2", "--json"], "");
+    let o = hearth(
+        dir.path(),
+        &[
+            "bench",
+            "-m",
+            p.to_str().unwrap(),
+            "-t",
+            "2",
+            "-p",
+            "32",
+            "-n",
+            "8",
+            "-r",
+            "2",
+            "--json",
+        ],
+        "",
+    );
     assert!(o.status.success(), "{}", stderr(&o));
-    let lines: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[0]["test"], "pp32");
     assert_eq!(lines[1]["test"], "tg8");

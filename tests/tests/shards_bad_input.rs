@@ -12,7 +12,10 @@ fn open(path: &Path) -> Error {
 #[test]
 fn missing_file_names_the_path() {
     let err = open(Path::new("/nonexistent/model.gguf"));
-    assert!(matches!(err, Error::Io { .. }) && err.to_string().contains("/nonexistent/model.gguf"), "{err}");
+    assert!(
+        matches!(err, Error::Io { .. }) && err.to_string().contains("/nonexistent/model.gguf"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -28,7 +31,11 @@ fn non_gguf_and_truncated_files_are_refused() {
         std::fs::write(&p, &real[..cut]).unwrap();
         let err = open(&p);
         assert!(matches!(err, Error::Corrupt { .. }), "cut at {cut}: {err}");
-        assert!(err.to_string().contains("download or import the file again"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("download or import the file again"),
+            "{err}"
+        );
     }
 }
 
@@ -37,7 +44,11 @@ fn corrupted_headers_are_refused_without_huge_allocations() {
     let real = std::fs::read(TestModel::Gemma3.path()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     // Overwrite counts and lengths in the header and first metadata entry with large values.
-    for (at, bytes) in [(8usize, u64::MAX.to_le_bytes()), (16, (1u64 << 40).to_le_bytes()), (24, (1u64 << 50).to_le_bytes())] {
+    for (at, bytes) in [
+        (8usize, u64::MAX.to_le_bytes()),
+        (16, (1u64 << 40).to_le_bytes()),
+        (24, (1u64 << 50).to_le_bytes()),
+    ] {
         let mut bad = real[..4_000_000].to_vec();
         bad[at..at + 8].copy_from_slice(&bytes);
         let p = dir.path().join(format!("bad-{at}.gguf"));
@@ -56,10 +67,20 @@ fn corrupted_headers_are_refused_without_huge_allocations() {
 fn unknown_architecture_names_itself_and_the_supported_ones() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("mamba.gguf");
-    std::fs::write(&p, GgufWriter::default().string("general.architecture", "mamba").f32_tensor("x", &[4], 1.0).bytes()).unwrap();
+    std::fs::write(
+        &p,
+        GgufWriter::default()
+            .string("general.architecture", "mamba")
+            .f32_tensor("x", &[4], 1.0)
+            .bytes(),
+    )
+    .unwrap();
     let err = open(&p);
     let msg = err.to_string();
-    assert!(msg.contains("mamba") && msg.contains("llama") && msg.contains("gemma3"), "{msg}");
+    assert!(
+        msg.contains("mamba") && msg.contains("llama") && msg.contains("gemma3"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -9,12 +9,19 @@ fn check(m: TestModel) {
     let model = m.open(2);
     let stage = model.full_stage().unwrap();
     let vocab = model.spec().vocab;
-    let prompts = ["The weather today is", "My grandmother's recipe for soup", "1, 2, 3,", "Hello"];
+    let prompts = [
+        "The weather today is",
+        "My grandmother's recipe for soup",
+        "1, 2, 3,",
+        "Hello",
+    ];
     let prefill = |p: &str| {
         let mut cache = stage.new_cache(64);
         let mut logits = Vec::new();
         let ids = model.tokenizer().encode(p, true, true);
-        stage.forward(&mut cache, StageInput::Tokens(&ids), &mut logits).unwrap();
+        stage
+            .forward(&mut cache, StageInput::Tokens(&ids), &mut logits)
+            .unwrap();
         (cache, argmax(&logits))
     };
     // Alone: each session decodes 6 greedy tokens by itself.
@@ -25,7 +32,9 @@ fn check(m: TestModel) {
             (0..6)
                 .map(|_| {
                     let mut logits = Vec::new();
-                    stage.forward(&mut cache, StageInput::Tokens(&[next]), &mut logits).unwrap();
+                    stage
+                        .forward(&mut cache, StageInput::Tokens(&[next]), &mut logits)
+                        .unwrap();
                     next = argmax(&logits);
                     logits
                 })
@@ -33,14 +42,19 @@ fn check(m: TestModel) {
         })
         .collect();
     // Together: the same sessions (different prompt lengths) share each step.
-    let (mut caches, mut next): (Vec<KvCache>, Vec<u32>) = prompts.iter().map(|p| prefill(p)).unzip();
+    let (mut caches, mut next): (Vec<KvCache>, Vec<u32>) =
+        prompts.iter().map(|p| prefill(p)).unzip();
     for step in 0..6 {
         let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
         let mut logits = Vec::new();
         stage.decode_batch(&mut refs, &next, &mut logits).unwrap();
         assert_eq!(logits.len(), prompts.len() * vocab);
         for (i, (row, session)) in logits.chunks_exact(vocab).zip(&alone).enumerate() {
-            assert!(row == session[step].as_slice(), "{}: session {i} differs at step {step}", m.name());
+            assert!(
+                row == session[step].as_slice(),
+                "{}: session {i} differs at step {step}",
+                m.name()
+            );
             next[i] = argmax(row);
         }
     }
@@ -63,11 +77,19 @@ fn batched_decoding_refuses_what_it_cannot_do() {
     let mut a = stage.new_cache(2);
     let mut b = stage.new_cache(2);
     let mut logits = Vec::new();
-    let err = stage.decode_batch(&mut [&mut a, &mut b], &[1], &mut logits).unwrap_err();
+    let err = stage
+        .decode_batch(&mut [&mut a, &mut b], &[1], &mut logits)
+        .unwrap_err();
     assert!(err.to_string().contains("2 sessions but 1 tokens"), "{err}");
-    stage.decode_batch(&mut [&mut a, &mut b], &[1, 2], &mut logits).unwrap();
-    stage.decode_batch(&mut [&mut a, &mut b], &[1, 2], &mut logits).unwrap();
-    let err = stage.decode_batch(&mut [&mut a, &mut b], &[1, 2], &mut logits).unwrap_err();
+    stage
+        .decode_batch(&mut [&mut a, &mut b], &[1, 2], &mut logits)
+        .unwrap();
+    stage
+        .decode_batch(&mut [&mut a, &mut b], &[1, 2], &mut logits)
+        .unwrap();
+    let err = stage
+        .decode_batch(&mut [&mut a, &mut b], &[1, 2], &mut logits)
+        .unwrap_err();
     assert!(err.to_string().contains("context"), "{err}");
     let half = model.stage(0..15).unwrap();
     let mut c = half.new_cache(4);

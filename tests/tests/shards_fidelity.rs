@@ -26,13 +26,17 @@ fn teacher_forced(model: &Model, p: &PromptCase) -> Vec<(usize, f32)> {
     let stage = model.full_stage().unwrap();
     let mut cache = stage.new_cache(p.ids.len() + p.greedy.len() + 1);
     let mut logits = Vec::new();
-    stage.forward(&mut cache, StageInput::Tokens(&p.ids), &mut logits).unwrap();
+    stage
+        .forward(&mut cache, StageInput::Tokens(&p.ids), &mut logits)
+        .unwrap();
     let mut misses = Vec::new();
     for (step, &want) in p.greedy.iter().enumerate() {
         if argmax(&logits) != want {
             misses.push((step, p.gaps[step]));
         }
-        stage.forward(&mut cache, StageInput::Tokens(&[want]), &mut logits).unwrap();
+        stage
+            .forward(&mut cache, StageInput::Tokens(&[want]), &mut logits)
+            .unwrap();
     }
     misses
 }
@@ -50,7 +54,10 @@ fn check(m: TestModel) {
             model.tokenizer().encode(&p.text, true, true)
         } else {
             let text = model.chat_template().render(&p.messages, true).unwrap();
-            assert_eq!(text, p.text, "chat template renders differently from transformers' rules");
+            assert_eq!(
+                text, p.text,
+                "chat template renders differently from transformers' rules"
+            );
             model.tokenizer().encode(&text, true, true)
         };
         assert_eq!(ids, p.ids, "prompt {:?} tokenizes differently", p.text);
@@ -65,8 +72,19 @@ fn check(m: TestModel) {
         if free == p.greedy.len() {
             full_free += 1;
         }
-        let tail: String = p.text.chars().rev().take(36).collect::<Vec<_>>().into_iter().rev().collect();
-        report.push(format!("free-running {free:>2}/{} misses (step, llama.cpp margin) {misses:?} {tail:?}", p.greedy.len()));
+        let tail: String = p
+            .text
+            .chars()
+            .rev()
+            .take(36)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        report.push(format!(
+            "free-running {free:>2}/{} misses (step, llama.cpp margin) {misses:?} {tail:?}",
+            p.greedy.len()
+        ));
     }
     let summary = format!(
         "{} vs {}: {faithful}/{n} prompts agree at every step that is not a near-tie; {exact_steps}/{steps} steps agree exactly; \

@@ -5,19 +5,32 @@ use hearth_shards::{ChatMessage, Error, FinishReason, GenerateParams, SamplingPa
 use hearth_tests::TestModel;
 
 fn greedy(max_tokens: usize) -> GenerateParams {
-    GenerateParams { sampling: SamplingParams::greedy(), max_tokens, stop: Vec::new() }
+    GenerateParams {
+        sampling: SamplingParams::greedy(),
+        max_tokens,
+        stop: Vec::new(),
+    }
 }
 
 #[test]
 fn streamed_pieces_add_up_to_the_reply() {
     let model = TestModel::SmolLm2.open(2);
     let mut g = model.generator(512).unwrap();
-    let prompt = model.tokenizer().encode(&model.chat_template().render(&[ChatMessage::new("user", "Name three fruits.")], true).unwrap(), true, true);
+    let prompt = model.tokenizer().encode(
+        &model
+            .chat_template()
+            .render(&[ChatMessage::new("user", "Name three fruits.")], true)
+            .unwrap(),
+        true,
+        true,
+    );
     let mut streamed = String::new();
-    let c = g.generate(&prompt, &greedy(24), |p| {
-        streamed.push_str(p);
-        true
-    }).unwrap();
+    let c = g
+        .generate(&prompt, &greedy(24), |p| {
+            streamed.push_str(p);
+            true
+        })
+        .unwrap();
     assert!(!c.text.is_empty());
     assert_eq!(streamed, c.text);
     assert_eq!(c.text, model.tokenizer().decode(&c.tokens));
@@ -39,7 +52,12 @@ fn a_follow_up_turn_reuses_the_cache_and_changes_nothing() {
     second.push(ChatMessage::new("user", "And 3 + 3?"));
     let p2 = tok.encode(&tpl.render(&second, true).unwrap(), true, true);
     let r2 = g.generate(&p2, &greedy(16), |_| true).unwrap();
-    assert!(r2.reused_tokens >= p1.len(), "reused {} of the {} first-turn tokens", r2.reused_tokens, p1.len());
+    assert!(
+        r2.reused_tokens >= p1.len(),
+        "reused {} of the {} first-turn tokens",
+        r2.reused_tokens,
+        p1.len()
+    );
     // A fresh generator computing the whole second prompt gives the same reply.
     let mut fresh = model.generator(1024).unwrap();
     let r3 = fresh.generate(&p2, &greedy(16), |_| true).unwrap();
@@ -54,11 +72,20 @@ fn a_follow_up_turn_reuses_the_cache_and_changes_nothing() {
 #[test]
 fn stop_strings_end_the_reply_before_them() {
     let model = TestModel::Gemma3.open(2);
-    let prompt = model.tokenizer().encode("Count: 1, 2, 3, 4, 5, 6,", true, true);
+    let prompt = model
+        .tokenizer()
+        .encode("Count: 1, 2, 3, 4, 5, 6,", true, true);
     let mut g = model.generator(256).unwrap();
     let free = g.generate(&prompt, &greedy(24), |_| true).unwrap();
-    assert!(free.text.contains(" 9"), "expected the count to go on: {:?}", free.text);
-    let params = GenerateParams { stop: vec![" 9".into()], ..greedy(24) };
+    assert!(
+        free.text.contains(" 9"),
+        "expected the count to go on: {:?}",
+        free.text
+    );
+    let params = GenerateParams {
+        stop: vec![" 9".into()],
+        ..greedy(24)
+    };
     let stopped = g.generate(&prompt, &params, |_| true).unwrap();
     assert_eq!(stopped.finish, FinishReason::Stop);
     assert!(!stopped.text.contains(" 9"));
@@ -68,10 +95,25 @@ fn stop_strings_end_the_reply_before_them() {
 #[test]
 fn the_same_seed_gives_the_same_reply() {
     let model = TestModel::Gemma3.open(2);
-    let prompt = model.tokenizer().encode("My favourite animal is", true, true);
+    let prompt = model
+        .tokenizer()
+        .encode("My favourite animal is", true, true);
     let run = |seed| {
-        let params = GenerateParams { sampling: SamplingParams { temperature: 1.0, seed, ..Default::default() }, max_tokens: 20, stop: vec![] };
-        model.generator(128).unwrap().generate(&prompt, &params, |_| true).unwrap().tokens
+        let params = GenerateParams {
+            sampling: SamplingParams {
+                temperature: 1.0,
+                seed,
+                ..Default::default()
+            },
+            max_tokens: 20,
+            stop: vec![],
+        };
+        model
+            .generator(128)
+            .unwrap()
+            .generate(&prompt, &params, |_| true)
+            .unwrap()
+            .tokens
     };
     assert_eq!(run(1), run(1));
     assert_ne!(run(1), run(2));
@@ -82,10 +124,14 @@ fn cancelling_stops_generation() {
     let model = TestModel::SmolLm2.open(2);
     let prompt = model.tokenizer().encode("Once upon a time", true, true);
     let mut pieces = 0;
-    let c = model.generator(128).unwrap().generate(&prompt, &greedy(50), |_| {
-        pieces += 1;
-        pieces < 3
-    }).unwrap();
+    let c = model
+        .generator(128)
+        .unwrap()
+        .generate(&prompt, &greedy(50), |_| {
+            pieces += 1;
+            pieces < 3
+        })
+        .unwrap();
     assert_eq!(c.finish, FinishReason::Cancelled);
     assert!(c.tokens.len() < 10);
 }
@@ -93,9 +139,18 @@ fn cancelling_stops_generation() {
 #[test]
 fn a_prompt_longer_than_the_context_is_a_clear_error() {
     let model = TestModel::SmolLm2.open(2);
-    let prompt = model.tokenizer().encode(&"many words ".repeat(100), true, true);
-    let err = model.generator(64).unwrap().generate(&prompt, &greedy(4), |_| true).unwrap_err();
-    assert!(matches!(err, Error::ContextOverflow { context: 64, .. }), "{err}");
+    let prompt = model
+        .tokenizer()
+        .encode(&"many words ".repeat(100), true, true);
+    let err = model
+        .generator(64)
+        .unwrap()
+        .generate(&prompt, &greedy(4), |_| true)
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::ContextOverflow { context: 64, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("shorten"), "{err}");
 }
 
@@ -103,7 +158,11 @@ fn a_prompt_longer_than_the_context_is_a_clear_error() {
 fn generation_stops_when_the_context_is_full() {
     let model = TestModel::Gemma3.open(2);
     let prompt = model.tokenizer().encode("1, 2, 3,", true, true);
-    let c = model.generator(24).unwrap().generate(&prompt, &greedy(100), |_| true).unwrap();
+    let c = model
+        .generator(24)
+        .unwrap()
+        .generate(&prompt, &greedy(100), |_| true)
+        .unwrap();
     assert_eq!(c.finish, FinishReason::Length);
     assert!(prompt.len() + c.tokens.len() <= 24);
 }

@@ -13,7 +13,11 @@ fn run(stages: &[Stage], prompt: &[u32], steps: usize) -> Vec<Vec<f32>> {
         let mut hidden = Vec::new();
         let mut out = Vec::new();
         for (i, (stage, cache)) in stages.iter().zip(&mut caches).enumerate() {
-            let inp = if i == 0 { StageInput::Tokens(&input) } else { StageInput::Hidden(&hidden) };
+            let inp = if i == 0 {
+                StageInput::Tokens(&input)
+            } else {
+                StageInput::Hidden(&hidden)
+            };
             let kind = stage.forward(cache, inp, &mut out).unwrap();
             assert_eq!(kind == StageOutput::Logits, i == stages.len() - 1);
             hidden = out.clone();
@@ -28,17 +32,27 @@ fn run(stages: &[Stage], prompt: &[u32], steps: usize) -> Vec<Vec<f32>> {
 fn check(m: TestModel, cuts: &[usize]) {
     let model = m.open(2);
     let n = model.spec().n_layers();
-    let prompt = model.tokenizer().encode("The kitchen light is on and the oven is warm.", true, true);
+    let prompt =
+        model
+            .tokenizer()
+            .encode("The kitchen light is on and the oven is warm.", true, true);
     let whole = run(&[model.full_stage().unwrap()], &prompt, 4);
     let mut bounds = vec![0];
     bounds.extend_from_slice(cuts);
     bounds.push(n);
-    let stages: Vec<Stage> = bounds.windows(2).map(|w| model.stage(w[0]..w[1]).unwrap()).collect();
+    let stages: Vec<Stage> = bounds
+        .windows(2)
+        .map(|w| model.stage(w[0]..w[1]).unwrap())
+        .collect();
     let split = run(&stages, &prompt, 4);
     assert_eq!(whole.len(), split.len());
     for (step, (a, b)) in whole.iter().zip(&split).enumerate() {
         assert_eq!(a.len(), model.spec().vocab);
-        assert!(a == b, "{} split at {cuts:?}: logits differ at step {step}", m.name());
+        assert!(
+            a == b,
+            "{} split at {cuts:?}: logits differ at step {step}",
+            m.name()
+        );
     }
 }
 
@@ -61,12 +75,18 @@ fn stages_refuse_input_they_cannot_take() {
     let middle = model.stage(10..20).unwrap();
     let mut out = Vec::new();
     let mut cache = middle.new_cache(16);
-    let err = middle.forward(&mut cache, StageInput::Tokens(&[1, 2]), &mut out).unwrap_err();
+    let err = middle
+        .forward(&mut cache, StageInput::Tokens(&[1, 2]), &mut out)
+        .unwrap_err();
     assert!(err.to_string().contains("hidden states"), "{err}");
-    let err = middle.forward(&mut cache, StageInput::Hidden(&[0.0; 7]), &mut out).unwrap_err();
+    let err = middle
+        .forward(&mut cache, StageInput::Hidden(&[0.0; 7]), &mut out)
+        .unwrap_err();
     assert!(err.to_string().contains("rows"), "{err}");
     let mut cache = first.new_cache(16);
-    let err = first.forward(&mut cache, StageInput::Tokens(&[u32::MAX]), &mut out).unwrap_err();
+    let err = first
+        .forward(&mut cache, StageInput::Tokens(&[u32::MAX]), &mut out)
+        .unwrap_err();
     assert!(err.to_string().contains("vocabulary"), "{err}");
     assert!(model.stage(20..40).is_err());
     assert!(model.stage(5..5).is_err());

@@ -13,10 +13,20 @@ fn token_ids_match_llama_cpp_on_tricky_texts() {
         for case in &reference.tokenizer {
             let ids = tok.encode(&case.text, false, true);
             if ids != case.ids {
-                failures.push(format!("{:?}\n  hearth:    {ids:?}\n  llama.cpp: {:?}", case.text, case.ids));
+                failures.push(format!(
+                    "{:?}\n  hearth:    {ids:?}\n  llama.cpp: {:?}",
+                    case.text, case.ids
+                ));
             }
         }
-        assert!(failures.is_empty(), "{}: {} of {} texts differ:\n{}", m.name(), failures.len(), reference.tokenizer.len(), failures.join("\n"));
+        assert!(
+            failures.is_empty(),
+            "{}: {} of {} texts differ:\n{}",
+            m.name(),
+            failures.len(),
+            reference.tokenizer.len(),
+            failures.join("\n")
+        );
     }
 }
 
@@ -25,7 +35,12 @@ fn decoding_gives_back_the_text() {
     for m in TestModel::ALL {
         let model = m.open(1);
         let tok = model.tokenizer();
-        for case in m.reference().tokenizer.iter().filter(|c| !c.text.contains('<')) {
+        for case in m
+            .reference()
+            .tokenizer
+            .iter()
+            .filter(|c| !c.text.contains('<'))
+        {
             assert_eq!(tok.decode(&case.ids), case.text, "{}", m.name());
         }
     }
@@ -35,7 +50,9 @@ fn decoding_gives_back_the_text() {
 fn special_tokens_are_plain_text_unless_parsed() {
     let model = TestModel::SmolLm2.open(1);
     let tok = model.tokenizer();
-    let im_start = tok.token_id("<|im_start|>").expect("SmolLM2 has <|im_start|>");
+    let im_start = tok
+        .token_id("<|im_start|>")
+        .expect("SmolLM2 has <|im_start|>");
     assert_eq!(tok.encode("<|im_start|>", false, true), vec![im_start]);
     let plain = tok.encode("<|im_start|>", false, false);
     assert!(plain.len() > 1 && !plain.contains(&im_start), "{plain:?}");

@@ -12,24 +12,46 @@ use crate::model_cache::ModelCache;
 pub(super) fn bench(cache: &ModelCache, args: BenchArgs) -> Result<()> {
     let resolved = cache.resolve(&args.model)?;
     let size = std::fs::metadata(&resolved.path)?.len();
-    let threads = if args.threads.is_empty() { vec![default_threads() as u32] } else { args.threads.clone() };
+    let threads = if args.threads.is_empty() {
+        vec![default_threads() as u32]
+    } else {
+        args.threads.clone()
+    };
     if !args.json {
         println!("| model | size | threads | test | t/s |");
         println!("| --- | ---: | ---: | ---: | ---: |");
     }
     let mut label = String::new();
     for &t in &threads {
-        let model = Model::open(&resolved.path, t as usize).with_context(|| format!("cannot load {}", resolved.path.display()))?;
+        let model = Model::open(&resolved.path, t as usize)
+            .with_context(|| format!("cannot load {}", resolved.path.display()))?;
         let stage = model.full_stage()?;
-        label = resolved.entry.as_ref().map_or_else(|| resolved.path.display().to_string(), |e| e.name.clone());
+        label = resolved
+            .entry
+            .as_ref()
+            .map_or_else(|| resolved.path.display().to_string(), |e| e.name.clone());
         let quant = hearth_shards::ModelSummary::of(model.gguf())?.quantization;
         let sessions = args.sessions as usize;
         let batched = if sessions > 1 { args.n_gen } else { 0 };
-        let tests = [("pp", args.n_prompt, 1), ("tg", args.n_gen, 1), ("tg", batched, sessions)];
+        let tests = [
+            ("pp", args.n_prompt, 1),
+            ("tg", args.n_gen, 1),
+            ("tg", batched, sessions),
+        ];
         for (kind, n, sessions) in tests.into_iter().filter(|(_, n, _)| *n > 0) {
-            let name = if sessions > 1 { format!("{kind}{n}x{sessions}") } else { format!("{kind}{n}") };
+            let name = if sessions > 1 {
+                format!("{kind}{n}x{sessions}")
+            } else {
+                format!("{kind}{n}")
+            };
             let rates = (0..=args.repetitions)
-                .map(|_| if sessions > 1 { run_batched(&stage, n, sessions) } else { run_once(&stage, kind, n) })
+                .map(|_| {
+                    if sessions > 1 {
+                        run_batched(&stage, n, sessions)
+                    } else {
+                        run_once(&stage, kind, n)
+                    }
+                })
                 .collect::<Result<Vec<f64>>>()?
                 .split_off(1); // the first run warms caches and page-ins
             let (mean, sd) = mean_sd(&rates);
@@ -39,15 +61,25 @@ pub(super) fn bench(cache: &ModelCache, args: BenchArgs) -> Result<()> {
                     serde_json::json!({"model": label, "quantization": quant, "size": size, "threads": t, "test": name, "tokens_per_s": mean, "sd": sd, "samples": rates})
                 );
             } else {
-                println!("| {label} {quant} | {:.1} MB | {t} | {name} | {mean:.2} ± {sd:.2} |", size as f64 / 1e6);
+                println!(
+                    "| {label} {quant} | {:.1} MB | {t} | {name} | {mean:.2} ± {sd:.2} |",
+                    size as f64 / 1e6
+                );
             }
         }
     }
     let peak = peak_rss_bytes();
     if args.json {
-        println!("{}", serde_json::json!({"model": label, "peak_rss_bytes": peak, "file_bytes": size}));
+        println!(
+            "{}",
+            serde_json::json!({"model": label, "peak_rss_bytes": peak, "file_bytes": size})
+        );
     } else if let Some(peak) = peak {
-        println!("\npeak RSS {:.1} MB (model file {:.1} MB)", peak as f64 / 1e6, size as f64 / 1e6);
+        println!(
+            "\npeak RSS {:.1} MB (model file {:.1} MB)",
+            peak as f64 / 1e6,
+            size as f64 / 1e6
+        );
     }
     Ok(())
 }
@@ -77,7 +109,12 @@ fn run_batched(stage: &Stage, n: usize, sessions: usize) -> Result<f64> {
     let mut out = Vec::new();
     let start = Instant::now();
     for i in 0..n {
-        let tokens: Vec<u32> = (0..sessions).map(|s| (((i * sessions + s) as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17) as u32 % vocab as u32).collect();
+        let tokens: Vec<u32> = (0..sessions)
+            .map(|s| {
+                (((i * sessions + s) as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17) as u32
+                    % vocab as u32
+            })
+            .collect();
         let mut refs: Vec<_> = caches.iter_mut().collect();
         stage.decode_batch(&mut refs, &tokens, &mut out)?;
     }
@@ -86,7 +123,11 @@ fn run_batched(stage: &Stage, n: usize, sessions: usize) -> Result<f64> {
 
 fn mean_sd(xs: &[f64]) -> (f64, f64) {
     let mean = xs.iter().sum::<f64>() / xs.len() as f64;
-    let var = if xs.len() > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (xs.len() - 1) as f64 } else { 0.0 };
+    let var = if xs.len() > 1 {
+        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (xs.len() - 1) as f64
+    } else {
+        0.0
+    };
     (mean, var.sqrt())
 }
 

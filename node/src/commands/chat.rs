@@ -10,16 +10,30 @@ use super::run::{chat_prompt, stats_line};
 use crate::cli::ChatArgs;
 use crate::model_cache::ModelCache;
 
-const HELP: &str = "type a message and press Enter; /reset starts a new conversation, /quit (or Ctrl-D) leaves";
+const HELP: &str =
+    "type a message and press Enter; /reset starts a new conversation, /quit (or Ctrl-D) leaves";
 
 pub(super) fn chat(cache: &ModelCache, args: ChatArgs) -> Result<()> {
     let mut params = args.sampling.params()?;
     let model = open_model(cache, &args.model, args.model.threads)?;
-    params.stop.extend(model.chat_template().stop_strings().iter().cloned());
+    params
+        .stop
+        .extend(model.chat_template().stop_strings().iter().cloned());
     let mut generator = model.generator(args.model.ctx as usize)?;
-    let name = model.gguf().get_str("general.name").unwrap_or("model").to_owned();
-    eprintln!("hearth chat with {name} ({} context tokens); {HELP}", generator.context());
-    let opening: Vec<ChatMessage> = args.system.iter().map(|s| ChatMessage::new("system", s.clone())).collect();
+    let name = model
+        .gguf()
+        .get_str("general.name")
+        .unwrap_or("model")
+        .to_owned();
+    eprintln!(
+        "hearth chat with {name} ({} context tokens); {HELP}",
+        generator.context()
+    );
+    let opening: Vec<ChatMessage> = args
+        .system
+        .iter()
+        .map(|s| ChatMessage::new("system", s.clone()))
+        .collect();
     let mut history = opening.clone();
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
@@ -54,14 +68,21 @@ pub(super) fn chat(cache: &ModelCache, args: ChatArgs) -> Result<()> {
         history.push(ChatMessage::new("user", input));
         let tokens = chat_prompt(&model, &history)?;
         let mut out = std::io::stdout().lock();
-        let result = generator.generate(&tokens, &params, |piece| out.write_all(piece.as_bytes()).and_then(|()| out.flush()).is_ok());
+        let result = generator.generate(&tokens, &params, |piece| {
+            out.write_all(piece.as_bytes())
+                .and_then(|()| out.flush())
+                .is_ok()
+        });
         writeln!(out)?;
         match result {
             Ok(completion) => {
                 if args.stats {
                     eprintln!("{}", stats_line(&completion));
                 }
-                history.push(ChatMessage::new("assistant", completion.text.trim().to_owned()));
+                history.push(ChatMessage::new(
+                    "assistant",
+                    completion.text.trim().to_owned(),
+                ));
             }
             Err(e @ EngineError::ContextOverflow { .. }) => {
                 history.pop();

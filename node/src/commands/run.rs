@@ -13,7 +13,9 @@ pub(super) fn run(cache: &ModelCache, args: RunArgs) -> Result<()> {
     let params = args.sampling.params()?;
     let prompt = if args.prompt == "-" {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("cannot read the prompt from stdin")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read the prompt from stdin")?;
         s
     } else {
         args.prompt.clone()
@@ -28,12 +30,18 @@ pub(super) fn run(cache: &ModelCache, args: RunArgs) -> Result<()> {
             messages.push(ChatMessage::new("system", system.clone()));
         }
         messages.push(ChatMessage::new("user", prompt));
-        params.stop.extend(model.chat_template().stop_strings().iter().cloned());
+        params
+            .stop
+            .extend(model.chat_template().stop_strings().iter().cloned());
         chat_prompt(&model, &messages)?
     };
     let mut generator = model.generator(args.model.ctx as usize)?;
     let mut out = std::io::stdout().lock();
-    let completion = generator.generate(&tokens, &params, |piece| out.write_all(piece.as_bytes()).and_then(|()| out.flush()).is_ok())?;
+    let completion = generator.generate(&tokens, &params, |piece| {
+        out.write_all(piece.as_bytes())
+            .and_then(|()| out.flush())
+            .is_ok()
+    })?;
     writeln!(out)?;
     if args.stats {
         eprintln!("{}", stats_line(&completion));
@@ -46,13 +54,22 @@ pub(super) fn chat_prompt(model: &Model, messages: &[ChatMessage]) -> Result<Vec
     let text = model.chat_template().render(messages, true)?;
     let tok = model.tokenizer();
     // Templates that write BOS themselves must not get a second one.
-    let starts_with_bos = tok.bos().and_then(|b| tok.token_text(b)).is_some_and(|b| !b.is_empty() && text.starts_with(b));
+    let starts_with_bos = tok
+        .bos()
+        .and_then(|b| tok.token_text(b))
+        .is_some_and(|b| !b.is_empty() && text.starts_with(b));
     Ok(tok.encode(&text, !starts_with_bos, true))
 }
 
 /// One line of token counts and speeds.
 pub(super) fn stats_line(c: &Completion) -> String {
-    let rate = |n: usize, d: std::time::Duration| if d.as_secs_f64() > 0.0 { n as f64 / d.as_secs_f64() } else { 0.0 };
+    let rate = |n: usize, d: std::time::Duration| {
+        if d.as_secs_f64() > 0.0 {
+            n as f64 / d.as_secs_f64()
+        } else {
+            0.0
+        }
+    };
     let fresh = c.prompt_tokens - c.reused_tokens;
     format!(
         "[{} prompt tokens ({} reused) at {:.1} t/s, {} generated at {:.1} t/s, finish: {:?}]",

@@ -24,14 +24,23 @@ impl FamilyAdapter for Gemma3 {
     fn spec(gguf: &Gguf) -> Result<ModelSpec> {
         let c = Common::read(gguf)?;
         let window = gguf.get_usize("gemma3.attention.sliding_window")?;
-        let pattern = gguf.get_usize("gemma3.attention.sliding_window_pattern").unwrap_or(DEFAULT_PATTERN).max(1);
+        let pattern = gguf
+            .get_usize("gemma3.attention.sliding_window_pattern")
+            .unwrap_or(DEFAULT_PATTERN)
+            .max(1);
         let global_base = c.rope_base;
         let layers = (0..c.layers)
             .map(|i| {
                 if (i + 1) % pattern == 0 {
-                    LayerSpec { rope_base: global_base, window: None }
+                    LayerSpec {
+                        rope_base: global_base,
+                        window: None,
+                    }
                 } else {
-                    LayerSpec { rope_base: LOCAL_ROPE_BASE, window: Some(window) }
+                    LayerSpec {
+                        rope_base: LOCAL_ROPE_BASE,
+                        window: Some(window),
+                    }
                 }
             })
             .collect();

@@ -14,8 +14,19 @@ impl FamilyAdapter for Llama {
 
     fn spec(gguf: &Gguf) -> Result<ModelSpec> {
         let c = Common::read(gguf)?;
-        let rope_dims = gguf.get_usize("llama.rope.dimension_count").unwrap_or(c.head_dim);
-        let layers = vec![LayerSpec { rope_base: c.rope_base, window: None }; c.layers];
-        Ok(ModelSpec { rope_dims, ..c.base_spec(layers) })
+        let rope_dims = gguf
+            .get_usize("llama.rope.dimension_count")
+            .unwrap_or(c.head_dim);
+        let layers = vec![
+            LayerSpec {
+                rope_base: c.rope_base,
+                window: None
+            };
+            c.layers
+        ];
+        Ok(ModelSpec {
+            rope_dims,
+            ..c.base_spec(layers)
+        })
     }
 }

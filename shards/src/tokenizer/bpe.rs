@@ -8,7 +8,8 @@ use crate::error::{Error, Result};
 use crate::gguf::{Gguf, Value};
 
 /// GPT-2's split: contractions, letters, numbers, other symbols, whitespace.
-const GPT2_SPLIT: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+const GPT2_SPLIT: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 /// Llama 3's split (also used by several later BPE models).
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
@@ -29,7 +30,8 @@ fn bytes_to_chars() -> [char; 256] {
     let mut map = ['\0'; 256];
     let mut n = 0u32;
     for b in 0..256u32 {
-        let printable = (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        let printable =
+            (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
         map[b as usize] = if printable {
             char::from_u32(b).expect("latin-1")
         } else {
@@ -53,40 +55,68 @@ impl Bpe {
                 )))
             }
         };
-        let splits = patterns.iter().map(|p| Regex::new(p).expect("static pattern compiles")).collect();
+        let splits = patterns
+            .iter()
+            .map(|p| Regex::new(p).expect("static pattern compiles"))
+            .collect();
         let chars = bytes_to_chars();
         let mut byte_ids = [None; 256];
         for (b, c) in chars.iter().enumerate() {
             byte_ids[b] = ids.get(&c.to_string()).copied();
         }
         if byte_ids.iter().filter(|b| b.is_some()).count() < 128 {
-            return Err(Error::Tokenizer("vocabulary is not byte-level: most byte tokens are missing".into()));
+            return Err(Error::Tokenizer(
+                "vocabulary is not byte-level: most byte tokens are missing".into(),
+            ));
         }
-        let unk = gguf.get_usize("tokenizer.ggml.unknown_token_id").unwrap_or(0) as u32;
-        let char_bytes = chars.iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
+        let unk = gguf
+            .get_usize("tokenizer.ggml.unknown_token_id")
+            .unwrap_or(0) as u32;
+        let char_bytes = chars
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| (c, b as u8))
+            .collect();
         let mut merges = HashMap::new();
         for (rank, m) in gguf.get_array("tokenizer.ggml.merges")?.iter().enumerate() {
-            let Value::String(m) = m else { return Err(Error::Tokenizer("merge is not a string".into())) };
+            let Value::String(m) = m else {
+                return Err(Error::Tokenizer("merge is not a string".into()));
+            };
             let Some((a, b)) = m.split_once(' ') else {
                 return Err(Error::Tokenizer(format!("merge `{m}` is not two tokens")));
             };
-            let (Some(&l), Some(&r), Some(&merged)) = (ids.get(a), ids.get(b), ids.get(&format!("{a}{b}"))) else {
+            let (Some(&l), Some(&r), Some(&merged)) =
+                (ids.get(a), ids.get(b), ids.get(&format!("{a}{b}")))
+            else {
                 continue;
             };
             merges.entry((l, r)).or_insert((rank as u32, merged));
         }
-        Ok(Bpe { splits, merges, byte_ids, unk, char_bytes })
+        Ok(Bpe {
+            splits,
+            merges,
+            byte_ids,
+            unk,
+            char_bytes,
+        })
     }
 
     pub(super) fn encode(&self, text: &str, out: &mut Vec<u32>) {
         let mut pieces = vec![text];
         for re in &self.splits {
-            pieces = pieces.into_iter().flat_map(|p| split_keep_all(re, p)).collect();
+            pieces = pieces
+                .into_iter()
+                .flat_map(|p| split_keep_all(re, p))
+                .collect();
         }
         let mut symbols = Vec::new();
         for piece in pieces {
             symbols.clear();
-            symbols.extend(piece.bytes().map(|b| self.byte_ids[b as usize].unwrap_or(self.unk)));
+            symbols.extend(
+                piece
+                    .bytes()
+                    .map(|b| self.byte_ids[b as usize].unwrap_or(self.unk)),
+            );
             self.merge(&mut symbols);
             out.extend_from_slice(&symbols);
         }
@@ -98,7 +128,11 @@ impl Bpe {
             let best = symbols
                 .windows(2)
                 .enumerate()
-                .filter_map(|(i, w)| self.merges.get(&(w[0], w[1])).map(|&(rank, id)| (rank, i, id)))
+                .filter_map(|(i, w)| {
+                    self.merges
+                        .get(&(w[0], w[1]))
+                        .map(|&(rank, id)| (rank, i, id))
+                })
                 .min();
             let Some((_, i, id)) = best else { return };
             symbols[i] = id;

@@ -45,15 +45,23 @@ impl PartialOrd for Bigram {
 impl Ord for Bigram {
     /// Highest score first; on ties, the leftmost pair first.
     fn cmp(&self, other: &Self) -> Ordering {
-        self.score.total_cmp(&other.score).then_with(|| other.left.cmp(&self.left))
+        self.score
+            .total_cmp(&other.score)
+            .then_with(|| other.left.cmp(&self.left))
     }
 }
 
 impl Spm {
     pub(super) fn new(gguf: &Gguf, tokens: &[String], types: &[TokenType]) -> Result<Self> {
         let scores: Vec<f32> = match gguf.metadata.get("tokenizer.ggml.scores") {
-            Some(Value::Array(a)) if a.len() == tokens.len() => a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect(),
-            _ => return Err(Error::Tokenizer("SentencePiece vocabulary has no scores".into())),
+            Some(Value::Array(a)) if a.len() == tokens.len() => {
+                a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect()
+            }
+            _ => {
+                return Err(Error::Tokenizer(
+                    "SentencePiece vocabulary has no scores".into(),
+                ))
+            }
         };
         let mut ids = HashMap::with_capacity(tokens.len());
         let mut byte_ids = [None; 256];
@@ -65,9 +73,20 @@ impl Spm {
                 }
             }
         }
-        let unk = gguf.get_usize("tokenizer.ggml.unknown_token_id").unwrap_or(0) as u32;
-        let add_space_prefix = !matches!(gguf.metadata.get("tokenizer.ggml.add_space_prefix"), Some(Value::Bool(false)));
-        Ok(Spm { ids, scores, byte_ids, unk, add_space_prefix })
+        let unk = gguf
+            .get_usize("tokenizer.ggml.unknown_token_id")
+            .unwrap_or(0) as u32;
+        let add_space_prefix = !matches!(
+            gguf.metadata.get("tokenizer.ggml.add_space_prefix"),
+            Some(Value::Bool(false))
+        );
+        Ok(Spm {
+            ids,
+            scores,
+            byte_ids,
+            unk,
+            add_space_prefix,
+        })
     }
 
     pub(super) fn encode(&self, fragment: &str, after_special: bool, out: &mut Vec<u32>) {
@@ -79,19 +98,33 @@ impl Spm {
         let text = text.replace(' ', "\u{2581}");
         let mut symbols: Vec<Symbol> = Vec::new();
         for (i, (start, c)) in text.char_indices().enumerate() {
-            symbols.push(Symbol { start, len: c.len_utf8(), prev: i.checked_sub(1), next: Some(i + 1) });
+            symbols.push(Symbol {
+                start,
+                len: c.len_utf8(),
+                prev: i.checked_sub(1),
+                next: Some(i + 1),
+            });
         }
         if let Some(last) = symbols.last_mut() {
             last.next = None;
         }
         let mut queue = BinaryHeap::new();
         let mut rev_merge: HashMap<(usize, usize), (usize, usize)> = HashMap::new();
-        let try_add = |queue: &mut BinaryHeap<Bigram>, rev: &mut HashMap<(usize, usize), (usize, usize)>, symbols: &[Symbol], l: Option<usize>, r: Option<usize>| {
+        let try_add = |queue: &mut BinaryHeap<Bigram>,
+                       rev: &mut HashMap<(usize, usize), (usize, usize)>,
+                       symbols: &[Symbol],
+                       l: Option<usize>,
+                       r: Option<usize>| {
             let (Some(l), Some(r)) = (l, r) else { return };
             let (a, b) = (symbols[l], symbols[r]);
             let piece = &text[a.start..b.start + b.len];
             if let Some(&id) = self.ids.get(piece) {
-                queue.push(Bigram { left: l, right: r, score: self.scores[id as usize], len: piece.len() });
+                queue.push(Bigram {
+                    left: l,
+                    right: r,
+                    score: self.scores[id as usize],
+                    len: piece.len(),
+                });
                 rev.insert((a.start, piece.len()), (l, r));
             }
         };
@@ -111,8 +144,20 @@ impl Spm {
                 symbols[n].prev = Some(bg.left);
             }
             let left = symbols[bg.left];
-            try_add(&mut queue, &mut rev_merge, &symbols, left.prev, Some(bg.left));
-            try_add(&mut queue, &mut rev_merge, &symbols, Some(bg.left), left.next);
+            try_add(
+                &mut queue,
+                &mut rev_merge,
+                &symbols,
+                left.prev,
+                Some(bg.left),
+            );
+            try_add(
+                &mut queue,
+                &mut rev_merge,
+                &symbols,
+                Some(bg.left),
+                left.next,
+            );
         }
         let mut i = if symbols.is_empty() { None } else { Some(0) };
         while let Some(idx) = i {
@@ -122,7 +167,15 @@ impl Spm {
         }
     }
 
-    fn resegment(&self, text: &str, start: usize, len: usize, rev: &HashMap<(usize, usize), (usize, usize)>, symbols: &[Symbol], out: &mut Vec<u32>) {
+    fn resegment(
+        &self,
+        text: &str,
+        start: usize,
+        len: usize,
+        rev: &HashMap<(usize, usize), (usize, usize)>,
+        symbols: &[Symbol],
+        out: &mut Vec<u32>,
+    ) {
         let piece = &text[start..start + len];
         if let Some(&id) = self.ids.get(piece) {
             out.push(id);
