@@ -29,86 +29,81 @@ pub fn has_avx2() -> bool {
     }
 }
 
+/// Runs the AVX2 kernel `$simd` when the CPU has it, else the portable expression.
+macro_rules! simd_or {
+    ($simd:ident($($arg:expr),*), $portable:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: AVX2, FMA and F16C are present; each kernel asserts its own bounds.
+            return unsafe { avx2::$simd($($arg),*) };
+        }
+        $portable
+    }};
+}
+
 /// Dot product of `blocks` Q4_1 weight blocks with Q8_1 activation blocks.
 pub fn dot_q4_1_q8_1(x: &[u8], y: &[u8], blocks: usize) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2 and FMA are present (checked above); slices hold `blocks` whole blocks.
-        return unsafe { avx2::dot_q4_1_q8_1(x, y, blocks) };
-    }
-    dot_q4_1_q8_1_portable(x, y, blocks)
+    simd_or!(
+        dot_q4_1_q8_1(x, y, blocks),
+        dot_q4_1_q8_1_portable(x, y, blocks)
+    )
 }
 
 /// Four dot products of one Q4_1 weight row with four Q8_1 activation rows.
 pub fn dot_q4_1_q8_1_x4(x: &[u8], ys: [&[u8]; 4], blocks: usize) -> [f32; 4] {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: features checked; bounds asserted inside.
-        return unsafe { avx2::dot_q4_1_q8_1_x4(x, ys, blocks) };
-    }
-    ys.map(|y| dot_q4_1_q8_1_portable(x, y, blocks))
+    simd_or!(
+        dot_q4_1_q8_1_x4(x, ys, blocks),
+        ys.map(|y| dot_q4_1_q8_1_portable(x, y, blocks))
+    )
 }
 
 /// Dot product of `blocks` Q5_0 weight blocks with Q8_0 activation blocks.
 pub fn dot_q5_0_q8_0(x: &[u8], y: &[u8], blocks: usize) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: as above.
-        return unsafe { avx2::dot_q5_0_q8_0(x, y, blocks) };
-    }
-    dot_q5_0_q8_0_portable(x, y, blocks)
-}
-
-/// `sum(k[i] * q[i])` for an f16 key row and an f32 query.
-pub fn dot_f16(k: &[f16], q: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() && k.len().is_multiple_of(8) {
-        // SAFETY: features checked; lengths checked inside.
-        return unsafe { avx2::dot_f16(k, q) };
-    }
-    k.iter().zip(q).map(|(a, b)| a.to_f32() * b).sum()
-}
-
-/// `out += w * v` for an f16 value row.
-pub fn axpy_f16(out: &mut [f32], w: f32, v: &[f16]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() && v.len().is_multiple_of(8) {
-        // SAFETY: features checked; lengths checked inside.
-        return unsafe { avx2::axpy_f16(out, w, v) };
-    }
-    for (o, x) in out.iter_mut().zip(v) {
-        *o += w * x.to_f32();
-    }
+    simd_or!(
+        dot_q5_0_q8_0(x, y, blocks),
+        dot_q5_0_q8_0_portable(x, y, blocks)
+    )
 }
 
 /// Four dot products of one Q5_0 weight row with four Q8_0 activation rows.
 pub fn dot_q5_0_q8_0_x4(x: &[u8], ys: [&[u8]; 4], blocks: usize) -> [f32; 4] {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: features checked; bounds asserted inside.
-        return unsafe { avx2::dot_q5_0_q8_0_x4(x, ys, blocks) };
-    }
-    ys.map(|y| dot_q5_0_q8_0_portable(x, y, blocks))
+    simd_or!(
+        dot_q5_0_q8_0_x4(x, ys, blocks),
+        ys.map(|y| dot_q5_0_q8_0_portable(x, y, blocks))
+    )
 }
 
 /// Dot product of `blocks` Q8_0 weight blocks with Q8_0 activation blocks.
 pub fn dot_q8_0_q8_0(x: &[u8], y: &[u8], blocks: usize) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: features checked; bounds asserted inside.
-        return unsafe { avx2::dot_q8_0_q8_0(x, y, blocks) };
-    }
-    dot_q8_0_q8_0_portable(x, y, blocks)
+    simd_or!(
+        dot_q8_0_q8_0(x, y, blocks),
+        dot_q8_0_q8_0_portable(x, y, blocks)
+    )
 }
 
 /// Four dot products of one Q8_0 weight row with four Q8_0 activation rows.
 pub fn dot_q8_0_q8_0_x4(x: &[u8], ys: [&[u8]; 4], blocks: usize) -> [f32; 4] {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: features checked; bounds asserted inside.
-        return unsafe { avx2::dot_q8_0_q8_0_x4(x, ys, blocks) };
-    }
-    ys.map(|y| dot_q8_0_q8_0_portable(x, y, blocks))
+    simd_or!(
+        dot_q8_0_q8_0_x4(x, ys, blocks),
+        ys.map(|y| dot_q8_0_q8_0_portable(x, y, blocks))
+    )
+}
+
+/// `sum(k[i] * q[i])` for an f16 key row and an f32 query.
+pub fn dot_f16(k: &[f16], q: &[f32]) -> f32 {
+    simd_or!(
+        dot_f16(k, q),
+        k.iter().zip(q).map(|(a, b)| a.to_f32() * b).sum()
+    )
+}
+
+/// `out += w * v` for an f16 value row.
+pub fn axpy_f16(out: &mut [f32], w: f32, v: &[f16]) {
+    simd_or!(axpy_f16(out, w, v), {
+        for (o, x) in out.iter_mut().zip(v) {
+            *o += w * x.to_f32();
+        }
+    })
 }
 
 /// Portable Q8_0 × Q8_0.
@@ -170,9 +165,10 @@ mod avx2 {
     /// Needs AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_f16(k: &[f16], q: &[f32]) -> f32 {
-        assert!(q.len() >= k.len() && k.len().is_multiple_of(8));
+        assert!(q.len() >= k.len());
+        let whole = k.len() / 8 * 8;
         let mut acc = _mm256_setzero_ps();
-        for i in (0..k.len()).step_by(8) {
+        for i in (0..whole).step_by(8) {
             // SAFETY: i + 8 <= k.len() <= q.len().
             let (kv, qv) = unsafe {
                 (
@@ -183,21 +179,30 @@ mod avx2 {
             acc = _mm256_fmadd_ps(kv, qv, acc);
         }
         hsum(acc)
+            + k[whole..]
+                .iter()
+                .zip(&q[whole..])
+                .map(|(a, b)| a.to_f32() * b)
+                .sum::<f32>()
     }
 
     /// # Safety
     /// Needs AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn axpy_f16(out: &mut [f32], w: f32, v: &[f16]) {
-        assert!(out.len() >= v.len() && v.len().is_multiple_of(8));
+        assert!(out.len() >= v.len());
+        let whole = v.len() / 8 * 8;
         let wv = _mm256_set1_ps(w);
-        for i in (0..v.len()).step_by(8) {
+        for i in (0..whole).step_by(8) {
             // SAFETY: i + 8 <= v.len() <= out.len().
             unsafe {
                 let x = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(i).cast()));
                 let o = out.as_mut_ptr().add(i);
                 _mm256_storeu_ps(o, _mm256_fmadd_ps(wv, x, _mm256_loadu_ps(o)));
             }
+        }
+        for (o, x) in out[whole..].iter_mut().zip(&v[whole..]) {
+            *o += w * x.to_f32();
         }
     }
 
