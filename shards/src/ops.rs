@@ -2,11 +2,14 @@
 
 use crate::spec::{Activation, RopeStyle};
 
-/// RMSNorm of one row into `out`: `x / sqrt(mean(x^2) + eps) * weight`.
-pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    let scale = rms_scale(x, eps);
-    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
-        *o = v * scale * w;
+/// RMSNorm of each `weight.len()`-wide row of `x` into `out`: `x / sqrt(mean(x^2) + eps) * weight`.
+pub fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let width = weight.len();
+    for (row, o) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+        let scale = rms_scale(row, eps);
+        for ((o, &v), &w) in o.iter_mut().zip(row).zip(weight) {
+            *o = v * scale * w;
+        }
     }
 }
 
@@ -136,7 +139,7 @@ mod tests {
     fn rms_norm_unit_weight_gives_unit_rms() {
         let x = [3.0, -4.0, 0.0, 5.0];
         let mut out = [0.0; 4];
-        rms_norm(&x, &[1.0; 4], 0.0, &mut out);
+        rms_norm_rows(&x, &[1.0; 4], 0.0, &mut out);
         let rms = (out.iter().map(|v| v * v).sum::<f32>() / 4.0).sqrt();
         assert!((rms - 1.0).abs() < 1e-6);
         assert!(out[1] < 0.0 && out[2] == 0.0);

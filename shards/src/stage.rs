@@ -227,12 +227,7 @@ impl Stage {
                         self.range
                     )));
                 }
-                if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.spec.vocab) {
-                    return Err(Error::BadStageInput(format!(
-                        "token id {bad} is outside the vocabulary of {}",
-                        self.spec.vocab
-                    )));
-                }
+                self.check_tokens(tokens)?;
                 tokens.len()
             }
             StageInput::Hidden(h) => {
@@ -253,17 +248,7 @@ impl Stage {
         if n == 0 {
             return Err(Error::BadStageInput("no positions to run".into()));
         }
-        if cache.len + n > cache.capacity {
-            return Err(Error::ContextOverflow {
-                prompt: cache.len + n,
-                context: cache.capacity,
-            });
-        }
-        if cache.layers.len() != self.layers.len() {
-            return Err(Error::BadStageInput(
-                "cache was made for a different stage".into(),
-            ));
-        }
+        self.check_cache(cache, n)?;
         let rows = Rows::Contiguous { pos0: cache.len };
         let kind = self.pool.install(|| {
             self.run(
@@ -302,24 +287,9 @@ impl Stage {
                 tokens.len()
             )));
         }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.spec.vocab) {
-            return Err(Error::BadStageInput(format!(
-                "token id {bad} is outside the vocabulary of {}",
-                self.spec.vocab
-            )));
-        }
-        for c in caches.iter() {
-            if c.layers.len() != self.layers.len() {
-                return Err(Error::BadStageInput(
-                    "cache was made for a different stage".into(),
-                ));
-            }
-            if c.len + 1 > c.capacity {
-                return Err(Error::ContextOverflow {
-                    prompt: c.len + 1,
-                    context: c.capacity,
-                });
-            }
+        self.check_tokens(tokens)?;
+        for cache in caches.iter() {
+            self.check_cache(cache, 1)?;
         }
         let rows = Rows::Sessions(caches.iter().map(|c| c.len).collect());
         self.pool.install(|| {
@@ -333,6 +303,32 @@ impl Stage {
             )
         });
         caches.iter_mut().for_each(|c| c.len += 1);
+        Ok(())
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        match tokens.iter().find(|&&t| t as usize >= self.spec.vocab) {
+            Some(bad) => Err(Error::BadStageInput(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.spec.vocab
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks `cache` belongs to this stage and has room for `n` more positions.
+    fn check_cache(&self, cache: &KvCache, n: usize) -> Result<()> {
+        if cache.layers.len() != self.layers.len() {
+            return Err(Error::BadStageInput(
+                "cache was made for a different stage".into(),
+            ));
+        }
+        if cache.len + n > cache.capacity {
+            return Err(Error::ContextOverflow {
+                prompt: cache.len + n,
+                context: cache.capacity,
+            });
+        }
         Ok(())
     }
 
@@ -384,9 +380,7 @@ impl Stage {
             let layer_spec = spec.layers[self.range.start + li];
             let x = &mut s.x[..n * dim];
             let xn = sized(&mut s.xn, n * dim);
-            for (o, r) in xn.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
-                ops::rms_norm(r, &layer.attn_norm, spec.norm_eps, o);
-            }
+            ops::rms_norm_rows(x, &layer.attn_norm, spec.norm_eps, xn);
             let q = sized(&mut s.q, n * spec.q_dim());
             let k = sized(&mut s.k, n * spec.kv_dim());
             let v = sized(&mut s.v, n * spec.kv_dim());
@@ -431,9 +425,7 @@ impl Stage {
             }
             x.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
 
-            for (o, r) in xn.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
-                ops::rms_norm(r, &layer.ffn_norm, spec.norm_eps, o);
-            }
+            ops::rms_norm_rows(x, &layer.ffn_norm, spec.norm_eps, xn);
             let gate = sized(&mut s.gate, n * spec.ffn_dim);
             let up = sized(&mut s.up, n * spec.ffn_dim);
             layer.gate.matmul(xn, gate, &mut s.quant);
@@ -451,12 +443,7 @@ impl Stage {
                 // Logits for every row in a batched step; for the last row only otherwise.
                 let first = if all_logits { 0 } else { n - 1 };
                 let xn = sized(&mut s.xn, (n - first) * dim);
-                for (o, r) in xn
-                    .chunks_exact_mut(dim)
-                    .zip(x[first * dim..].chunks_exact(dim))
-                {
-                    ops::rms_norm(r, &head.norm, spec.norm_eps, o);
-                }
+                ops::rms_norm_rows(&x[first * dim..], &head.norm, spec.norm_eps, xn);
                 out.resize((n - first) * spec.vocab, 0.0);
                 head.output.matmul(xn, out, &mut s.quant);
                 StageOutput::Logits
