@@ -25,12 +25,12 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 /// Opens the model named in `args` (or the default one).
-fn open_model(cache: &ModelCache, args: &ModelArgs, threads: Option<u32>) -> Result<Model> {
+fn open_model(cache: &ModelCache, args: &ModelArgs) -> Result<Model> {
     let resolved = match &args.model {
         Some(q) => cache.resolve(q)?,
         None => cache.default_model()?,
     };
-    let threads = threads.map_or_else(default_threads, |t| t as usize);
+    let threads = args.threads.map_or_else(default_threads, |t| t as usize);
     Model::open(&resolved.path, threads)
         .with_context(|| format!("cannot load {}", resolved.path.display()))
 }

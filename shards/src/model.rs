@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rayon::ThreadPool;
 
-use crate::chat_template::ChatTemplate;
+use crate::chat_template::{ChatMessage, ChatTemplate};
 use crate::error::{Error, Result};
 use crate::family;
 use crate::generate::Generator;
@@ -177,6 +177,18 @@ impl Model {
     /// The model's chat template (or the plain-transcript fallback).
     pub fn chat_template(&self) -> &ChatTemplate {
         &self.template
+    }
+
+    /// Renders `messages` with the chat template, ready for the assistant's reply, and tokenizes
+    /// the result (control tokens parsed; BOS added unless the template wrote it).
+    pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        let text = self.template.render(messages, true)?;
+        let tok = &self.tokenizer;
+        let starts_with_bos = tok
+            .bos()
+            .and_then(|b| tok.token_text(b))
+            .is_some_and(|b| !b.is_empty() && text.starts_with(b));
+        Ok(tok.encode(&text, !starts_with_bos, true))
     }
 
     /// Loads the stage holding `layers`.

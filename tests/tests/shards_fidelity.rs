@@ -58,7 +58,7 @@ fn check(m: TestModel) {
                 text, p.text,
                 "chat template renders differently from transformers' rules"
             );
-            model.tokenizer().encode(&text, true, true)
+            model.chat_prompt(&p.messages).unwrap()
         };
         assert_eq!(ids, p.ids, "prompt {:?} tokenizes differently", p.text);
         let misses = teacher_forced(&model, p);

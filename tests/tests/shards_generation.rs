@@ -16,14 +16,9 @@ fn greedy(max_tokens: usize) -> GenerateParams {
 fn streamed_pieces_add_up_to_the_reply() {
     let model = TestModel::SmolLm2.open(2);
     let mut g = model.generator(512).unwrap();
-    let prompt = model.tokenizer().encode(
-        &model
-            .chat_template()
-            .render(&[ChatMessage::new("user", "Name three fruits.")], true)
-            .unwrap(),
-        true,
-        true,
-    );
+    let prompt = model
+        .chat_prompt(&[ChatMessage::new("user", "Name three fruits.")])
+        .unwrap();
     let mut streamed = String::new();
     let c = g
         .generate(&prompt, &greedy(24), |p| {
@@ -40,17 +35,15 @@ fn streamed_pieces_add_up_to_the_reply() {
 #[test]
 fn a_follow_up_turn_reuses_the_cache_and_changes_nothing() {
     let model = TestModel::SmolLm2.open(2);
-    let tpl = model.chat_template();
-    let tok = model.tokenizer();
     let first = vec![ChatMessage::new("user", "What is 2 + 2?")];
     let mut g = model.generator(1024).unwrap();
-    let p1 = tok.encode(&tpl.render(&first, true).unwrap(), true, true);
+    let p1 = model.chat_prompt(&first).unwrap();
     let r1 = g.generate(&p1, &greedy(16), |_| true).unwrap();
     assert_eq!(r1.reused_tokens, 0);
     let mut second = first.clone();
     second.push(ChatMessage::new("assistant", r1.text.clone()));
     second.push(ChatMessage::new("user", "And 3 + 3?"));
-    let p2 = tok.encode(&tpl.render(&second, true).unwrap(), true, true);
+    let p2 = model.chat_prompt(&second).unwrap();
     let r2 = g.generate(&p2, &greedy(16), |_| true).unwrap();
     assert!(
         r2.reused_tokens >= p1.len(),

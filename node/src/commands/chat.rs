@@ -6,7 +6,7 @@ use anyhow::Result;
 use hearth_shards::{ChatMessage, Error as EngineError};
 
 use super::open_model;
-use super::run::{chat_prompt, stats_line};
+use super::run::stats_line;
 use crate::cli::ChatArgs;
 use crate::model_cache::ModelCache;
 
@@ -15,7 +15,7 @@ const HELP: &str =
 
 pub(super) fn chat(cache: &ModelCache, args: ChatArgs) -> Result<()> {
     let mut params = args.sampling.params()?;
-    let model = open_model(cache, &args.model, args.model.threads)?;
+    let model = open_model(cache, &args.model)?;
     params
         .stop
         .extend(model.chat_template().stop_strings().iter().cloned());
@@ -66,7 +66,7 @@ pub(super) fn chat(cache: &ModelCache, args: ChatArgs) -> Result<()> {
             _ => {}
         }
         history.push(ChatMessage::new("user", input));
-        let tokens = chat_prompt(&model, &history)?;
+        let tokens = model.chat_prompt(&history)?;
         let mut out = std::io::stdout().lock();
         let result = generator.generate(&tokens, &params, |piece| {
             out.write_all(piece.as_bytes())

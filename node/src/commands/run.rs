@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 
 use anyhow::{Context, Result};
-use hearth_shards::{ChatMessage, Completion, Model};
+use hearth_shards::{ChatMessage, Completion};
 
 use super::open_model;
 use crate::cli::RunArgs;
@@ -20,7 +20,7 @@ pub(super) fn run(cache: &ModelCache, args: RunArgs) -> Result<()> {
     } else {
         args.prompt.clone()
     };
-    let model = open_model(cache, &args.model, args.model.threads)?;
+    let model = open_model(cache, &args.model)?;
     let mut params = params;
     let tokens = if args.raw || !model.chat_template().is_from_model() {
         model.tokenizer().encode(&prompt, true, true)
@@ -33,7 +33,7 @@ pub(super) fn run(cache: &ModelCache, args: RunArgs) -> Result<()> {
         params
             .stop
             .extend(model.chat_template().stop_strings().iter().cloned());
-        chat_prompt(&model, &messages)?
+        model.chat_prompt(&messages)?
     };
     let mut generator = model.generator(args.model.ctx as usize)?;
     let mut out = std::io::stdout().lock();
@@ -47,18 +47,6 @@ pub(super) fn run(cache: &ModelCache, args: RunArgs) -> Result<()> {
         eprintln!("{}", stats_line(&completion));
     }
     Ok(())
-}
-
-/// Renders `messages` with the model's chat template and tokenizes the result.
-pub(super) fn chat_prompt(model: &Model, messages: &[ChatMessage]) -> Result<Vec<u32>> {
-    let text = model.chat_template().render(messages, true)?;
-    let tok = model.tokenizer();
-    // Templates that write BOS themselves must not get a second one.
-    let starts_with_bos = tok
-        .bos()
-        .and_then(|b| tok.token_text(b))
-        .is_some_and(|b| !b.is_empty() && text.starts_with(b));
-    Ok(tok.encode(&text, !starts_with_bos, true))
 }
 
 /// One line of token counts and speeds.
