@@ -101,6 +101,19 @@ impl ModelCache {
         expected_sha256: Option<&str>,
         progress: &dyn Fn(u64, u64),
     ) -> Result<Imported> {
+        let expected = expected_sha256.map(str::to_lowercase);
+        if let Some(e) = &expected {
+            if e.len() != 64 || !e.chars().all(|c| c.is_ascii_hexdigit()) {
+                bail!("--sha256 {e} is not a SHA-256 digest (64 hex characters)");
+            }
+            // The cache already holds a verified copy: no need to read and copy the file again.
+            let index = self.load_index()?;
+            if let Some(existing) = index.models.iter().find(|m| m.digest == *e) {
+                if self.file_path(e).is_file() {
+                    return Ok(Imported::AlreadyPresent(existing.clone()));
+                }
+            }
+        }
         let gguf = Gguf::open(src).with_context(|| format!("cannot import {}", src.display()))?;
         let summary =
             ModelSummary::of(&gguf).with_context(|| format!("cannot import {}", src.display()))?;
@@ -113,12 +126,6 @@ impl ModelCache {
                 .unwrap_or_else(|| "model".into()),
         };
         validate_name(&name)?;
-        let expected = expected_sha256.map(str::to_lowercase);
-        if let Some(e) = &expected {
-            if e.len() != 64 || !e.chars().all(|c| c.is_ascii_hexdigit()) {
-                bail!("--sha256 {e} is not a SHA-256 digest (64 hex characters)");
-            }
-        }
         fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create the model cache {}", self.dir.display()))?;
 
