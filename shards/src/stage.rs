@@ -13,7 +13,7 @@ use rayon::ThreadPool;
 
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, TensorInfo};
-use crate::kv_cache::{sized, KvCache, Scratch};
+use crate::kv_cache::{sized, KvCache};
 use crate::quant::{GgmlType, QMatrix};
 use crate::spec::ModelSpec;
 use crate::{kernels, ops};
@@ -344,23 +344,9 @@ impl Stage {
         out: &mut Vec<f32>,
         all_logits: bool,
     ) -> StageOutput {
+        // Taken out for the step so the caches' layers can be borrowed beside it.
         let mut scratch = std::mem::take(&mut caches[0].scratch);
-        let kind = self.run_rows(&mut scratch, caches, rows, input, n, out, all_logits);
-        caches[0].scratch = scratch;
-        kind
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn run_rows(
-        &self,
-        s: &mut Scratch,
-        caches: &mut [&mut KvCache],
-        rows: &Rows,
-        input: StageInput<'_>,
-        n: usize,
-        out: &mut Vec<f32>,
-        all_logits: bool,
-    ) -> StageOutput {
+        let s = &mut scratch;
         let spec = &*self.spec;
         let dim = spec.dim;
         let x = sized(&mut s.x, n * dim);
@@ -438,7 +424,7 @@ impl Stage {
             x.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
         }
         let x = &s.x[..n * dim];
-        match &self.head {
+        let kind = match &self.head {
             Some(head) => {
                 // Logits for every row in a batched step; for the last row only otherwise.
                 let first = if all_logits { 0 } else { n - 1 };
@@ -453,7 +439,9 @@ impl Stage {
                 out.extend_from_slice(x);
                 StageOutput::Hidden
             }
-        }
+        };
+        caches[0].scratch = scratch;
+        kind
     }
 }
 
