@@ -32,6 +32,53 @@ pub enum Command {
     /// Manage the model cache.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Run this machine's node: join the household mesh and serve the HTTP API.
+    Node(NodeArgs),
+    /// Create, join or leave a household (the devices that may use each other).
+    #[command(subcommand)]
+    Household(HouseholdCommand),
+    /// List the household's nodes: models, load, speed, devices (needs a running node).
+    Peers {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `hearth node`.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Config file [default: <data-dir>/config.toml]; flags and environment win over it.
+    #[arg(long, env = "HEARTH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: crate::config::Settings,
+}
+
+/// `hearth household ...`.
+#[derive(Debug, Subcommand)]
+pub enum HouseholdCommand {
+    /// Create a household on this device and print the code other devices join with.
+    Init {
+        /// Replace the household this device is in.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Join a household with the code `hearth household init` printed.
+    Join {
+        /// The join code (hearth-...).
+        code: String,
+        /// Replace the household this device is in.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print this device's household: join code, fingerprint, revoked devices.
+    Show,
+    /// Revoke a device: every node of the household refuses it from now on.
+    Remove {
+        /// Peer id, or the node's name (names need the local node running).
+        peers: Vec<String>,
+    },
 }
 
 /// Which model, and how to run it.
@@ -46,6 +93,12 @@ pub struct ModelArgs {
     /// Context length in tokens (capped at the model's own).
     #[arg(long, value_name = "TOKENS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..))]
     pub ctx: u32,
+    /// Have this household node serve the reply (needs the local node running).
+    #[arg(long, value_name = "NAME", conflicts_with = "local")]
+    pub node: Option<String>,
+    /// Run the model in this process even when a local node is running.
+    #[arg(long)]
+    pub local: bool,
 }
 
 /// Sampling and stopping options shared by `run` and `chat`. Negative numbers parse, so that

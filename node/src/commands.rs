@@ -1,8 +1,12 @@
 //! The commands behind the CLI; each takes parsed arguments and does the work.
 
+mod backend;
 mod bench;
 mod chat;
+mod household;
 mod models;
+mod node;
+mod peers;
 mod run;
 
 use anyhow::{Context, Result};
@@ -17,10 +21,13 @@ pub fn run(cli: Cli) -> Result<()> {
     let data = DataDir::resolve(cli.data_dir.as_deref())?;
     let cache = ModelCache::new(data.models());
     match cli.command {
-        Command::Run(args) => run::run(&cache, args),
-        Command::Chat(args) => chat::chat(&cache, args),
+        Command::Run(args) => run::run(&data, &cache, args),
+        Command::Chat(args) => chat::chat(&data, &cache, args),
         Command::Bench(args) => bench::bench(&cache, args),
         Command::Models(cmd) => models::models(&cache, cmd),
+        Command::Node(args) => node::node(data, args),
+        Command::Household(cmd) => household::household(&data, cmd),
+        Command::Peers { json } => peers::peers(&data, json),
     }
 }
 

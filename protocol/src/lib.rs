@@ -1,5 +1,24 @@
-//! hearth's wire format. The mesh issue fills this crate with message types, framing and limits;
-//! for now it holds the protocol version every node will announce.
+//! hearth's wire format: the messages peers exchange, their length-prefixed framing and limits,
+//! and the household join code. Pure data and pure functions: no sockets, no runtime.
 
-/// Version of the hearth protocol spoken by this build.
+pub mod card;
+pub mod frame;
+pub mod household;
+pub mod job;
+
+pub use card::{Card, CardReply, CardRequest, Device, DeviceKind, ModelInfo, ModelSpeed};
+pub use frame::{decode, encode, FrameBuffer, FrameError, MAX_FRAME};
+pub use household::{HouseholdSecret, JoinCodeError};
+pub use job::{
+    ChatMessage, FailCode, Finish, JobEvent, JobParams, JobRequest, Prompt, Resume,
+    MAX_PROMPT_TOKENS,
+};
+
+/// Version of the hearth protocol spoken by this build; peers with another version are refused.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// libp2p protocol name of the capability-card exchange.
+pub const CARD_PROTOCOL: &str = "/hearth/card/1";
+
+/// libp2p protocol name of remote jobs.
+pub const JOB_PROTOCOL: &str = "/hearth/job/1";

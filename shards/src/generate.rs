@@ -105,23 +105,41 @@ impl Generator {
         params: &GenerateParams,
         mut on_text: impl FnMut(&str) -> bool,
     ) -> Result<Completion> {
+        self.resume(prompt, &Resume::default(), params, |piece| {
+            let text = piece.text();
+            text.is_empty() || on_text(text)
+        })
+    }
+
+    /// Continues a reply of which `resume.tokens` were already generated (elsewhere, say, by a
+    /// peer that went away) and `resume.emitted_bytes` bytes of text delivered: the reply goes on
+    /// as if it had never stopped. `on_piece` sees every new token with the text it releases;
+    /// it returns `false` to stop early.
+    pub fn resume(
+        &mut self,
+        prompt: &[u32],
+        resume: &Resume,
+        params: &GenerateParams,
+        mut on_piece: impl FnMut(Piece<'_>) -> bool,
+    ) -> Result<Completion> {
         let mut sampler = Sampler::new(params.sampling.clone())?;
         if prompt.is_empty() {
             return Err(Error::BadParameter("the prompt is empty".into()));
         }
-        if prompt.len() >= self.cache.capacity() {
+        let full: Vec<u32> = prompt.iter().chain(&resume.tokens).copied().collect();
+        if full.len() >= self.cache.capacity() {
             return Err(Error::ContextOverflow {
-                prompt: prompt.len(),
+                prompt: full.len(),
                 context: self.cache.capacity(),
             });
         }
         let mut reused = self
             .cached
             .iter()
-            .zip(prompt)
+            .zip(&full)
             .take_while(|(a, b)| a == b)
             .count();
-        if reused == prompt.len() {
+        if reused == full.len() {
             // The last prompt token must run again to produce the next token's logits.
             reused -= 1;
         }
@@ -131,18 +149,35 @@ impl Generator {
         let start = Instant::now();
         self.stage.forward(
             &mut self.cache,
-            StageInput::Tokens(&prompt[reused..]),
+            StageInput::Tokens(&full[reused..]),
             &mut self.logits,
         )?;
-        self.cached.extend_from_slice(&prompt[reused..]);
+        self.cached.extend_from_slice(&full[reused..]);
         let prefill_time = start.elapsed();
 
         let start = Instant::now();
-        let mut tokens = Vec::new();
         let mut decoder = StreamDecoder::default();
         let mut stops = StopScanner::new(&params.stop);
-        let mut finish = FinishReason::Length;
-        while tokens.len() < params.max_tokens {
+        // Replay what was produced before so held-back text and split characters carry over;
+        // text the client has not seen yet goes out with the first new piece.
+        let mut stopped = false;
+        for &token in &resume.tokens {
+            stopped = stops.push(&decoder.push(&self.tokenizer, token)).1;
+        }
+        let mut backlog = stops
+            .emitted
+            .get(resume.emitted_bytes as usize..)
+            .unwrap_or_default()
+            .to_owned();
+        let mut tokens = resume.tokens.clone();
+        let mut finish = if stopped {
+            FinishReason::Stop
+        } else {
+            FinishReason::Length
+        };
+        let full_context = |cache: &KvCache| cache.len() + 1 >= cache.capacity();
+        let mut more = !stopped && tokens.len() < params.max_tokens;
+        while more {
             let token = sampler.sample(&mut self.logits, &self.cached);
             if self.tokenizer.stop_tokens().contains(&token) {
                 finish = FinishReason::Stop;
@@ -150,29 +185,34 @@ impl Generator {
             }
             tokens.push(token);
             let (ready, stopped) = stops.push(&decoder.push(&self.tokenizer, token));
-            if !ready.is_empty() && !on_text(&ready) {
+            backlog.push_str(&ready);
+            if !on_piece(Piece::Token {
+                id: token,
+                text: &backlog,
+            }) {
                 finish = FinishReason::Cancelled;
                 break;
             }
+            backlog.clear();
             if stopped {
                 finish = FinishReason::Stop;
                 break;
             }
-            if tokens.len() == params.max_tokens || self.cache.len() + 1 >= self.cache.capacity() {
-                break;
+            more = tokens.len() < params.max_tokens && !full_context(&self.cache);
+            if more {
+                self.stage.forward(
+                    &mut self.cache,
+                    StageInput::Tokens(&[token]),
+                    &mut self.logits,
+                )?;
+                self.cached.push(token);
             }
-            self.stage.forward(
-                &mut self.cache,
-                StageInput::Tokens(&[token]),
-                &mut self.logits,
-            )?;
-            self.cached.push(token);
         }
         if finish != FinishReason::Cancelled {
             let (rest, _) = stops.push(&decoder.finish());
-            let tail = stops.flush(rest);
-            if !tail.is_empty() {
-                on_text(&tail);
+            backlog.push_str(&stops.flush(rest));
+            if !backlog.is_empty() {
+                on_piece(Piece::Tail(&backlog));
             }
         }
         Ok(Completion {
@@ -184,6 +224,33 @@ impl Generator {
             prefill_time,
             decode_time: start.elapsed(),
         })
+    }
+}
+
+/// Where a failed-over reply picks up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resume {
+    /// Tokens already generated.
+    pub tokens: Vec<u32>,
+    /// Bytes of reply text already delivered.
+    pub emitted_bytes: u64,
+}
+
+/// What generation hands its caller as it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece<'a> {
+    /// A new token and the text it released (empty while text is held back).
+    Token { id: u32, text: &'a str },
+    /// Text released at the end, with no new token.
+    Tail(&'a str),
+}
+
+impl<'a> Piece<'a> {
+    /// The text this piece releases.
+    pub fn text(&self) -> &'a str {
+        match *self {
+            Piece::Token { text, .. } | Piece::Tail(text) => text,
+        }
     }
 }
 

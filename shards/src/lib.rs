@@ -19,7 +19,7 @@ pub mod tokenizer;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use error::{Error, Result};
-pub use generate::{Completion, FinishReason, GenerateParams, Generator};
+pub use generate::{Completion, FinishReason, GenerateParams, Generator, Piece, Resume};
 pub use gguf::Gguf;
 pub use kv_cache::KvCache;
 pub use model::{default_threads, thread_pool, Model, ModelSummary};

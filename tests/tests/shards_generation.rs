@@ -1,7 +1,9 @@
 //! Generation as a user meets it: streaming, reuse of the cached conversation, stop strings,
 //! seeds, and clear errors for prompts that do not fit.
 
-use hearth_shards::{ChatMessage, Error, FinishReason, GenerateParams, SamplingParams};
+use hearth_shards::{
+    ChatMessage, Error, FinishReason, GenerateParams, Piece, Resume, SamplingParams,
+};
 use hearth_tests::TestModel;
 
 fn greedy(max_tokens: usize) -> GenerateParams {
@@ -158,4 +160,51 @@ fn generation_stops_when_the_context_is_full() {
         .unwrap();
     assert_eq!(c.finish, FinishReason::Length);
     assert!(prompt.len() + c.tokens.len() <= 24);
+}
+
+#[test]
+fn a_reply_resumed_elsewhere_continues_as_if_never_interrupted() {
+    let model = TestModel::SmolLm2.open(2);
+    let prompt = model
+        .chat_prompt(&[ChatMessage::new(
+            "user",
+            "Write one sentence about café au lait.",
+        )])
+        .unwrap();
+    let mut g = model.generator(512).unwrap();
+    let mut pieces: Vec<(Option<u32>, String)> = Vec::new();
+    let whole = g
+        .resume(&prompt, &Resume::default(), &greedy(24), |p| {
+            let id = match p {
+                Piece::Token { id, .. } => Some(id),
+                Piece::Tail(_) => None,
+            };
+            pieces.push((id, p.text().to_owned()));
+            true
+        })
+        .unwrap();
+    assert_eq!(
+        pieces.iter().map(|p| p.1.as_str()).collect::<String>(),
+        whole.text
+    );
+    for cut in [1, 7, 15] {
+        // What the first node had delivered when it went away.
+        let before = &pieces[..cut];
+        let resume = Resume {
+            tokens: before.iter().filter_map(|p| p.0).collect(),
+            emitted_bytes: before.iter().map(|p| p.1.len() as u64).sum(),
+        };
+        let delivered: String = before.iter().map(|p| p.1.as_str()).collect();
+        // Another node, with a fresh cache, picks up.
+        let mut other = model.generator(512).unwrap();
+        let mut rest = String::new();
+        let c = other
+            .resume(&prompt, &resume, &greedy(24), |p| {
+                rest.push_str(p.text());
+                true
+            })
+            .unwrap();
+        assert_eq!(delivered + &rest, whole.text, "resumed after {cut} tokens");
+        assert_eq!(c.tokens, whole.tokens);
+    }
 }

@@ -3,32 +3,20 @@
 use std::io::{BufRead, Write};
 
 use anyhow::Result;
-use hearth_shards::{ChatMessage, Error as EngineError};
+use hearth_shards::ChatMessage;
 
-use super::open_model;
-use super::run::stats_line;
+use super::backend::{Backend, Turn};
 use crate::cli::ChatArgs;
+use crate::data_dir::DataDir;
 use crate::model_cache::ModelCache;
 
 const HELP: &str =
     "type a message and press Enter; /reset starts a new conversation, /quit (or Ctrl-D) leaves";
 
-pub(super) fn chat(cache: &ModelCache, args: ChatArgs) -> Result<()> {
-    let mut params = args.sampling.params()?;
-    let model = open_model(cache, &args.model)?;
-    params
-        .stop
-        .extend(model.chat_template().stop_strings().iter().cloned());
-    let mut generator = model.generator(args.model.ctx as usize)?;
-    let name = model
-        .gguf()
-        .get_str("general.name")
-        .unwrap_or("model")
-        .to_owned();
-    eprintln!(
-        "hearth chat with {name} ({} context tokens); {HELP}",
-        generator.context()
-    );
+pub(super) fn chat(data: &DataDir, cache: &ModelCache, args: ChatArgs) -> Result<()> {
+    let params = args.sampling.params()?;
+    let mut backend = Backend::open(data, cache, &args.model)?;
+    eprintln!("hearth chat with {}; {HELP}", backend.describe());
     let opening: Vec<ChatMessage> = args
         .system
         .iter()
@@ -51,7 +39,7 @@ pub(super) fn chat(cache: &ModelCache, args: ChatArgs) -> Result<()> {
             "/quit" | "/exit" => return Ok(()),
             "/reset" => {
                 history = opening.clone();
-                generator.reset();
+                backend.reset();
                 println!("(new conversation)");
                 continue;
             }
@@ -66,29 +54,24 @@ pub(super) fn chat(cache: &ModelCache, args: ChatArgs) -> Result<()> {
             _ => {}
         }
         history.push(ChatMessage::new("user", input));
-        let tokens = model.chat_prompt(&history)?;
         let mut out = std::io::stdout().lock();
-        let result = generator.generate(&tokens, &params, |piece| {
+        let turn = backend.chat(&history, &params, |piece| {
             out.write_all(piece.as_bytes())
                 .and_then(|()| out.flush())
                 .is_ok()
-        });
+        })?;
         writeln!(out)?;
-        match result {
-            Ok(completion) => {
+        match turn {
+            Turn::Reply(reply) => {
                 if args.stats {
-                    eprintln!("{}", stats_line(&completion));
+                    eprintln!("{}", reply.stats);
                 }
-                history.push(ChatMessage::new(
-                    "assistant",
-                    completion.text.trim().to_owned(),
-                ));
+                history.push(ChatMessage::new("assistant", reply.text.trim().to_owned()));
             }
-            Err(e @ EngineError::ContextOverflow { .. }) => {
+            Turn::TooLong(e) => {
                 history.pop();
                 println!("(the conversation no longer fits: {e})");
             }
-            Err(e) => return Err(e.into()),
         }
     }
 }

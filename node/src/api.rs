@@ -1,0 +1,145 @@
+//! The HTTP API (axum): OpenAI-compatible `/v1/*`, the mesh's `/api/*`, `/healthz` and
+//! `/metrics`. Loopback-only unless a bearer token guards it; errors use OpenAI's JSON shape.
+
+mod mesh;
+mod openai;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::daemon::Node;
+use crate::metrics::Metrics;
+
+/// The API's routes over `node`.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/models", get(openai::models))
+        .route("/api/peers", get(mesh::peers))
+        .route("/api/route", get(mesh::route))
+        .route("/api/revoke", post(mesh::revoke))
+        .route("/healthz", get(mesh::healthz))
+        .route("/metrics", get(mesh::metrics))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(node.clone(), guard))
+        .with_state(node)
+}
+
+/// Counts requests and errors, and checks the bearer token (all routes but `/healthz`).
+async fn guard(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    Metrics::inc(&node.metrics.requests);
+    let open = request.uri().path() == "/healthz";
+    let response = match &node.api_token {
+        Some(token) if !open => {
+            let presented = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
+                next.run(request).await
+            } else {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_api_key",
+                    "this node needs an API token: send `Authorization: Bearer TOKEN`",
+                )
+                .into_response()
+            }
+        }
+        _ => next.run(request).await,
+    };
+    if response.status().is_client_error() || response.status().is_server_error() {
+        Metrics::inc(&node.metrics.request_errors);
+    }
+    response
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no such endpoint: {} {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+/// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    param: Option<&'static str>,
+}
+
+impl ApiError {
+    /// An error with `status`, a machine-readable `code` and a message that says what to do.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    /// A 400 about request field `param`.
+    pub fn bad_param(param: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            param: Some(param),
+            ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_value", message)
+        }
+    }
+
+    /// The same error, about request field `param`.
+    pub fn with_param(self, param: &'static str) -> Self {
+        ApiError {
+            param: Some(param),
+            ..self
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        let kind = match self.status {
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::NOT_FOUND => "not_found_error",
+            s if s.is_client_error() => "invalid_request_error",
+            _ => "server_error",
+        };
+        json!({"error": {
+            "message": self.message,
+            "type": kind,
+            "param": self.param,
+            "code": self.code,
+        }})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body())).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

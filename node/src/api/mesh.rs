@@ -1,0 +1,109 @@
+//! The mesh endpoints: peers and their cards, routing decisions, revocation, health, metrics.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use hearth_protocol::PROTOCOL_VERSION;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::ApiError;
+use crate::daemon::Node;
+
+/// `GET /healthz`.
+pub async fn healthz(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    Json(json!({
+        "status": if node.is_draining() { "draining" } else { "ok" },
+        "node": node.name,
+        "peer_id": node.mesh.peer_id().to_string(),
+        "version": PROTOCOL_VERSION,
+    }))
+}
+
+/// `GET /api/peers`: this node and every connected peer, with cards.
+pub async fn peers(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    Json(node.members())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RouteQuery {
+    model: Option<String>,
+    node: Option<String>,
+}
+
+/// `GET /api/route?model=NAME[&node=PIN]`: the ranking a request would get, with reasons.
+pub async fn route(
+    State(node): State<Arc<Node>>,
+    Query(q): Query<RouteQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let query = q
+        .model
+        .ok_or_else(|| ApiError::bad_param("model", "say which model: /api/route?model=NAME"))?;
+    let model = node
+        .find_model(&query)
+        .map_err(|m| ApiError::new(StatusCode::NOT_FOUND, "model_not_found", m))?;
+    let route = node.route(&model.info.digest, q.node.as_deref());
+    Ok(Json(json!({
+        "model": model,
+        "ranked": route.ranked,
+        "rejected": route.rejected,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+struct RevokeBody {
+    peers: Vec<String>,
+}
+
+/// `POST /api/revoke {"peers": [...]}`: peer ids (or node names) leave the household.
+pub async fn revoke(
+    State(node): State<Arc<Node>>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let body: RevokeBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_param("peers", format!("expected {{\"peers\": [PEER, ...]}}: {e}"))
+    })?;
+    let members = node.members();
+    let mut ids = Vec::new();
+    for p in &body.peers {
+        let by_name = members
+            .iter()
+            .find(|m| m.card.as_ref().is_some_and(|c| &c.name == p));
+        match (by_name, p.parse::<libp2p::PeerId>()) {
+            (Some(m), _) => ids.push(m.peer_id.clone()),
+            (None, Ok(id)) => ids.push(id.to_string()),
+            (None, Err(_)) => {
+                return Err(ApiError::bad_param(
+                    "peers",
+                    format!("{p} is neither a connected node's name nor a peer id"),
+                ))
+            }
+        }
+    }
+    if ids.iter().any(|id| *id == node.mesh.peer_id().to_string()) {
+        return Err(ApiError::bad_param(
+            "peers",
+            "a node cannot revoke itself; run this on another household device",
+        ));
+    }
+    let added = node.mesh.revoke(&ids).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "revoke_failed",
+            format!("{e:#}"),
+        )
+    })?;
+    Ok(Json(json!({ "revoked": ids, "new": added })))
+}
+
+/// `GET /metrics` in Prometheus' text format.
+pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        node.metrics.render(&node.gauges()),
+    )
+}

@@ -1,0 +1,526 @@
+//! OpenAI-compatible endpoints: `/v1/chat/completions`, `/v1/completions` (each streamed as SSE
+//! or not, with `usage`) and `/v1/models` (every model in the household, with where it lives).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::Stream;
+use hearth_protocol::{
+    ChatMessage, Finish, JobParams, JobRequest, Prompt, Resume, PROTOCOL_VERSION,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::ApiError;
+use crate::daemon::Node;
+use crate::dispatch::{self, FailKind, Reply};
+use crate::model_cache::DEFAULT_MODEL;
+
+/// Sampling fields shared by both endpoints (OpenAI's names, plus `top_k` and
+/// `repeat_penalty`); fields hearth does not use are ignored, as OpenAI clients send many.
+#[derive(Debug, Default, Deserialize)]
+struct Sampling {
+    max_tokens: Option<u32>,
+    max_completion_tokens: Option<u32>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<u32>,
+    repeat_penalty: Option<f32>,
+    seed: Option<u64>,
+    stop: Option<OneOrMany>,
+    n: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// hearth's own request options: `"hearth": {"node": NAME}` pins the serving node.
+#[derive(Debug, Default, Deserialize)]
+struct HearthOptions {
+    node: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatRequest {
+    model: Option<String>,
+    messages: Vec<InMessage>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(flatten)]
+    sampling: Sampling,
+    #[serde(default)]
+    hearth: HearthOptions,
+}
+
+#[derive(Debug, Deserialize)]
+struct InMessage {
+    role: String,
+    #[serde(default)]
+    content: Option<Content>,
+}
+
+/// Message content: a string, or OpenAI's list of parts (text parts are used).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug, Deserialize)]
+struct Part {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionRequest {
+    model: Option<String>,
+    prompt: OneOrMany,
+    #[serde(default)]
+    stream: bool,
+    #[serde(flatten)]
+    sampling: Sampling,
+    #[serde(default)]
+    hearth: HearthOptions,
+}
+
+/// Which endpoint a reply is shaped for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Chat,
+    Completion,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the request body is not a valid request: {e}"),
+        )
+    })
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(
+    State(node): State<Arc<Node>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: ChatRequest = parse(&body)?;
+    if req.messages.is_empty() {
+        return Err(ApiError::bad_param(
+            "messages",
+            "messages must not be empty",
+        ));
+    }
+    let messages = req
+        .messages
+        .into_iter()
+        .map(|m| {
+            let content = match m.content {
+                None => String::new(),
+                Some(Content::Text(t)) => t,
+                Some(Content::Parts(parts)) => parts
+                    .into_iter()
+                    .filter(|p| p.kind == "text")
+                    .filter_map(|p| p.text)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            };
+            if !matches!(
+                m.role.as_str(),
+                "system" | "user" | "assistant" | "developer" | "tool"
+            ) {
+                return Err(ApiError::bad_param(
+                    "messages",
+                    format!("unknown role {:?}: use system, user or assistant", m.role),
+                ));
+            }
+            Ok(ChatMessage {
+                role: m.role,
+                content,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    respond(
+        node,
+        req.model,
+        Prompt::Chat(messages),
+        req.sampling,
+        req.stream,
+        req.hearth.node,
+        Shape::Chat,
+    )
+    .await
+}
+
+/// `POST /v1/completions`.
+pub async fn completions(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: CompletionRequest = parse(&body)?;
+    let prompt = match req.prompt {
+        OneOrMany::One(p) => p,
+        OneOrMany::Many(mut v) if v.len() == 1 => v.remove(0),
+        OneOrMany::Many(_) => {
+            return Err(ApiError::bad_param("prompt", "send one prompt per request"))
+        }
+    };
+    if prompt.is_empty() {
+        return Err(ApiError::bad_param("prompt", "the prompt is empty"));
+    }
+    respond(
+        node,
+        req.model,
+        Prompt::Text(prompt),
+        req.sampling,
+        req.stream,
+        req.hearth.node,
+        Shape::Completion,
+    )
+    .await
+}
+
+fn job_params(s: Sampling) -> Result<JobParams, ApiError> {
+    if s.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::bad_param(
+            "n",
+            "hearth makes one choice per request (n = 1)",
+        ));
+    }
+    let params = JobParams {
+        temperature: s.temperature.unwrap_or(0.8),
+        top_k: s.top_k.unwrap_or(40),
+        top_p: s.top_p.unwrap_or(0.95),
+        repeat_penalty: s.repeat_penalty.unwrap_or(1.0),
+        seed: s.seed.unwrap_or_else(rand::random),
+        max_tokens: s.max_completion_tokens.or(s.max_tokens).unwrap_or(512),
+        stop: s.stop.map(OneOrMany::into_vec).unwrap_or_default(),
+    };
+    // The same checks the engine makes, so that mistakes are a 400 here, not a failed job.
+    crate::engine::generate_params(&params)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_value", e.to_string()))?;
+    Ok(params)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn finish_reason(f: Finish) -> &'static str {
+    match f {
+        Finish::Stop | Finish::Cancelled => "stop",
+        Finish::Length => "length",
+    }
+}
+
+fn failure(kind: FailKind, message: String) -> ApiError {
+    match kind {
+        FailKind::BadRequest => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message),
+        FailKind::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message),
+        FailKind::Unavailable => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_node_available",
+            message,
+        ),
+    }
+}
+
+async fn respond(
+    node: Arc<Node>,
+    model: Option<String>,
+    prompt: Prompt,
+    sampling: Sampling,
+    stream: bool,
+    pin: Option<String>,
+    shape: Shape,
+) -> Result<Response, ApiError> {
+    if node.is_draining() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            format!(
+                "{} is shutting down; send the request to another node",
+                node.name
+            ),
+        ));
+    }
+    let params = job_params(sampling)?;
+    let query = model.unwrap_or_else(|| DEFAULT_MODEL.to_owned());
+    let model = node.find_model(&query).map_err(|m| {
+        ApiError::new(StatusCode::NOT_FOUND, "model_not_found", m).with_param("model")
+    })?;
+    let route = node.route(&model.info.digest, pin.as_deref());
+    if route.ranked.is_empty() {
+        let why: Vec<String> = route
+            .rejected
+            .iter()
+            .map(|r| format!("{} {}", r.node, r.reason))
+            .collect();
+        if let Some(pin) = &pin {
+            if !node
+                .members()
+                .iter()
+                .any(|m| m.card.as_ref().is_some_and(|c| &c.name == pin))
+            {
+                return Err(ApiError::bad_param(
+                    "hearth.node",
+                    format!("no node named {pin} is in the mesh"),
+                ));
+            }
+        }
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_node_available",
+            format!("no node can serve {}: {}", model.info.name, why.join("; ")),
+        ));
+    }
+    let request = JobRequest {
+        version: PROTOCOL_VERSION,
+        model: model.info.digest.clone(),
+        prompt,
+        params,
+        resume: Resume::default(),
+    };
+    let mut replies = dispatch::start(node.clone(), route.ranked, request);
+    let serving = match replies.recv().await {
+        Some(Reply::Started { node, .. }) => node,
+        Some(Reply::Failed { kind, message }) => return Err(failure(kind, message)),
+        other => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("the reply ended before it started ({other:?})"),
+            ))
+        }
+    };
+    let meta = Meta {
+        id: format!(
+            "{}-{:016x}",
+            if shape == Shape::Chat {
+                "chatcmpl"
+            } else {
+                "cmpl"
+            },
+            rand::random::<u64>()
+        ),
+        created: now(),
+        model: model.info.name.clone(),
+        shape,
+    };
+    let mut response = if stream {
+        Sse::new(sse_stream(replies, meta, serving.clone()))
+            .keep_alive(KeepAlive::default())
+            .into_response()
+    } else {
+        whole(replies, &meta, &serving).await?.into_response()
+    };
+    if let Ok(v) = HeaderValue::from_str(&serving) {
+        response.headers_mut().insert("x-hearth-node", v);
+    }
+    Ok(response)
+}
+
+struct Meta {
+    id: String,
+    created: u64,
+    model: String,
+    shape: Shape,
+}
+
+fn usage(prompt_tokens: u32, completion_tokens: u32) -> Value {
+    json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    })
+}
+
+async fn whole(
+    mut replies: mpsc::Receiver<Reply>,
+    meta: &Meta,
+    serving: &str,
+) -> Result<Json<Value>, ApiError> {
+    let mut text = String::new();
+    let mut nodes = vec![serving.to_owned()];
+    while let Some(reply) = replies.recv().await {
+        match reply {
+            Reply::Started { node, .. } => nodes.push(node),
+            Reply::Text(t) => text.push_str(&t),
+            Reply::Failed { kind, message } => return Err(failure(kind, message)),
+            Reply::Done {
+                finish,
+                prompt_tokens,
+                completion_tokens,
+            } => {
+                let choice = match meta.shape {
+                    Shape::Chat => json!({
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": finish_reason(finish),
+                    }),
+                    Shape::Completion => json!({
+                        "index": 0,
+                        "text": text,
+                        "finish_reason": finish_reason(finish),
+                    }),
+                };
+                return Ok(Json(json!({
+                    "id": meta.id,
+                    "object": if meta.shape == Shape::Chat { "chat.completion" } else { "text_completion" },
+                    "created": meta.created,
+                    "model": meta.model,
+                    "choices": [choice],
+                    "usage": usage(prompt_tokens, completion_tokens),
+                    "hearth": {"nodes": nodes},
+                })));
+            }
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "the reply ended without finishing",
+    ))
+}
+
+fn chunk(meta: &Meta, node: &str, delta: Value, finish: Option<&str>) -> Value {
+    let choice = match meta.shape {
+        Shape::Chat => json!({"index": 0, "delta": delta, "finish_reason": finish}),
+        Shape::Completion => json!({
+            "index": 0,
+            "text": delta.get("content").cloned().unwrap_or(json!("")),
+            "finish_reason": finish,
+        }),
+    };
+    json!({
+        "id": meta.id,
+        "object": if meta.shape == Shape::Chat { "chat.completion.chunk" } else { "text_completion" },
+        "created": meta.created,
+        "model": meta.model,
+        "choices": [choice],
+        "hearth": {"node": node},
+    })
+}
+
+/// The SSE stream: a first chunk (the assistant role), text chunks, a last chunk with the finish
+/// reason and usage, then `[DONE]`; on failure an error event, then the stream closes.
+fn sse_stream(
+    replies: mpsc::Receiver<Reply>,
+    meta: Meta,
+    serving: String,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    struct St {
+        replies: mpsc::Receiver<Reply>,
+        meta: Meta,
+        node: String,
+        opened: bool,
+        ended: bool,
+    }
+    let st = St {
+        replies,
+        meta,
+        node: serving,
+        opened: false,
+        ended: false,
+    };
+    futures::stream::unfold(st, |mut st| async move {
+        if st.ended {
+            return None;
+        }
+        if !st.opened {
+            st.opened = true;
+            if st.meta.shape == Shape::Chat {
+                let first = chunk(
+                    &st.meta,
+                    &st.node,
+                    json!({"role": "assistant", "content": ""}),
+                    None,
+                );
+                return Some((Ok(Event::default().data(first.to_string())), st));
+            }
+        }
+        loop {
+            let event = match st.replies.recv().await {
+                Some(Reply::Started { node, .. }) => {
+                    st.node = node;
+                    continue;
+                }
+                Some(Reply::Text(t)) => chunk(&st.meta, &st.node, json!({"content": t}), None),
+                Some(Reply::Done {
+                    finish,
+                    prompt_tokens,
+                    completion_tokens,
+                }) => {
+                    let mut last =
+                        chunk(&st.meta, &st.node, json!({}), Some(finish_reason(finish)));
+                    last["usage"] = usage(prompt_tokens, completion_tokens);
+                    st.replies.close();
+                    // `[DONE]` follows on the next poll.
+                    return Some((Ok(Event::default().data(last.to_string())), st));
+                }
+                Some(Reply::Failed { kind, message }) => {
+                    st.ended = true;
+                    return Some((
+                        Ok(Event::default().data(failure(kind, message).body().to_string())),
+                        st,
+                    ));
+                }
+                None => {
+                    st.ended = true;
+                    return Some((Ok(Event::default().data("[DONE]")), st));
+                }
+            };
+            return Some((Ok(Event::default().data(event.to_string())), st));
+        }
+    })
+}
+
+/// `GET /v1/models`: every model on any node of the household, with where it lives.
+pub async fn models(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let data: Vec<Value> = node
+        .models()
+        .into_iter()
+        .map(|m| {
+            json!({
+                "id": m.info.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "hearth",
+                "hearth": {
+                    "digest": m.info.digest,
+                    "family": m.info.family,
+                    "quantization": m.info.quantization,
+                    "size": m.info.size,
+                    "layers": m.info.layers,
+                    "nodes": m.nodes,
+                    "loaded_on": m.loaded_on,
+                },
+            })
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}

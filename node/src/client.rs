@@ -1,0 +1,175 @@
+//! The command line's client for a running node's HTTP API: finds the local node through its
+//! runtime file, and streams chat replies from it.
+
+use std::io::{BufRead, BufReader};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::daemon::RuntimeInfo;
+use crate::data_dir::DataDir;
+
+/// A node running on this machine, answering on its API.
+#[derive(Debug)]
+pub struct LocalNode {
+    base: String,
+    token: Option<String>,
+    http: reqwest::blocking::Client,
+    pub info: RuntimeInfo,
+}
+
+/// How a streamed reply ended.
+#[derive(Debug, Clone, Default)]
+pub struct Streamed {
+    pub text: String,
+    /// Nodes that served it (more than one after a failover).
+    pub nodes: Vec<String>,
+    pub finish: Option<String>,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// An error answer from the node.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct NodeError {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+impl LocalNode {
+    /// The node whose runtime file is in `data`, if it answers its health check.
+    pub fn find(data: &DataDir) -> Option<LocalNode> {
+        let bytes = std::fs::read(RuntimeInfo::path(data)).ok()?;
+        let info: RuntimeInfo = serde_json::from_slice(&bytes).ok()?;
+        let addr: std::net::SocketAddr = info.api.parse().ok()?;
+        let host = if addr.ip().is_unspecified() {
+            std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+        } else {
+            addr
+        };
+        let node = LocalNode {
+            base: format!("http://{host}"),
+            token: std::env::var("HEARTH_API_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
+            http: reqwest::blocking::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(None)
+                .build()
+                .ok()?,
+            info,
+        };
+        let health = node
+            .http
+            .get(format!("{}/healthz", node.base))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .ok()?;
+        health.status().is_success().then_some(node)
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    fn checked(response: reqwest::blocking::Response) -> Result<reqwest::blocking::Response> {
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let body: Value = response.json().unwrap_or(Value::Null);
+        let err = &body["error"];
+        Err(NodeError {
+            status,
+            code: err["code"].as_str().unwrap_or("").to_owned(),
+            message: err["message"]
+                .as_str()
+                .map_or_else(|| format!("the node answered {status}"), str::to_owned),
+        }
+        .into())
+    }
+
+    /// `GET path` as JSON.
+    pub fn get(&self, path: &str) -> Result<Value> {
+        let r = self
+            .request(reqwest::Method::GET, path)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .with_context(|| format!("cannot reach the node at {}", self.base))?;
+        Ok(Self::checked(r)?.json()?)
+    }
+
+    /// `POST path` with a JSON body.
+    pub fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        let r = self
+            .request(reqwest::Method::POST, path)
+            .timeout(Duration::from_secs(10))
+            .json(body)
+            .send()
+            .with_context(|| format!("cannot reach the node at {}", self.base))?;
+        Ok(Self::checked(r)?.json()?)
+    }
+
+    /// Posts a streaming request to `path` (`/v1/chat/completions` or `/v1/completions`) and calls
+    /// `on_text` with each piece; `on_text` returns `false` to stop (which ends the reply on the
+    /// serving node too).
+    pub fn stream(
+        &self,
+        path: &str,
+        mut body: Value,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Streamed> {
+        body["stream"] = Value::Bool(true);
+        let r = self
+            .request(reqwest::Method::POST, path)
+            .json(&body)
+            .send()
+            .with_context(|| format!("cannot reach the node at {}", self.base))?;
+        let r = Self::checked(r)?;
+        let mut out = Streamed::default();
+        for line in BufReader::new(r).lines() {
+            let line = line.context("the reply stream broke")?;
+            let Some(data) = line.strip_prefix("data:").map(str::trim) else {
+                continue;
+            };
+            if data == "[DONE]" {
+                return Ok(out);
+            }
+            let v: Value = serde_json::from_str(data).context("the node sent a bad event")?;
+            if let Some(err) = v.get("error") {
+                bail!("{}", err["message"].as_str().unwrap_or("the reply failed"));
+            }
+            if let Some(n) = v["hearth"]["node"].as_str() {
+                if out.nodes.last().map(String::as_str) != Some(n) {
+                    out.nodes.push(n.to_owned());
+                }
+            }
+            let choice = &v["choices"][0];
+            let piece = choice["delta"]["content"]
+                .as_str()
+                .or_else(|| choice["text"].as_str())
+                .unwrap_or("");
+            if !piece.is_empty() {
+                out.text.push_str(piece);
+                if !on_text(piece) {
+                    return Ok(out);
+                }
+            }
+            if let Some(f) = choice["finish_reason"].as_str() {
+                out.finish = Some(f.to_owned());
+            }
+            if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+                out.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0);
+                out.completion_tokens = u["completion_tokens"].as_u64().unwrap_or(0);
+            }
+        }
+        bail!("the reply stream ended early")
+    }
+}

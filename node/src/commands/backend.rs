@@ -1,0 +1,239 @@
+//! Where `hearth run` and `hearth chat` get replies: the local node when one is running (so the
+//! household's best node serves them), else a model loaded in this process.
+
+use anyhow::{Context, Result};
+use hearth_shards::{
+    ChatMessage, Completion, Error as EngineError, GenerateParams, Generator, Model,
+};
+use serde_json::{json, Value};
+
+use super::open_model;
+use crate::cli::ModelArgs;
+use crate::client::{LocalNode, NodeError};
+use crate::data_dir::DataDir;
+use crate::model_cache::{ModelCache, DEFAULT_MODEL};
+
+/// A reply, wherever it was made.
+pub(super) struct Reply {
+    pub text: String,
+    /// A line of statistics for `--stats`.
+    pub stats: String,
+}
+
+/// Why a chat turn produced no reply but the conversation can go on.
+pub(super) enum Turn {
+    Reply(Reply),
+    /// The conversation no longer fits the context.
+    TooLong(String),
+}
+
+/// A model in this process, or the local node.
+pub(super) enum Backend {
+    Local {
+        model: Box<Model>,
+        generator: Generator,
+    },
+    Node {
+        node: LocalNode,
+        model: String,
+        pin: Option<String>,
+    },
+}
+
+impl Backend {
+    /// The local node unless `--local` (required with `--node`), else the model in-process.
+    pub fn open(data: &DataDir, cache: &ModelCache, args: &ModelArgs) -> Result<Backend> {
+        if !args.local {
+            if let Some(node) = LocalNode::find(data) {
+                return Ok(Backend::Node {
+                    node,
+                    model: args
+                        .model
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_MODEL.to_owned()),
+                    pin: args.node.clone(),
+                });
+            }
+            if let Some(pin) = &args.node {
+                anyhow::bail!(
+                    "--node {pin} needs the local node running; start it with `hearth node`"
+                );
+            }
+        }
+        let model = open_model(cache, args)?;
+        let generator = model.generator(args.ctx as usize)?;
+        Ok(Backend::Local {
+            model: Box::new(model),
+            generator,
+        })
+    }
+
+    /// One line saying what answers.
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::Local { model, generator } => format!(
+                "{} ({} context tokens)",
+                model.gguf().get_str("general.name").unwrap_or("model"),
+                generator.context()
+            ),
+            Backend::Node { node, model, pin } => format!(
+                "{model} through node {}{}",
+                node.info.name,
+                pin.as_ref()
+                    .map(|p| format!(", served by {p}"))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+
+    /// Whether the model has a chat template (a node always applies one).
+    pub fn chats(&self) -> bool {
+        match self {
+            Backend::Local { model, .. } => model.chat_template().is_from_model(),
+            Backend::Node { .. } => true,
+        }
+    }
+
+    /// Forgets the conversation cached in-process.
+    pub fn reset(&mut self) {
+        if let Backend::Local { generator, .. } = self {
+            generator.reset();
+        }
+    }
+
+    /// The assistant's next message after `history`, streamed to `on_text`.
+    pub fn chat(
+        &mut self,
+        history: &[ChatMessage],
+        params: &GenerateParams,
+        on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Turn> {
+        match self {
+            Backend::Local { model, generator } => {
+                let mut params = params.clone();
+                params
+                    .stop
+                    .extend(model.chat_template().stop_strings().iter().cloned());
+                let tokens = model.chat_prompt(history)?;
+                match generator.generate(&tokens, &params, on_text) {
+                    Ok(c) => Ok(Turn::Reply(local_reply(c))),
+                    Err(e @ EngineError::ContextOverflow { .. }) => {
+                        Ok(Turn::TooLong(e.to_string()))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Backend::Node { node, model, pin } => {
+                let messages: Vec<Value> = history
+                    .iter()
+                    .map(|m| json!({"role": m.role, "content": m.content}))
+                    .collect();
+                let body = request_body(model, pin, params, "messages", json!(messages));
+                match node.stream("/v1/chat/completions", body, on_text) {
+                    Ok(s) => Ok(Turn::Reply(node_reply(s))),
+                    Err(e) => match e.downcast_ref::<NodeError>() {
+                        Some(ne) if ne.message.contains("context") => {
+                            Ok(Turn::TooLong(ne.message.clone()))
+                        }
+                        _ => Err(e),
+                    },
+                }
+            }
+        }
+    }
+
+    /// A continuation of `prompt` as raw text (no chat template).
+    pub fn complete(
+        &mut self,
+        prompt: &str,
+        params: &GenerateParams,
+        on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Reply> {
+        match self {
+            Backend::Local { model, generator } => {
+                let tokens = model.tokenizer().encode(prompt, true, true);
+                Ok(local_reply(generator.generate(&tokens, params, on_text)?))
+            }
+            Backend::Node { node, model, pin } => {
+                let body = request_body(model, pin, params, "prompt", json!(prompt));
+                Ok(node_reply(node.stream("/v1/completions", body, on_text)?))
+            }
+        }
+    }
+}
+
+fn request_body(
+    model: &str,
+    pin: &Option<String>,
+    p: &GenerateParams,
+    key: &str,
+    input: Value,
+) -> Value {
+    let mut body = json!({
+        "model": model,
+        "max_tokens": p.max_tokens,
+        "temperature": p.sampling.temperature,
+        "top_k": p.sampling.top_k,
+        "top_p": p.sampling.top_p,
+        "repeat_penalty": p.sampling.repeat_penalty,
+        "seed": p.sampling.seed,
+        "stop": p.stop,
+    });
+    body[key] = input;
+    if let Some(pin) = pin {
+        body["hearth"] = json!({ "node": pin });
+    }
+    body
+}
+
+fn local_reply(c: Completion) -> Reply {
+    Reply {
+        stats: stats_line(&c),
+        text: c.text,
+    }
+}
+
+fn node_reply(s: crate::client::Streamed) -> Reply {
+    Reply {
+        stats: format!(
+            "[{} prompt tokens, {} generated, served by {}, finish: {}]",
+            s.prompt_tokens,
+            s.completion_tokens,
+            s.nodes.join(" then "),
+            s.finish.as_deref().unwrap_or("?")
+        ),
+        text: s.text,
+    }
+}
+
+/// One line of token counts and speeds.
+fn stats_line(c: &Completion) -> String {
+    let rate = |n: usize, d: std::time::Duration| {
+        if d.as_secs_f64() > 0.0 {
+            n as f64 / d.as_secs_f64()
+        } else {
+            0.0
+        }
+    };
+    let fresh = c.prompt_tokens - c.reused_tokens;
+    format!(
+        "[{} prompt tokens ({} reused) at {:.1} t/s, {} generated at {:.1} t/s, finish: {:?}]",
+        c.prompt_tokens,
+        c.reused_tokens,
+        rate(fresh, c.prefill_time),
+        c.tokens.len(),
+        rate(c.tokens.len(), c.decode_time),
+        c.finish
+    )
+}
+
+/// Reads the whole of stdin when `text` is "-".
+pub(super) fn text_or_stdin(text: &str) -> Result<String> {
+    if text != "-" {
+        return Ok(text.to_owned());
+    }
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+        .context("cannot read the prompt from stdin")?;
+    Ok(s)
+}

@@ -1,0 +1,239 @@
+//! `hearth node` settings: every one is a flag, an environment variable and a key of the TOML
+//! config file (`<data-dir>/config.toml`, or `--config`). Flags and variables win over the file,
+//! the file over the defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use libp2p::Multiaddr;
+use serde::Deserialize;
+
+/// The settings as given (flag, environment or file); unset ones take defaults.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// This node's name in the household (default: the host name).
+    #[arg(long, env = "HEARTH_NAME")]
+    pub name: Option<String>,
+    /// libp2p listen address for peers [default: /ip4/0.0.0.0/tcp/4318].
+    #[arg(long, env = "HEARTH_LISTEN", value_name = "MULTIADDR")]
+    pub listen: Option<String>,
+    /// HTTP API address [default: 127.0.0.1:4317]; anything but loopback needs --api-token.
+    #[arg(long, env = "HEARTH_API", value_name = "ADDR")]
+    pub api: Option<String>,
+    /// Token clients must send as `Authorization: Bearer TOKEN`.
+    #[arg(
+        long,
+        env = "HEARTH_API_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub api_token: Option<String>,
+    /// Peer to dial by address, for networks without multicast (repeatable, or comma-separated).
+    #[arg(
+        long = "peer",
+        env = "HEARTH_PEERS",
+        value_name = "MULTIADDR",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// Find peers with mDNS on the LAN [default: true].
+    #[arg(long, env = "HEARTH_MDNS", value_name = "BOOL")]
+    pub mdns: Option<bool>,
+    /// Jobs run at once [default: 2].
+    #[arg(long, env = "HEARTH_MAX_JOBS", value_name = "N")]
+    pub max_jobs: Option<u32>,
+    /// Jobs that may wait; beyond this requests get "busy" [default: 16].
+    #[arg(long, env = "HEARTH_MAX_QUEUE", value_name = "N")]
+    pub max_queue: Option<u32>,
+    /// Worker threads per model [default: all cores].
+    #[arg(long, env = "HEARTH_THREADS", value_name = "N")]
+    pub threads: Option<u32>,
+    /// Context length per job, in tokens [default: 4096, capped at the model's].
+    #[arg(long, env = "HEARTH_CTX", value_name = "TOKENS")]
+    pub ctx: Option<u32>,
+    /// Models to load at start rather than at their first request (repeatable).
+    #[arg(
+        long = "load",
+        env = "HEARTH_LOAD",
+        value_name = "MODEL",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub load: Vec<String>,
+    /// Seconds in-flight replies get to finish at shutdown [default: 5].
+    #[arg(long, env = "HEARTH_GRACE", value_name = "SECONDS")]
+    pub grace: Option<u64>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "HEARTH_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The settings in force.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    pub listen: Multiaddr,
+    pub api: SocketAddr,
+    pub api_token: Option<String>,
+    pub peers: Vec<Multiaddr>,
+    pub mdns: bool,
+    pub max_jobs: usize,
+    pub max_queue: usize,
+    pub threads: Option<usize>,
+    pub ctx: usize,
+    pub load: Vec<String>,
+    pub grace: std::time::Duration,
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    /// Reads the config file at `path`; a missing file is empty settings unless `required`.
+    pub fn from_file(path: &Path, required: bool) -> Result<Settings> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text)
+                .with_context(|| format!("{} is not a valid hearth config", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                Ok(Settings::default())
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// These settings, with unset ones taken from `fallback`.
+    pub fn or(self, fallback: Settings) -> Settings {
+        let vec_or = |a: Vec<String>, b: Vec<String>| if a.is_empty() { b } else { a };
+        Settings {
+            name: self.name.or(fallback.name),
+            listen: self.listen.or(fallback.listen),
+            api: self.api.or(fallback.api),
+            api_token: self.api_token.or(fallback.api_token),
+            peers: vec_or(self.peers, fallback.peers),
+            mdns: self.mdns.or(fallback.mdns),
+            max_jobs: self.max_jobs.or(fallback.max_jobs),
+            max_queue: self.max_queue.or(fallback.max_queue),
+            threads: self.threads.or(fallback.threads),
+            ctx: self.ctx.or(fallback.ctx),
+            load: vec_or(self.load, fallback.load),
+            grace: self.grace.or(fallback.grace),
+            log_format: self.log_format.or(fallback.log_format),
+        }
+    }
+
+    /// Applies defaults and checks every value.
+    pub fn resolve(self) -> Result<NodeConfig> {
+        let listen = self.listen.as_deref().unwrap_or("/ip4/0.0.0.0/tcp/4318");
+        let listen: Multiaddr = listen.parse().with_context(|| {
+            format!("--listen {listen} is not a multiaddr like /ip4/0.0.0.0/tcp/4318")
+        })?;
+        let api = self.api.as_deref().unwrap_or("127.0.0.1:4317");
+        let api: SocketAddr = api
+            .parse()
+            .with_context(|| format!("--api {api} is not an address like 127.0.0.1:4317"))?;
+        let api_token = self.api_token.filter(|t| !t.is_empty());
+        if !api.ip().is_loopback() && api_token.is_none() {
+            bail!(
+                "the API on {api} would be reachable from other machines; set --api-token \
+                 (or HEARTH_API_TOKEN) so only clients with the token get in, or bind to 127.0.0.1"
+            );
+        }
+        let peers = self
+            .peers
+            .iter()
+            .map(|p| {
+                p.parse::<Multiaddr>().with_context(|| {
+                    format!("--peer {p} is not a multiaddr like /ip4/192.168.1.20/tcp/4318")
+                })
+            })
+            .collect::<Result<_>>()?;
+        let positive = |v: Option<u32>, default: u32, what: &str| -> Result<usize> {
+            match v.unwrap_or(default) {
+                0 => bail!("{what} must be at least 1"),
+                n => Ok(n as usize),
+            }
+        };
+        let log_format = match self.log_format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => bail!("--log-format {other}: use text or json"),
+        };
+        Ok(NodeConfig {
+            name: self
+                .name
+                .filter(|n| !n.trim().is_empty())
+                .unwrap_or_else(crate::devices::host_name),
+            listen,
+            api,
+            api_token,
+            peers,
+            mdns: self.mdns.unwrap_or(true),
+            max_jobs: positive(self.max_jobs, 2, "--max-jobs")?,
+            max_queue: positive(self.max_queue, 16, "--max-queue")?,
+            threads: self.threads.map(|t| t.max(1) as usize),
+            ctx: positive(self.ctx, 4096, "--ctx")?.max(16),
+            load: self.load,
+            grace: std::time::Duration::from_secs(self.grace.unwrap_or(5)),
+            log_format,
+        })
+    }
+}
+
+/// Where the config file is: `explicit`, else `<data-dir>/config.toml`.
+pub fn config_path(explicit: Option<&Path>, data_dir: &Path) -> (PathBuf, bool) {
+    match explicit {
+        Some(p) => (p.to_owned(), true),
+        None => (data_dir.join("config.toml"), false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let file: Settings = toml::from_str(
+            "name = \"kitchen\"\nmax_jobs = 3\npeers = [\"/ip4/10.0.0.2/tcp/4318\"]\nmdns = false\n",
+        )
+        .unwrap();
+        let flags = Settings {
+            name: Some("den".into()),
+            ..Settings::default()
+        };
+        let c = flags.or(file).resolve().unwrap();
+        assert_eq!(c.name, "den");
+        assert_eq!(c.max_jobs, 3);
+        assert!(!c.mdns);
+        assert_eq!(c.peers.len(), 1);
+        assert_eq!(c.max_queue, 16);
+        assert_eq!(c.api.to_string(), "127.0.0.1:4317");
+    }
+
+    #[test]
+    fn mistakes_are_explained() {
+        let err = |toml_text: &str| {
+            let s: Result<Settings, _> = toml::from_str(toml_text);
+            match s {
+                Err(e) => e.to_string(),
+                Ok(s) => format!("{:#}", s.resolve().unwrap_err()),
+            }
+        };
+        assert!(err("colour = 1").contains("unknown field"));
+        assert!(err("api = \"0.0.0.0:80\"").contains("--api-token"));
+        assert!(err("listen = \"4318\"").contains("not a multiaddr"));
+        assert!(err("max_jobs = 0").contains("at least 1"));
+        assert!(err("log_format = \"xml\"").contains("text or json"));
+        let ok: Settings = toml::from_str("api = \"0.0.0.0:80\"\napi_token = \"s3cret\"").unwrap();
+        assert!(ok.resolve().is_ok());
+    }
+}

@@ -1,0 +1,381 @@
+//! Runs generation jobs on this node, for its own API and for peers: loads models on first use
+//! (and keeps them), runs up to `max_jobs` at once on worker threads, queues the rest fairly up to
+//! a bound, and answers "busy" beyond it. Events stream back through a channel; when its receiver
+//! is dropped the job stops at the next token.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use hearth_protocol::{
+    ChatMessage as WireMessage, FailCode, Finish, JobEvent, JobParams, JobRequest, Prompt,
+};
+use hearth_shards::{
+    ChatMessage, Error as EngineError, FinishReason, GenerateParams, Generator, Model, Piece,
+    Resume, SamplingParams, Stage,
+};
+use tokio::sync::mpsc;
+
+use crate::fair_queue::FairQueue;
+use crate::metrics::Metrics;
+use crate::model_cache::ModelCache;
+
+/// Events buffered per job before generation waits for the reader.
+const EVENT_BUFFER: usize = 64;
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Name reported in `Started` events.
+    pub node: String,
+    pub threads: usize,
+    /// Context length per job (capped at the model's).
+    pub context: usize,
+    pub max_jobs: usize,
+    pub max_queue: usize,
+}
+
+struct Loaded {
+    model: Model,
+    stage: Arc<Stage>,
+}
+
+struct Pending {
+    request: JobRequest,
+    events: mpsc::Sender<JobEvent>,
+}
+
+/// The local job runner.
+pub struct Engine {
+    config: EngineConfig,
+    cache: ModelCache,
+    metrics: Arc<Metrics>,
+    queue: Mutex<(FairQueue<Pending>, usize)>,
+    loaded: Mutex<HashMap<String, Arc<Loaded>>>,
+    speeds: Mutex<HashMap<String, f32>>,
+    draining: AtomicBool,
+    running: AtomicU64,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Engine({})", self.config.node)
+    }
+}
+
+/// The engine's load, for the card and metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Load {
+    pub queued: u32,
+    pub active: u32,
+}
+
+impl Engine {
+    /// An engine serving models from `cache`.
+    pub fn new(config: EngineConfig, cache: ModelCache, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Engine {
+            queue: Mutex::new((FairQueue::new(config.max_queue), 0)),
+            config,
+            cache,
+            metrics,
+            loaded: Mutex::new(HashMap::new()),
+            speeds: Mutex::new(HashMap::new()),
+            draining: AtomicBool::new(false),
+            running: AtomicU64::new(0),
+        })
+    }
+
+    /// The model cache this engine serves from.
+    pub fn cache(&self) -> &ModelCache {
+        &self.cache
+    }
+
+    /// Most jobs run at once.
+    pub fn max_jobs(&self) -> usize {
+        self.config.max_jobs
+    }
+
+    /// Jobs queued and running.
+    pub fn load(&self) -> Load {
+        let q = self.queue.lock().expect("queue lock");
+        Load {
+            queued: q.0.len() as u32,
+            active: q.1 as u32,
+        }
+    }
+
+    /// Digests of loaded models.
+    pub fn loaded(&self) -> Vec<String> {
+        self.loaded
+            .lock()
+            .expect("loaded lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Measured decode tokens/s per digest.
+    pub fn speeds(&self) -> Vec<(String, f32)> {
+        self.speeds
+            .lock()
+            .expect("speeds lock")
+            .iter()
+            .map(|(d, t)| (d.clone(), *t))
+            .collect()
+    }
+
+    /// Stops taking jobs (they get "busy"); running and queued ones finish.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the engine is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Jobs queued or running; zero once a drain has finished.
+    pub fn in_flight(&self) -> u64 {
+        let q = self.queue.lock().expect("queue lock");
+        q.0.len() as u64 + self.running.load(Ordering::SeqCst)
+    }
+
+    /// Loads the model with `digest` now (and measures its speed), instead of at its first job.
+    pub fn preload(&self, digest: &str) -> Result<()> {
+        self.model(digest).map(|_| ())
+    }
+
+    /// Queues a job for `requester`; its events arrive on the returned channel.
+    pub fn submit(
+        self: &Arc<Self>,
+        requester: &str,
+        request: JobRequest,
+    ) -> mpsc::Receiver<JobEvent> {
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        if self.is_draining() {
+            let _ = tx.try_send(JobEvent::Busy {
+                reason: format!("{} is shutting down", self.config.node),
+            });
+            return rx;
+        }
+        let refused = {
+            let mut q = self.queue.lock().expect("queue lock");
+            q.0.push(
+                requester,
+                Pending {
+                    request,
+                    events: tx,
+                },
+            )
+            .err()
+        };
+        if let Some(p) = refused {
+            let _ = p.events.try_send(JobEvent::Busy {
+                reason: format!(
+                    "{} has {} jobs waiting, its limit",
+                    self.config.node, self.config.max_queue
+                ),
+            });
+            return rx;
+        }
+        self.pump();
+        rx
+    }
+
+    /// Starts queued jobs while slots are free.
+    fn pump(self: &Arc<Self>) {
+        loop {
+            let next = {
+                let mut q = self.queue.lock().expect("queue lock");
+                if q.1 >= self.config.max_jobs {
+                    return;
+                }
+                let Some((_, job)) = q.0.pop() else { return };
+                q.1 += 1;
+                self.running.fetch_add(1, Ordering::SeqCst);
+                job
+            };
+            let engine = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("hearth-job".into())
+                .spawn(move || {
+                    engine.run(next);
+                    engine.queue.lock().expect("queue lock").1 -= 1;
+                    engine.running.fetch_sub(1, Ordering::SeqCst);
+                    engine.pump();
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a job thread");
+                self.queue.lock().expect("queue lock").1 -= 1;
+                self.running.fetch_sub(1, Ordering::SeqCst);
+                return;
+            }
+        }
+    }
+
+    fn model(&self, digest: &str) -> Result<Arc<Loaded>> {
+        let mut loaded = self.loaded.lock().expect("loaded lock");
+        if let Some(m) = loaded.get(digest) {
+            return Ok(m.clone());
+        }
+        let resolved = self.cache.resolve(digest)?;
+        let model = Model::open(&resolved.path, self.config.threads)
+            .with_context(|| format!("cannot load {}", resolved.path.display()))?;
+        let stage = Arc::new(model.full_stage()?);
+        let m = Arc::new(Loaded { model, stage });
+        tracing::info!(model = digest, "model loaded");
+        loaded.insert(digest.to_owned(), m.clone());
+        drop(loaded);
+        self.self_benchmark(digest, &m);
+        Ok(m)
+    }
+
+    /// A short greedy run right after loading, so routing has a speed before real traffic.
+    fn self_benchmark(&self, digest: &str, m: &Loaded) {
+        let tok = m.model.tokenizer();
+        let prompt = tok.encode("The house", true, false);
+        let mut g = Generator::new(m.stage.clone(), tok.clone(), 64);
+        let params = GenerateParams {
+            sampling: SamplingParams::greedy(),
+            max_tokens: 16,
+            stop: Vec::new(),
+        };
+        if let Ok(c) = g.generate(&prompt, &params, |_| true) {
+            self.record_speed(digest, c.tokens.len(), c.decode_time);
+        }
+    }
+
+    fn record_speed(&self, digest: &str, tokens: usize, time: std::time::Duration) {
+        if tokens < 4 || time.is_zero() {
+            return;
+        }
+        let now = (tokens as f64 / time.as_secs_f64()) as f32;
+        let mut speeds = self.speeds.lock().expect("speeds lock");
+        let s = speeds.entry(digest.to_owned()).or_insert(now);
+        *s = 0.7 * *s + 0.3 * now;
+    }
+
+    fn run(&self, job: Pending) {
+        let Pending { request, events } = job;
+        if events.is_closed() {
+            return;
+        }
+        Metrics::inc(&self.metrics.jobs_served);
+        let event = match self.generate(&request, &events) {
+            Ok(done) => done,
+            Err((code, message)) => {
+                tracing::warn!(model = %request.model, %message, "job failed");
+                JobEvent::Failed { code, message }
+            }
+        };
+        let _ = events.blocking_send(event);
+    }
+
+    fn generate(
+        &self,
+        request: &JobRequest,
+        events: &mpsc::Sender<JobEvent>,
+    ) -> Result<JobEvent, (FailCode, String)> {
+        let loaded = self.model(&request.model).map_err(|e| {
+            let code = if self.cache.resolve(&request.model).is_err() {
+                FailCode::NoModel
+            } else {
+                FailCode::Internal
+            };
+            (code, format!("{e:#}"))
+        })?;
+        let model = &loaded.model;
+        let mut params = generate_params(&request.params).map_err(bad_request)?;
+        let prompt = match &request.prompt {
+            Prompt::Chat(messages) => {
+                let messages: Vec<ChatMessage> = messages
+                    .iter()
+                    .map(|m: &WireMessage| ChatMessage::new(&m.role, m.content.clone()))
+                    .collect();
+                params
+                    .stop
+                    .extend(model.chat_template().stop_strings().iter().cloned());
+                model.chat_prompt(&messages).map_err(bad_request)?
+            }
+            Prompt::Text(text) => model.tokenizer().encode(text, true, false),
+        };
+        let context = self.config.context.min(model.spec().context);
+        let mut generator =
+            Generator::new(loaded.stage.clone(), model.tokenizer().clone(), context);
+        let started = JobEvent::Started {
+            node: self.config.node.clone(),
+            prompt_tokens: prompt.len() as u32,
+        };
+        if events.blocking_send(started).is_err() {
+            return Ok(cancelled(prompt.len(), 0));
+        }
+        let resume = Resume {
+            tokens: request.resume.tokens.clone(),
+            emitted_bytes: request.resume.emitted_bytes,
+        };
+        let completion = generator
+            .resume(&prompt, &resume, &params, |piece| {
+                let event = match piece {
+                    Piece::Token { id, text } => {
+                        Metrics::inc(&self.metrics.tokens_generated);
+                        JobEvent::Token {
+                            id,
+                            text: text.to_owned(),
+                        }
+                    }
+                    Piece::Tail(text) => JobEvent::Tail {
+                        text: text.to_owned(),
+                    },
+                };
+                events.blocking_send(event).is_ok()
+            })
+            .map_err(|e| match e {
+                EngineError::BadParameter(_) | EngineError::ContextOverflow { .. } => {
+                    bad_request(e)
+                }
+                other => (FailCode::Internal, other.to_string()),
+            })?;
+        let fresh = completion.tokens.len() - resume.tokens.len();
+        self.record_speed(&request.model, fresh, completion.decode_time);
+        Ok(JobEvent::Done {
+            finish: match completion.finish {
+                FinishReason::Stop => Finish::Stop,
+                FinishReason::Length => Finish::Length,
+                FinishReason::Cancelled => Finish::Cancelled,
+            },
+            prompt_tokens: completion.prompt_tokens as u32,
+            completion_tokens: completion.tokens.len() as u32,
+        })
+    }
+}
+
+fn cancelled(prompt: usize, tokens: usize) -> JobEvent {
+    JobEvent::Done {
+        finish: Finish::Cancelled,
+        prompt_tokens: prompt as u32,
+        completion_tokens: tokens as u32,
+    }
+}
+
+fn bad_request(e: impl std::fmt::Display) -> (FailCode, String) {
+    (FailCode::BadRequest, e.to_string())
+}
+
+/// The engine's generation settings for a job's parameters, validated.
+pub fn generate_params(p: &JobParams) -> hearth_shards::Result<GenerateParams> {
+    let sampling = SamplingParams {
+        temperature: p.temperature,
+        top_k: p.top_k as usize,
+        top_p: p.top_p,
+        repeat_penalty: p.repeat_penalty,
+        repeat_last_n: SamplingParams::default().repeat_last_n,
+        seed: p.seed,
+    };
+    sampling.validate()?;
+    Ok(GenerateParams {
+        sampling,
+        max_tokens: p.max_tokens as usize,
+        stop: p.stop.clone(),
+    })
+}

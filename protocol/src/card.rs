@@ -1,0 +1,113 @@
+//! The capability card: what a node is and can do, exchanged after admission and polled to keep
+//! it fresh. Routing reads nothing else about a peer.
+
+use serde::{Deserialize, Serialize};
+
+/// The opening frame of a card exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CardRequest {
+    /// The asker's [`crate::PROTOCOL_VERSION`].
+    pub version: u32,
+}
+
+/// The answer to a [`CardRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CardReply {
+    /// The node's card.
+    Card(Card),
+    /// The asker speaks another protocol version.
+    Refused { reason: String },
+}
+
+/// A node's capabilities and load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Card {
+    /// The node's human name (host name by default).
+    pub name: String,
+    /// The node's libp2p peer id.
+    pub peer_id: String,
+    pub version: u32,
+    /// Operating system and architecture, e.g. "linux x86_64".
+    pub os: String,
+    pub devices: Vec<Device>,
+    /// Models in the node's cache.
+    pub models: Vec<ModelInfo>,
+    /// Digests of the models loaded in memory, ready to serve.
+    pub loaded: Vec<String>,
+    /// Measured decode speed per model.
+    pub speeds: Vec<ModelSpeed>,
+    /// Jobs waiting for a slot.
+    pub queue_depth: u32,
+    /// Jobs running now.
+    pub active_jobs: u32,
+    /// Jobs the node runs at once.
+    pub max_jobs: u32,
+    /// Whether the node is shutting down (takes no new work).
+    pub draining: bool,
+    /// Peer ids this node's household has revoked; peers merge them into their own lists.
+    pub revoked: Vec<String>,
+}
+
+/// A compute device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    pub kind: DeviceKind,
+    pub name: String,
+    /// Bytes of memory (RAM for the CPU, VRAM for a GPU).
+    pub total_memory: u64,
+    pub free_memory: u64,
+    /// Cores (CPU only).
+    pub cores: Option<u32>,
+}
+
+/// What kind of device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceKind {
+    Cpu,
+    Cuda,
+    Metal,
+}
+
+/// A cached model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// SHA-256 of the GGUF file, hex.
+    pub digest: String,
+    pub name: String,
+    pub family: String,
+    pub quantization: String,
+    /// File size in bytes.
+    pub size: u64,
+    pub layers: u32,
+}
+
+/// Measured decode speed of one model on one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpeed {
+    pub digest: String,
+    pub tokens_per_s: f32,
+}
+
+impl Card {
+    /// Free memory of the device a model would run on: the largest free GPU memory, else RAM.
+    pub fn free_memory(&self) -> u64 {
+        self.devices
+            .iter()
+            .map(|d| d.free_memory)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The cached model with this digest.
+    pub fn model(&self, digest: &str) -> Option<&ModelInfo> {
+        self.models.iter().find(|m| m.digest == digest)
+    }
+
+    /// Measured tokens/s for a model, if any.
+    pub fn speed(&self, digest: &str) -> Option<f32> {
+        self.speeds
+            .iter()
+            .find(|s| s.digest == digest)
+            .map(|s| s.tokens_per_s)
+    }
+}

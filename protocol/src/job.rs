@@ -1,0 +1,107 @@
+//! Remote jobs: the request a node sends to the peer that will generate, and the events that
+//! stream back, one frame each.
+
+use serde::{Deserialize, Serialize};
+
+/// Most prompt tokens a resumed job may carry (bounded by the frame size anyway; this makes the
+/// limit explicit).
+pub const MAX_PROMPT_TOKENS: usize = 1 << 17;
+
+/// A generation request. The first frame on a job stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRequest {
+    /// The requester's [`crate::PROTOCOL_VERSION`].
+    pub version: u32,
+    /// Digest of the model to run.
+    pub model: String,
+    pub prompt: Prompt,
+    pub params: JobParams,
+    /// Tokens another peer already produced for this reply, when failing over.
+    pub resume: Resume,
+}
+
+/// What to continue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Prompt {
+    /// Messages rendered with the model's chat template.
+    Chat(Vec<ChatMessage>),
+    /// Raw text, tokenized as is.
+    Text(String),
+}
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// Sampling and stopping settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobParams {
+    pub temperature: f32,
+    pub top_k: u32,
+    pub top_p: f32,
+    pub repeat_penalty: f32,
+    pub seed: u64,
+    pub max_tokens: u32,
+    pub stop: Vec<String>,
+}
+
+/// The part of a reply already delivered, so that another peer can continue it seamlessly.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    /// Token ids generated so far.
+    pub tokens: Vec<u32>,
+    /// Bytes of reply text already sent to the client.
+    pub emitted_bytes: u64,
+}
+
+/// One event of a running job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum JobEvent {
+    /// The job has a slot and its prompt is being processed.
+    Started { node: String, prompt_tokens: u32 },
+    /// One generated token and the reply text it completes (may be empty while held back).
+    Token { id: u32, text: String },
+    /// Text released at the end without a new token.
+    Tail { text: String },
+    /// Generation ended.
+    Done {
+        finish: Finish,
+        prompt_tokens: u32,
+        completion_tokens: u32,
+    },
+    /// The node's queue is full or it is shutting down: try another peer.
+    Busy { reason: String },
+    /// The job failed.
+    Failed { code: FailCode, message: String },
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Finish {
+    Stop,
+    Length,
+    Cancelled,
+}
+
+/// Why a job failed; decides whether another peer is worth trying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailCode {
+    /// The request is wrong (bad parameters, prompt too long): no peer will do better.
+    BadRequest,
+    /// The node lacks the model.
+    NoModel,
+    /// Another protocol version.
+    Version,
+    /// Something broke on the node: another peer may succeed.
+    Internal,
+}
+
+impl FailCode {
+    /// Whether another peer could succeed where this one failed.
+    pub fn retryable(self) -> bool {
+        matches!(self, FailCode::NoModel | FailCode::Internal)
+    }
+}
