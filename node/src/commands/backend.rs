@@ -31,10 +31,10 @@ pub(super) enum Turn {
 pub(super) enum Backend {
     Local {
         model: Box<Model>,
-        generator: Generator,
+        generator: Box<Generator>,
     },
     Node {
-        node: LocalNode,
+        node: Box<LocalNode>,
         model: String,
         pin: Option<String>,
     },
@@ -46,7 +46,7 @@ impl Backend {
         if !args.local {
             if let Some(node) = LocalNode::find(data) {
                 return Ok(Backend::Node {
-                    node,
+                    node: Box::new(node),
                     model: args
                         .model
                         .clone()
@@ -64,7 +64,7 @@ impl Backend {
         let generator = model.generator(args.ctx as usize)?;
         Ok(Backend::Local {
             model: Box::new(model),
-            generator,
+            generator: Box::new(generator),
         })
     }
 
