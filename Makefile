@@ -7,7 +7,7 @@ CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 HEARTH := $(TARGET_DIR)/release/hearth
 
-.PHONY: run test build models fixtures bench
+.PHONY: run test build models fixtures bench fuzz
 
 build:
 	$(CARGO) build --release --workspace --bins
@@ -28,3 +28,7 @@ fixtures:
 bench: models
 	$(HEARTH) bench -m smollm2-135m -t 1,2
 	$(HEARTH) bench -m gemma3-270m -t 1,2
+
+# Fuzz the protocol decoders, FUZZ_SECONDS each (own workspace and target dir under fuzz/).
+fuzz:
+	bash scripts/fuzz

@@ -6,6 +6,8 @@ use std::process::{Command, Output};
 
 use serde::Deserialize;
 
+pub mod mesh;
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{AsyncWriteExt, StreamExt};
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use hearth_protocol::{FailCode, JobEvent, JobRequest, JOB_PROTOCOL, PROTOCOL_VERSION};
 use libp2p::{PeerId, StreamProtocol};
 use libp2p_stream::IncomingStreams;
@@ -47,13 +47,28 @@ pub(super) async fn serve(mut incoming: IncomingStreams, engine: Arc<Engine>) {
             }
             tracing::info!(%peer, model = %request.model, "serving a job for a peer");
             let mut events = engine.submit(&peer.to_string(), request);
-            while let Some(event) = events.recv().await {
-                if write_frame(&mut stream, &event).await.is_err() {
-                    tracing::info!(%peer, "requester went away; stopping its job");
-                    return;
+            // The requester sends nothing after its request: anything it does on the stream now
+            // (closing it, resetting it) means it is gone, and dropping `events` stops the job.
+            let (mut from_requester, mut to_requester) = stream.split();
+            let mut probe = [0u8; 1];
+            loop {
+                tokio::select! {
+                    event = events.recv() => match event {
+                        Some(event) => {
+                            if write_frame(&mut to_requester, &event).await.is_err() {
+                                tracing::info!(%peer, "requester went away; stopping its job");
+                                return;
+                            }
+                        }
+                        None => break,
+                    },
+                    _ = from_requester.read(&mut probe) => {
+                        tracing::info!(%peer, "requester went away; stopping its job");
+                        return;
+                    }
                 }
             }
-            let _ = stream.close().await;
+            let _ = to_requester.close().await;
         });
     }
 }

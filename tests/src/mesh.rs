@@ -1,0 +1,275 @@
+//! Real `hearth node` processes for mesh tests: households, nodes on loopback (or inside a
+//! network namespace), their HTTP APIs, and their logs.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::{hearth, hearth_bin, TestModel};
+
+/// A household: the join code from `hearth household init`.
+#[derive(Debug, Clone)]
+pub struct Household {
+    pub code: String,
+}
+
+impl Household {
+    /// A new household with a fresh secret.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = hearth(dir.path(), &["household", "init"], "");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let code = stdout
+            .split_whitespace()
+            .find(|w| w.starts_with("hearth-"))
+            .expect("init prints a join code")
+            .to_owned();
+        Household { code }
+    }
+}
+
+impl Default for Household {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How to start a node.
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    /// Models to import into its cache first.
+    pub models: Vec<TestModel>,
+    /// Peers' multiaddrs for `--peer`.
+    pub peers: Vec<String>,
+    /// More `hearth node` arguments.
+    pub args: Vec<String>,
+    /// Run inside this network namespace (`ip netns exec NS`), with mDNS and default ports.
+    pub netns: Option<String>,
+}
+
+/// A running `hearth node` process; killed when dropped.
+#[derive(Debug)]
+pub struct TestNode {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    pub api: String,
+    pub listen: String,
+    pub peer_id: String,
+    netns: Option<String>,
+}
+
+/// Bounded wait: polls `f` every 50 ms until it returns `Some`, for at most `limit`.
+pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A blocking HTTP client for node APIs.
+pub fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("http client")
+}
+
+impl TestNode {
+    /// Joins `household` in a fresh data directory, imports `opts.models`, starts the node
+    /// (loopback, mDNS off, unless in a namespace) and waits until its API answers.
+    pub fn start(name: &str, household: &Household, opts: NodeOptions) -> TestNode {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let join = hearth(dir.path(), &["household", "join", &household.code], "");
+        assert!(join.status.success(), "{}", String::from_utf8_lossy(&join.stderr));
+        for m in &opts.models {
+            let path = m.path();
+            let out = hearth(
+                dir.path(),
+                &["models", "import", path.to_str().unwrap(), "--name", m.name()],
+                "",
+            );
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let mut cmd = match &opts.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(hearth_bin());
+                c
+            }
+            None => Command::new(hearth_bin()),
+        };
+        cmd.arg("node").args(["--name", name]);
+        if opts.netns.is_none() {
+            cmd.args(["--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0", "--mdns", "false"]);
+        }
+        for p in &opts.peers {
+            cmd.args(["--peer", p]);
+        }
+        cmd.args(&opts.args)
+            .args(["--threads", "1"])
+            .env("HEARTH_DATA_DIR", dir.path())
+            .env("HEARTH_LOG", "info,hearth_node=debug,libp2p=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("node.log")).expect("log file"));
+        let child = cmd.spawn().expect("hearth node starts");
+        let mut node = TestNode {
+            name: name.to_owned(),
+            dir,
+            child: Some(child),
+            api: String::new(),
+            listen: String::new(),
+            peer_id: String::new(),
+            netns: opts.netns.clone(),
+        };
+        let info: Value = wait_for(Duration::from_secs(30), || {
+            let bytes = std::fs::read(node.dir.path().join("node.json")).ok()?;
+            serde_json::from_slice(&bytes).ok()
+        })
+        .unwrap_or_else(|| panic!("node {name} did not start:\n{}", node.log()));
+        node.api = info["api"].as_str().unwrap().to_owned();
+        node.listen = info["listen"][0].as_str().unwrap_or_default().to_owned();
+        node.peer_id = info["peer_id"].as_str().unwrap().to_owned();
+        node
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `http://API/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.api)
+    }
+
+    /// GET `path` as JSON.
+    pub fn get(&self, path: &str) -> Value {
+        http()
+            .get(self.url(path))
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or_else(|e| panic!("GET {path} on {}: {e}", self.name))
+    }
+
+    /// Names of the nodes this node has cards for (itself included).
+    pub fn member_names(&self) -> Vec<String> {
+        let peers = self.get("/api/peers");
+        peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["card"]["name"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Waits until this node has cards for exactly `names` (bounded).
+    pub fn wait_for_members(&self, names: &[&str], limit: Duration) -> bool {
+        let mut want: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        wait_for(limit, || {
+            let mut got = self.member_names();
+            got.sort();
+            (got == want).then_some(())
+        })
+        .is_some()
+    }
+
+    /// The node's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        wait_for(Duration::from_secs(20), || c.try_wait().ok().flatten())
+    }
+
+    /// Runs the `hearth` CLI against this node's data directory (inside its namespace if any).
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(hearth_bin());
+                c
+            }
+            None => Command::new(hearth_bin()),
+        };
+        cmd.args(args)
+            .env("HEARTH_DATA_DIR", self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("hearth runs")
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A server-sent-event stream being read line by line.
+pub struct SseReader {
+    lines: std::io::Lines<BufReader<reqwest::blocking::Response>>,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl SseReader {
+    /// Posts `body` to `url` and opens the event stream (the status must be 200).
+    pub fn open(url: &str, body: &Value) -> SseReader {
+        let r = http().post(url).json(body).send().expect("request");
+        assert_eq!(r.status(), 200, "{:?}", r.text());
+        SseReader {
+            headers: r.headers().clone(),
+            lines: BufReader::new(r).lines(),
+        }
+    }
+
+    /// The next event's data: JSON, or `None` at `[DONE]` or the end of the stream.
+    pub fn next_event(&mut self) -> Option<Value> {
+        for line in self.lines.by_ref() {
+            let line = line.ok()?;
+            if let Some(data) = line.strip_prefix("data: ") {
+                if data == "[DONE]" {
+                    return None;
+                }
+                return Some(serde_json::from_str(data).expect("event is JSON"));
+            }
+        }
+        None
+    }
+}
+
+/// The text piece of a chat or completion chunk.
+pub fn chunk_text(event: &Value) -> &str {
+    let c = &event["choices"][0];
+    c["delta"]["content"].as_str().or(c["text"].as_str()).unwrap_or("")
+}
+
