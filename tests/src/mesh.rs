@@ -21,7 +21,11 @@ impl Household {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let out = hearth(dir.path(), &["household", "init"], "");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         let code = stdout
             .split_whitespace()
@@ -91,15 +95,29 @@ impl TestNode {
     pub fn start(name: &str, household: &Household, opts: NodeOptions) -> TestNode {
         let dir = tempfile::tempdir().expect("temp dir");
         let join = hearth(dir.path(), &["household", "join", &household.code], "");
-        assert!(join.status.success(), "{}", String::from_utf8_lossy(&join.stderr));
+        assert!(
+            join.status.success(),
+            "{}",
+            String::from_utf8_lossy(&join.stderr)
+        );
         for m in &opts.models {
             let path = m.path();
             let out = hearth(
                 dir.path(),
-                &["models", "import", path.to_str().unwrap(), "--name", m.name()],
+                &[
+                    "models",
+                    "import",
+                    path.to_str().unwrap(),
+                    "--name",
+                    m.name(),
+                ],
                 "",
             );
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let mut cmd = match &opts.netns {
             Some(ns) => {
@@ -111,7 +129,14 @@ impl TestNode {
         };
         cmd.arg("node").args(["--name", name]);
         if opts.netns.is_none() {
-            cmd.args(["--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0", "--mdns", "false"]);
+            cmd.args([
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--api",
+                "127.0.0.1:0",
+                "--mdns",
+                "false",
+            ]);
         }
         for p in &opts.peers {
             cmd.args(["--peer", p]);
@@ -207,7 +232,9 @@ impl TestNode {
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
         wait_for(Duration::from_secs(20), || c.try_wait().ok().flatten())
     }
 
@@ -270,6 +297,8 @@ impl SseReader {
 /// The text piece of a chat or completion chunk.
 pub fn chunk_text(event: &Value) -> &str {
     let c = &event["choices"][0];
-    c["delta"]["content"].as_str().or(c["text"].as_str()).unwrap_or("")
+    c["delta"]["content"]
+        .as_str()
+        .or(c["text"].as_str())
+        .unwrap_or("")
 }
-

@@ -11,18 +11,33 @@ use serde_json::json;
 #[test]
 fn a_node_of_another_household_gets_no_card_no_jobs_no_models() {
     let home = Household::new();
-    let holder = TestNode::start("holder", &home, NodeOptions { models: vec![TestModel::SmolLm2], ..Default::default() });
+    let holder = TestNode::start(
+        "holder",
+        &home,
+        NodeOptions {
+            models: vec![TestModel::SmolLm2],
+            ..Default::default()
+        },
+    );
     let stranger = TestNode::start(
         "stranger",
         &Household::new(),
-        NodeOptions { peers: vec![holder.listen.clone()], ..Default::default() },
+        NodeOptions {
+            peers: vec![holder.listen.clone()],
+            ..Default::default()
+        },
     );
     // The stranger keeps dialling; the holder refuses each attempt before any hearth protocol.
     let refused = wait_for(Duration::from_secs(15), || {
         holder.log().contains("refused a connection").then_some(())
     });
     assert!(refused.is_some(), "holder log:\n{}", holder.log());
-    let metrics = http().get(holder.url("/metrics")).send().unwrap().text().unwrap();
+    let metrics = http()
+        .get(holder.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     let count: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("hearth_refused_connections_total "))
@@ -49,21 +64,58 @@ fn a_node_of_another_household_gets_no_card_no_jobs_no_models() {
 fn a_revoked_device_is_refused_by_every_node() {
     let home = Household::new();
     let a = TestNode::start("a", &home, NodeOptions::default());
-    let b = TestNode::start("b", &home, NodeOptions { peers: vec![a.listen.clone()], ..Default::default() });
-    let c = TestNode::start("c", &home, NodeOptions { peers: vec![a.listen.clone(), b.listen.clone()], ..Default::default() });
-    assert!(a.wait_for_members(&["a", "b", "c"], Duration::from_secs(20)), "{:?}", a.member_names());
-    assert!(b.wait_for_members(&["a", "b", "c"], Duration::from_secs(20)), "{:?}", b.member_names());
+    let b = TestNode::start(
+        "b",
+        &home,
+        NodeOptions {
+            peers: vec![a.listen.clone()],
+            ..Default::default()
+        },
+    );
+    let c = TestNode::start(
+        "c",
+        &home,
+        NodeOptions {
+            peers: vec![a.listen.clone(), b.listen.clone()],
+            ..Default::default()
+        },
+    );
+    assert!(
+        a.wait_for_members(&["a", "b", "c"], Duration::from_secs(20)),
+        "{:?}",
+        a.member_names()
+    );
+    assert!(
+        b.wait_for_members(&["a", "b", "c"], Duration::from_secs(20)),
+        "{:?}",
+        b.member_names()
+    );
     // Remove c, by name, from a's CLI.
     let out = a.cli(&["household", "remove", "c"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains(&c.peer_id));
     // a drops c at once; b learns of it from a's card and drops c too; c keeps being refused.
-    assert!(a.wait_for_members(&["a", "b"], Duration::from_secs(10)), "{:?}", a.member_names());
-    assert!(b.wait_for_members(&["a", "b"], Duration::from_secs(10)), "{:?}", b.member_names());
+    assert!(
+        a.wait_for_members(&["a", "b"], Duration::from_secs(10)),
+        "{:?}",
+        a.member_names()
+    );
+    assert!(
+        b.wait_for_members(&["a", "b"], Duration::from_secs(10)),
+        "{:?}",
+        b.member_names()
+    );
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(c.member_names(), ["c"], "{}", c.log());
     let household = std::fs::read_to_string(b.data().join("household.toml")).unwrap();
-    assert!(household.contains(&c.peer_id), "b saved the revocation: {household}");
+    assert!(
+        household.contains(&c.peer_id),
+        "b saved the revocation: {household}"
+    );
     let shown = b.cli(&["household", "show"]);
     assert!(String::from_utf8_lossy(&shown.stdout).contains(&c.peer_id));
 }
@@ -71,10 +123,25 @@ fn a_revoked_device_is_refused_by_every_node() {
 #[test]
 fn a_node_without_a_household_refuses_to_start_and_says_how_to_make_one() {
     let dir = tempfile::tempdir().unwrap();
-    let out = hearth(dir.path(), &["node", "--mdns", "false", "--api", "127.0.0.1:0", "--listen", "/ip4/127.0.0.1/tcp/0"], "");
+    let out = hearth(
+        dir.path(),
+        &[
+            "node",
+            "--mdns",
+            "false",
+            "--api",
+            "127.0.0.1:0",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ],
+        "",
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("hearth household init") && err.contains("household join"), "{err}");
+    assert!(
+        err.contains("hearth household init") && err.contains("household join"),
+        "{err}"
+    );
     // Bad join codes are explained, not stored.
     let out = hearth(dir.path(), &["household", "join", "hearth-abcde"], "");
     assert!(!out.status.success());
@@ -86,25 +153,53 @@ fn a_node_without_a_household_refuses_to_start_and_says_how_to_make_one() {
 fn the_api_needs_a_token_beyond_loopback() {
     let home = Household::new();
     let dir = tempfile::tempdir().unwrap();
-    assert!(hearth(dir.path(), &["household", "join", &home.code], "").status.success());
-    let out = hearth(dir.path(), &["node", "--mdns", "false", "--api", "0.0.0.0:0", "--listen", "/ip4/127.0.0.1/tcp/0"], "");
+    assert!(hearth(dir.path(), &["household", "join", &home.code], "")
+        .status
+        .success());
+    let out = hearth(
+        dir.path(),
+        &[
+            "node",
+            "--mdns",
+            "false",
+            "--api",
+            "0.0.0.0:0",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ],
+        "",
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--api-token"));
 
     let node = TestNode::start(
         "guarded",
         &home,
-        NodeOptions { args: ["--api-token", "s3cret"].map(String::from).to_vec(), ..Default::default() },
+        NodeOptions {
+            args: ["--api-token", "s3cret"].map(String::from).to_vec(),
+            ..Default::default()
+        },
     );
     let client = http();
     let r = client.get(node.url("/api/peers")).send().unwrap();
     assert_eq!(r.status(), 401);
     let err: serde_json::Value = r.json().unwrap();
     assert_eq!(err["error"]["type"], "authentication_error");
-    let r = client.get(node.url("/api/peers")).bearer_auth("wrong").send().unwrap();
+    let r = client
+        .get(node.url("/api/peers"))
+        .bearer_auth("wrong")
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = client.get(node.url("/api/peers")).bearer_auth("s3cret").send().unwrap();
+    let r = client
+        .get(node.url("/api/peers"))
+        .bearer_auth("s3cret")
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200);
     // Health checks stay open.
-    assert_eq!(client.get(node.url("/healthz")).send().unwrap().status(), 200);
+    assert_eq!(
+        client.get(node.url("/healthz")).send().unwrap().status(),
+        200
+    );
 }

@@ -16,7 +16,12 @@ struct Lan {
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("ip runs");
-    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Lan {
@@ -24,7 +29,9 @@ impl Lan {
     fn new(hosts: usize) -> Lan {
         let tag = std::process::id();
         let bridge = format!("hb{tag}");
-        let mut lan = Lan { names: vec![bridge.clone()] };
+        let mut lan = Lan {
+            names: vec![bridge.clone()],
+        };
         ip(&["netns", "add", &bridge]);
         ip(&["-n", &bridge, "link", "add", "br0", "type", "bridge"]);
         ip(&["-n", &bridge, "link", "set", "br0", "up"]);
@@ -33,10 +40,21 @@ impl Lan {
             ip(&["netns", "add", &ns]);
             lan.names.push(ns.clone());
             let port = format!("p{i}");
-            ip(&["link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &bridge]);
+            ip(&[
+                "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port,
+                "netns", &bridge,
+            ]);
             ip(&["-n", &bridge, "link", "set", &port, "master", "br0"]);
             ip(&["-n", &bridge, "link", "set", &port, "up"]);
-            ip(&["-n", &ns, "addr", "add", &format!("10.77.0.{i}/24"), "dev", "eth0"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("10.77.0.{i}/24"),
+                "dev",
+                "eth0",
+            ]);
             ip(&["-n", &ns, "link", "set", "eth0", "up"]);
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
             ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"]);
@@ -58,8 +76,14 @@ impl Drop for Lan {
 }
 
 fn can_make_namespaces() -> bool {
-    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout == b"0\n");
-    let has_ip = Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success());
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n");
+    let has_ip = Command::new("ip")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
     root && has_ip
 }
 
@@ -87,16 +111,30 @@ fn nodes_on_one_lan_find_each_other_over_multicast() {
     }
     let lan = Lan::new(3);
     let home = Household::new();
-    let in_ns = |i: usize| NodeOptions { netns: Some(lan.host(i)), ..Default::default() };
+    let in_ns = |i: usize| NodeOptions {
+        netns: Some(lan.host(i)),
+        ..Default::default()
+    };
     let start = Instant::now();
     let n1 = TestNode::start("den", &home, in_ns(1));
     let mut n2 = TestNode::start("kitchen", &home, in_ns(2));
     let n3 = TestNode::start("neighbour", &Household::new(), in_ns(3));
 
     let both = ["den", "kitchen"].map(String::from).to_vec();
-    let found = wait_for(Duration::from_secs(20), || (peer_names(&n1) == both && peer_names(&n2) == both).then_some(()));
-    assert!(found.is_some(), "den sees {:?}\n{}\nkitchen:\n{}", peer_names(&n1), n1.log(), n2.log());
-    eprintln!("den and kitchen found each other {:.2} s after the first node started", start.elapsed().as_secs_f64());
+    let found = wait_for(Duration::from_secs(20), || {
+        (peer_names(&n1) == both && peer_names(&n2) == both).then_some(())
+    });
+    assert!(
+        found.is_some(),
+        "den sees {:?}\n{}\nkitchen:\n{}",
+        peer_names(&n1),
+        n1.log(),
+        n2.log()
+    );
+    eprintln!(
+        "den and kitchen found each other {:.2} s after the first node started",
+        start.elapsed().as_secs_f64()
+    );
     // The neighbour's household differs: ignored by both sides.
     assert_eq!(peer_names(&n3), ["neighbour"]);
     assert!(!peer_names(&n1).contains(&"neighbour".to_owned()));
@@ -105,9 +143,14 @@ fn nodes_on_one_lan_find_each_other_over_multicast() {
     let left = Instant::now();
     let status = n2.terminate().expect("kitchen exits");
     assert!(status.success(), "{status:?}\n{}", n2.log());
-    let gone = wait_for(Duration::from_secs(10), || (peer_names(&n1) == ["den"]).then_some(()));
+    let gone = wait_for(Duration::from_secs(10), || {
+        (peer_names(&n1) == ["den"]).then_some(())
+    });
     assert!(gone.is_some(), "den still sees {:?}", peer_names(&n1));
-    eprintln!("den dropped kitchen {:.2} s after it was told to stop", left.elapsed().as_secs_f64());
+    eprintln!(
+        "den dropped kitchen {:.2} s after it was told to stop",
+        left.elapsed().as_secs_f64()
+    );
     drop((n1, n2, n3));
     drop(lan);
 }

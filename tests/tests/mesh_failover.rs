@@ -21,7 +21,10 @@ fn holders_and_entry() -> (TestNode, TestNode, TestNode) {
     let entry = TestNode::start(
         "entry",
         &household,
-        NodeOptions { peers: vec![a.listen.clone(), b.listen.clone()], ..Default::default() },
+        NodeOptions {
+            peers: vec![a.listen.clone(), b.listen.clone()],
+            ..Default::default()
+        },
     );
     assert!(
         entry.wait_for_members(&["entry", "holder-a", "holder-b"], Duration::from_secs(20)),
@@ -32,7 +35,12 @@ fn holders_and_entry() -> (TestNode, TestNode, TestNode) {
 }
 
 fn metric(node: &TestNode, name: &str) -> f64 {
-    let text = http().get(node.url("/metrics")).send().unwrap().text().unwrap();
+    let text = http()
+        .get(node.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
         .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
@@ -54,7 +62,11 @@ fn killing_the_serving_node_mid_reply_does_not_break_the_reply() {
         text.push_str(chunk_text(&ev));
         events.push(ev);
     }
-    let (serving, other) = if first == "holder-a" { (&mut a, &mut b) } else { (&mut b, &mut a) };
+    let (serving, other) = if first == "holder-a" {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
     serving.kill();
     let mut last = None;
     while let Some(ev) = stream.next_event() {
@@ -63,10 +75,18 @@ fn killing_the_serving_node_mid_reply_does_not_break_the_reply() {
         last = Some(ev);
     }
     let last = last.expect("events after the kill");
-    assert_eq!(last["hearth"]["node"], other.name.as_str(), "the rest came from the other holder");
+    assert_eq!(
+        last["hearth"]["node"],
+        other.name.as_str(),
+        "the rest came from the other holder"
+    );
     assert_eq!(last["choices"][0]["finish_reason"], "length");
     assert_eq!(last["usage"]["completion_tokens"], 160, "{last}");
-    assert!(entry.log().contains("serving node dropped the reply"), "{}", entry.log());
+    assert!(
+        entry.log().contains("serving node dropped the reply"),
+        "{}",
+        entry.log()
+    );
     assert_eq!(metric(&entry, "hearth_failovers_total"), 1.0);
 
     // The reply is the one the surviving node gives when asked directly: nothing lost, nothing
@@ -81,14 +101,31 @@ fn killing_the_serving_node_mid_reply_does_not_break_the_reply() {
         .unwrap()
         .json()
         .unwrap();
-    assert_eq!(text, direct["choices"][0]["message"]["content"].as_str().unwrap());
+    assert_eq!(
+        text,
+        direct["choices"][0]["message"]["content"].as_str().unwrap()
+    );
 }
 
 #[test]
 fn with_no_candidate_left_the_client_gets_an_error_event() {
     let household = Household::new();
-    let mut a = TestNode::start("only-holder", &household, NodeOptions { models: vec![TestModel::SmolLm2], ..Default::default() });
-    let entry = TestNode::start("entry", &household, NodeOptions { peers: vec![a.listen.clone()], ..Default::default() });
+    let mut a = TestNode::start(
+        "only-holder",
+        &household,
+        NodeOptions {
+            models: vec![TestModel::SmolLm2],
+            ..Default::default()
+        },
+    );
+    let entry = TestNode::start(
+        "entry",
+        &household,
+        NodeOptions {
+            peers: vec![a.listen.clone()],
+            ..Default::default()
+        },
+    );
     assert!(entry.wait_for_members(&["entry", "only-holder"], Duration::from_secs(20)));
     let mut stream = SseReader::open(
         &entry.url("/v1/chat/completions"),
@@ -105,14 +142,34 @@ fn with_no_candidate_left_the_client_gets_an_error_event() {
         }
     }
     let error = error.expect("an error event before the stream closes");
-    assert!(error["error"]["message"].as_str().unwrap().contains("went away"), "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("went away"),
+        "{error}"
+    );
 }
 
 #[test]
 fn a_client_that_goes_away_stops_generation_on_the_peer() {
     let household = Household::new();
-    let holder = TestNode::start("holder", &household, NodeOptions { models: vec![TestModel::SmolLm2], ..Default::default() });
-    let entry = TestNode::start("entry", &household, NodeOptions { peers: vec![holder.listen.clone()], ..Default::default() });
+    let holder = TestNode::start(
+        "holder",
+        &household,
+        NodeOptions {
+            models: vec![TestModel::SmolLm2],
+            ..Default::default()
+        },
+    );
+    let entry = TestNode::start(
+        "entry",
+        &household,
+        NodeOptions {
+            peers: vec![holder.listen.clone()],
+            ..Default::default()
+        },
+    );
     assert!(entry.wait_for_members(&["entry", "holder"], Duration::from_secs(20)));
     // Load the model and let its self-benchmark finish, so the counter below is only this reply.
     let warm = http()
@@ -150,7 +207,10 @@ fn a_client_that_goes_away_stops_generation_on_the_peer() {
         holder.log()
     );
     // A few tokens may be in flight between the nodes when the client leaves, never the 400.
-    assert!(generated < 60.0, "the holder generated {generated} tokens for a client that left after 6");
+    assert!(
+        generated < 60.0,
+        "the holder generated {generated} tokens for a client that left after 6"
+    );
 }
 
 #[test]
@@ -161,7 +221,9 @@ fn a_full_node_says_busy_instead_of_queueing_without_bound() {
         &household,
         NodeOptions {
             models: vec![TestModel::SmolLm2],
-            args: ["--max-jobs", "1", "--max-queue", "1"].map(String::from).to_vec(),
+            args: ["--max-jobs", "1", "--max-queue", "1"]
+                .map(String::from)
+                .to_vec(),
             ..Default::default()
         },
     );
@@ -171,10 +233,16 @@ fn a_full_node_says_busy_instead_of_queueing_without_bound() {
     running.next_event().unwrap();
     let url = holder.url("/v1/chat/completions");
     let queued = std::thread::spawn(move || {
-        let r = http().post(url).json(&json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})).send().unwrap();
+        let r = http()
+            .post(url)
+            .json(&json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}))
+            .send()
+            .unwrap();
         r.status().as_u16()
     });
-    let queue_filled = wait_for(Duration::from_secs(10), || (metric(&holder, "hearth_queue_depth") >= 1.0).then_some(()));
+    let queue_filled = wait_for(Duration::from_secs(10), || {
+        (metric(&holder, "hearth_queue_depth") >= 1.0).then_some(())
+    });
     assert!(queue_filled.is_some());
     // ...and the third is refused at once.
     let refused = http()
@@ -187,5 +255,9 @@ fn a_full_node_says_busy_instead_of_queueing_without_bound() {
     let err: Value = refused.json().unwrap();
     assert_eq!(err["error"]["code"], "busy", "{err}");
     drop(running);
-    assert_eq!(queued.join().unwrap(), 200, "the queued request is served once the slot frees");
+    assert_eq!(
+        queued.join().unwrap(),
+        200,
+        "the queued request is served once the slot frees"
+    );
 }

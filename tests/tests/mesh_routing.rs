@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use hearth_tests::mesh::{http, Household, NodeOptions, SseReader, TestNode, chunk_text};
+use hearth_tests::mesh::{chunk_text, http, Household, NodeOptions, SseReader, TestNode};
 use hearth_tests::TestModel;
 use serde_json::json;
 
@@ -12,16 +12,45 @@ fn three_nodes() -> (TestNode, TestNode, TestNode) {
     let holder = TestNode::start(
         "holder",
         &household,
-        NodeOptions { models: vec![TestModel::SmolLm2], ..Default::default() },
+        NodeOptions {
+            models: vec![TestModel::SmolLm2],
+            ..Default::default()
+        },
     );
     let peers = vec![holder.listen.clone()];
-    let b = TestNode::start("bare-b", &household, NodeOptions { peers: peers.clone(), ..Default::default() });
-    let c = TestNode::start("bare-c", &household, NodeOptions { peers, ..Default::default() });
+    let b = TestNode::start(
+        "bare-b",
+        &household,
+        NodeOptions {
+            peers: peers.clone(),
+            ..Default::default()
+        },
+    );
+    let c = TestNode::start(
+        "bare-c",
+        &household,
+        NodeOptions {
+            peers,
+            ..Default::default()
+        },
+    );
     // b and c each dial only the holder: the holder sees everyone, b and c see the holder.
     let all = ["holder", "bare-b", "bare-c"];
-    assert!(holder.wait_for_members(&all, Duration::from_secs(20)), "holder sees {:?}", holder.member_names());
-    assert!(b.wait_for_members(&["holder", "bare-b"], Duration::from_secs(20)), "{}", b.log());
-    assert!(c.wait_for_members(&["holder", "bare-c"], Duration::from_secs(20)), "{}", c.log());
+    assert!(
+        holder.wait_for_members(&all, Duration::from_secs(20)),
+        "holder sees {:?}",
+        holder.member_names()
+    );
+    assert!(
+        b.wait_for_members(&["holder", "bare-b"], Duration::from_secs(20)),
+        "{}",
+        b.log()
+    );
+    assert!(
+        c.wait_for_members(&["holder", "bare-c"], Duration::from_secs(20)),
+        "{}",
+        c.log()
+    );
     (holder, b, c)
 }
 
@@ -34,7 +63,11 @@ fn a_chat_sent_to_a_node_without_the_model_is_served_by_the_holder() {
         "max_tokens": 12,
         "temperature": 0,
     });
-    let r = http().post(c.url("/v1/chat/completions")).json(&body).send().unwrap();
+    let r = http()
+        .post(c.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-hearth-node"], "holder");
     let v: serde_json::Value = r.json().unwrap();
@@ -55,10 +88,13 @@ fn a_chat_sent_to_a_node_without_the_model_is_served_by_the_holder() {
     assert_eq!(local["choices"][0]["message"]["content"], text);
 
     // Streaming from the bare node: chunks, then usage, then [DONE].
-    let mut stream = SseReader::open(&c.url("/v1/chat/completions"), &json!({
-        "messages": [{"role": "user", "content": "Name three fruits."}],
-        "max_tokens": 12, "temperature": 0, "stream": true,
-    }));
+    let mut stream = SseReader::open(
+        &c.url("/v1/chat/completions"),
+        &json!({
+            "messages": [{"role": "user", "content": "Name three fruits."}],
+            "max_tokens": 12, "temperature": 0, "stream": true,
+        }),
+    );
     assert_eq!(stream.headers["x-hearth-node"], "holder");
     let mut streamed = String::new();
     let mut last = None;
@@ -89,9 +125,14 @@ fn route_models_and_peers_explain_where_things_are() {
     let route = c.get("/api/route?model=smollm2-135m");
     assert_eq!(route["ranked"][0]["node"], "holder", "{route}");
     let reasons = route["ranked"][0]["reasons"].to_string();
-    assert!(reasons.contains("model cached") || reasons.contains("model loaded"), "{reasons}");
+    assert!(
+        reasons.contains("model cached") || reasons.contains("model loaded"),
+        "{reasons}"
+    );
     let rejected = route["rejected"].as_array().unwrap();
-    assert!(rejected.iter().any(|r| r["node"] == "bare-c" && r["reason"] == "does not have the model"));
+    assert!(rejected
+        .iter()
+        .any(|r| r["node"] == "bare-c" && r["reason"] == "does not have the model"));
 
     let models = c.get("/v1/models");
     let m = &models["data"][0];
@@ -111,12 +152,20 @@ fn route_models_and_peers_explain_where_things_are() {
     // A pin to a node without the model is refused with the reason; an unknown node is a 400.
     let pinned = http()
         .post(c.url("/v1/chat/completions"))
-        .json(&json!({"messages": [{"role": "user", "content": "hi"}], "hearth": {"node": "bare-c"}}))
+        .json(
+            &json!({"messages": [{"role": "user", "content": "hi"}], "hearth": {"node": "bare-c"}}),
+        )
         .send()
         .unwrap();
     assert_eq!(pinned.status(), 503);
     let err: serde_json::Value = pinned.json().unwrap();
-    assert!(err["error"]["message"].as_str().unwrap().contains("does not have the model"), "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not have the model"),
+        "{err}"
+    );
     let unknown = http()
         .post(c.url("/v1/chat/completions"))
         .json(&json!({"messages": [{"role": "user", "content": "hi"}], "hearth": {"node": "nowhere"}}))
@@ -127,10 +176,30 @@ fn route_models_and_peers_explain_where_things_are() {
     // The CLI: `hearth peers` lists the nodes, `hearth run` goes through the running node.
     let out = c.cli(&["peers"]);
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(table.contains("holder") && table.contains("bare-c") && table.contains("smollm2-135m"), "{table}");
-    let out = c.cli(&["run", "-p", "Say hi", "-n", "6", "--temperature", "0", "--stats"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        table.contains("holder") && table.contains("bare-c") && table.contains("smollm2-135m"),
+        "{table}"
+    );
+    let out = c.cli(&[
+        "run",
+        "-p",
+        "Say hi",
+        "-n",
+        "6",
+        "--temperature",
+        "0",
+        "--stats",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("served by holder"));
     let out = c.cli(&["run", "-p", "Say hi", "--node", "bare-b"]);
     assert!(!out.status.success());
