@@ -31,8 +31,8 @@ use crate::metrics::Metrics;
 use discovery::{Discovered, Discovery};
 use peers::{PeerTable, PeerView};
 
-/// How often peers are pinged; a peer that misses a ping for `PING_TIMEOUT` is dropped, so a
-/// vanished node leaves the table within about 7 s even when its connection does not close.
+/// How often peers are pinged (for latency, and as a second check that they are alive; the card
+/// poll drops a silent peer first, see `cards`).
 const PING_INTERVAL: Duration = Duration::from_secs(2);
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often `--peer` addresses that are not connected are dialled again.
@@ -60,6 +60,7 @@ struct Behaviour {
 
 enum Command {
     Block(PeerId),
+    Disconnect(PeerId),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -317,7 +318,10 @@ async fn run(
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(%peer, error = %e, "peer stopped answering; dropping the connection");
+                        // Out of the table at once: closing a connection to a vanished host can
+                        // wait on TCP retransmissions for minutes.
+                        tracing::warn!(%peer, error = %e, "peer stopped answering; dropping it");
+                        shared.peers.lock().expect("peers lock").gone(&peer);
                         swarm.close_connection(connection);
                     }
                 },
@@ -327,6 +331,9 @@ async fn run(
                 Command::Block(peer) => {
                     swarm.behaviour_mut().blocked.block_peer(peer);
                     shared.peers.lock().expect("peers lock").gone(&peer);
+                }
+                Command::Disconnect(peer) => {
+                    let _ = swarm.disconnect_peer_id(peer);
                 }
                 Command::Shutdown(done) => {
                     if let Some(d) = discovery.take() {

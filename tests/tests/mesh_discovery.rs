@@ -109,7 +109,7 @@ fn nodes_on_one_lan_find_each_other_over_multicast() {
         eprintln!("skipped: needs root and iproute2 to build network namespaces (CI has both)");
         return;
     }
-    let lan = Lan::new(3);
+    let lan = Lan::new(4);
     let home = Household::new();
     let in_ns = |i: usize| NodeOptions {
         netns: Some(lan.host(i)),
@@ -117,12 +117,16 @@ fn nodes_on_one_lan_find_each_other_over_multicast() {
     };
     let start = Instant::now();
     let n1 = TestNode::start("den", &home, in_ns(1));
-    let mut n2 = TestNode::start("kitchen", &home, in_ns(2));
-    let n3 = TestNode::start("neighbour", &Household::new(), in_ns(3));
+    let n2 = TestNode::start("kitchen", &home, in_ns(2));
+    let mut n3 = TestNode::start("attic", &home, in_ns(3));
+    let n4 = TestNode::start("neighbour", &Household::new(), in_ns(4));
 
-    let both = ["den", "kitchen"].map(String::from).to_vec();
+    let all = ["attic", "den", "kitchen"].map(String::from).to_vec();
     let found = wait_for(Duration::from_secs(20), || {
-        (peer_names(&n1) == both && peer_names(&n2) == both).then_some(())
+        [&n1, &n2, &n3]
+            .iter()
+            .all(|n| peer_names(n) == all)
+            .then_some(())
     });
     assert!(
         found.is_some(),
@@ -132,25 +136,43 @@ fn nodes_on_one_lan_find_each_other_over_multicast() {
         n2.log()
     );
     eprintln!(
-        "den and kitchen found each other {:.2} s after the first node started",
+        "three nodes found each other {:.2} s after the first started",
         start.elapsed().as_secs_f64()
     );
-    // The neighbour's household differs: ignored by both sides.
-    assert_eq!(peer_names(&n3), ["neighbour"]);
-    assert!(!peer_names(&n1).contains(&"neighbour".to_owned()));
+    // The neighbour's household differs: ignored by every side.
+    assert_eq!(peer_names(&n4), ["neighbour"]);
 
-    // kitchen shuts down cleanly (exit 0) and den drops it.
+    // attic shuts down cleanly (exit 0): den drops it at once.
     let left = Instant::now();
-    let status = n2.terminate().expect("kitchen exits");
-    assert!(status.success(), "{status:?}\n{}", n2.log());
+    let status = n3.terminate().expect("attic exits");
+    assert!(status.success(), "{status:?}\n{}", n3.log());
     let gone = wait_for(Duration::from_secs(10), || {
-        (peer_names(&n1) == ["den"]).then_some(())
+        (peer_names(&n1) == ["den", "kitchen"]).then_some(())
     });
     assert!(gone.is_some(), "den still sees {:?}", peer_names(&n1));
     eprintln!(
-        "den dropped kitchen {:.2} s after it was told to stop",
+        "den dropped attic {:.2} s after it was told to stop",
         left.elapsed().as_secs_f64()
     );
-    drop((n1, n2, n3));
+
+    // kitchen's cable is cut: no goodbye, no closed connection; den notices within 10 s.
+    let cut = Instant::now();
+    ip(&["-n", &lan.host(2), "link", "set", "eth0", "down"]);
+    let gone = wait_for(Duration::from_secs(12), || {
+        (peer_names(&n1) == ["den"]).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "den still sees {:?}\n{}",
+        peer_names(&n1),
+        n1.log()
+    );
+    let after = cut.elapsed();
+    eprintln!(
+        "den dropped kitchen {:.2} s after its cable was cut",
+        after.as_secs_f64()
+    );
+    assert!(after < Duration::from_secs(12));
+    drop((n1, n2, n3, n4));
     drop(lan);
 }

@@ -75,8 +75,17 @@ async fn fetch(mesh: Mesh, peer: PeerId) {
             None
         }
         Err(_) => {
-            tracing::debug!(%peer, "card request timed out");
-            None
+            // A peer that cannot answer within TIMEOUT has vanished (host off, cable out) even if
+            // its connection has not noticed yet: drop it now, so a vanished node leaves the
+            // table within REFRESH + TIMEOUT = 7 s.
+            tracing::warn!(%peer, "peer did not answer for 5 s; dropping it");
+            mesh.shared.peers.lock().expect("peers lock").gone(&peer);
+            let _ = mesh
+                .shared
+                .commands
+                .send(super::Command::Disconnect(peer))
+                .await;
+            return;
         }
     };
     let revoked = card.as_ref().map(|c| c.revoked.clone()).unwrap_or_default();
