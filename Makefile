@@ -1,5 +1,5 @@
 # hearth: two entry points for a fresh machine.
-#   make run   fetch the models if missing, build, and chat with the default model
+#   make run   fetch the models if missing, build, start a node with the default model, chat
 #   make test  fetch the models if missing, build, and run every test
 # Everything builds with the release profile so dependencies compile once for both.
 
@@ -16,7 +16,7 @@ models: build
 	HEARTH_BIN=$(HEARTH) bash scripts/fetch-models
 
 run: models
-	$(HEARTH) chat
+	HEARTH_BIN=$(HEARTH) bash scripts/run-node-and-chat
 
 test: models
 	$(CARGO) test --release --workspace --no-fail-fast
