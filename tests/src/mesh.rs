@@ -55,6 +55,50 @@ pub struct NodeOptions {
     pub netns: Option<String>,
 }
 
+impl NodeOptions {
+    /// A node holding `model`.
+    pub fn holding(model: TestModel) -> Self {
+        NodeOptions {
+            models: vec![model],
+            ..Default::default()
+        }
+    }
+
+    /// A node that dials `peers`.
+    pub fn dialing(peers: &[&TestNode]) -> Self {
+        NodeOptions {
+            peers: peers.iter().map(|p| p.listen.clone()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// These options plus `hearth node` arguments.
+    pub fn with_args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+}
+
+/// A node holding SmolLM2 (`holder`) and a node without models that dials it (`entry`), each
+/// with the other's card.
+pub fn holder_and_entry(holder: &str) -> (TestNode, TestNode) {
+    let household = Household::new();
+    let h = TestNode::start(holder, &household, NodeOptions::holding(TestModel::SmolLm2));
+    let entry = TestNode::start("entry", &household, NodeOptions::dialing(&[&h]));
+    let both = [holder, "entry"];
+    assert!(
+        entry.wait_for_members(&both, Duration::from_secs(20)),
+        "{}",
+        entry.log()
+    );
+    assert!(
+        h.wait_for_members(&both, Duration::from_secs(20)),
+        "{}",
+        h.log()
+    );
+    (h, entry)
+}
+
 /// A running `hearth node` process; killed when dropped.
 #[derive(Debug)]
 pub struct TestNode {
@@ -186,6 +230,18 @@ impl TestNode {
             .send()
             .and_then(|r| r.json())
             .unwrap_or_else(|e| panic!("GET {path} on {}: {e}", self.name))
+    }
+
+    /// The value of a metric without labels from `/metrics`.
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = http()
+            .get(self.url("/metrics"))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_else(|e| panic!("GET /metrics on {}: {e}", self.name));
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
     }
 
     /// Names of the nodes this node has cards for (itself included).

@@ -11,40 +11,18 @@ use serde_json::json;
 #[test]
 fn a_node_of_another_household_gets_no_card_no_jobs_no_models() {
     let home = Household::new();
-    let holder = TestNode::start(
-        "holder",
-        &home,
-        NodeOptions {
-            models: vec![TestModel::SmolLm2],
-            ..Default::default()
-        },
-    );
+    let holder = TestNode::start("holder", &home, NodeOptions::holding(TestModel::SmolLm2));
     let stranger = TestNode::start(
         "stranger",
         &Household::new(),
-        NodeOptions {
-            peers: vec![holder.listen.clone()],
-            ..Default::default()
-        },
+        NodeOptions::dialing(&[&holder]),
     );
     // The stranger keeps dialling; the holder refuses each attempt before any hearth protocol.
     let refused = wait_for(Duration::from_secs(15), || {
         holder.log().contains("refused a connection").then_some(())
     });
     assert!(refused.is_some(), "holder log:\n{}", holder.log());
-    let metrics = http()
-        .get(holder.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    let count: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("hearth_refused_connections_total "))
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(count >= 1.0);
+    assert!(holder.metric("hearth_refused_connections_total") >= 1.0);
     // Neither side lists the other, the stranger cannot see or use the model.
     assert_eq!(holder.member_names(), ["holder"]);
     assert_eq!(stranger.member_names(), ["stranger"]);
@@ -64,22 +42,8 @@ fn a_node_of_another_household_gets_no_card_no_jobs_no_models() {
 fn a_revoked_device_is_refused_by_every_node() {
     let home = Household::new();
     let a = TestNode::start("a", &home, NodeOptions::default());
-    let b = TestNode::start(
-        "b",
-        &home,
-        NodeOptions {
-            peers: vec![a.listen.clone()],
-            ..Default::default()
-        },
-    );
-    let c = TestNode::start(
-        "c",
-        &home,
-        NodeOptions {
-            peers: vec![a.listen.clone(), b.listen.clone()],
-            ..Default::default()
-        },
-    );
+    let b = TestNode::start("b", &home, NodeOptions::dialing(&[&a]));
+    let c = TestNode::start("c", &home, NodeOptions::dialing(&[&a, &b]));
     assert!(
         a.wait_for_members(&["a", "b", "c"], Duration::from_secs(20)),
         "{:?}",
@@ -175,10 +139,7 @@ fn the_api_needs_a_token_beyond_loopback() {
     let node = TestNode::start(
         "guarded",
         &home,
-        NodeOptions {
-            args: ["--api-token", "s3cret"].map(String::from).to_vec(),
-            ..Default::default()
-        },
+        NodeOptions::default().with_args(&["--api-token", "s3cret"]),
     );
     let client = http();
     let r = client.get(node.url("/api/peers")).send().unwrap();

@@ -33,10 +33,7 @@ fn mistakes_get_openai_errors_with_the_right_status() {
     let node = TestNode::start(
         "api",
         &Household::new(),
-        NodeOptions {
-            models: vec![TestModel::SmolLm2],
-            ..Default::default()
-        },
+        NodeOptions::holding(TestModel::SmolLm2),
     );
     let chat = "/v1/chat/completions";
     let (s, b) = post(&node, chat, "{not json");
@@ -107,12 +104,7 @@ fn mistakes_get_openai_errors_with_the_right_status() {
     assert_eq!(b["error"]["code"], "not_found");
     assert_eq!(http().get(node.url(chat)).send().unwrap().status(), 405);
     // Still healthy, and it counted the errors.
-    let h: Value = http()
-        .get(node.url("/healthz"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let h = node.get("/healthz");
     assert_eq!(h["status"], "ok");
     let metrics = http()
         .get(node.url("/metrics"))
@@ -133,13 +125,10 @@ fn mistakes_get_openai_errors_with_the_right_status() {
             "{name} missing:\n{metrics}"
         );
     }
-    let errors: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("hearth_request_errors_total "))
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(errors >= 12.0, "{metrics}");
+    assert!(
+        node.metric("hearth_request_errors_total") >= 12.0,
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -156,12 +145,7 @@ fn garbage_on_the_peer_port_is_dropped_and_the_node_carries_on() {
         let _ = s.write_all(garbage);
     }
     std::thread::sleep(Duration::from_millis(500));
-    let h: Value = http()
-        .get(node.url("/healthz"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let h = node.get("/healthz");
     assert_eq!(h["status"], "ok");
     assert!(
         node.log().contains("refused a connection"),
@@ -175,10 +159,7 @@ fn sigterm_lets_the_reply_in_flight_finish_then_exits_cleanly() {
     let mut node = TestNode::start(
         "leaving",
         &Household::new(),
-        NodeOptions {
-            models: vec![TestModel::SmolLm2],
-            ..Default::default()
-        },
+        NodeOptions::holding(TestModel::SmolLm2),
     );
     let mut stream = SseReader::open(
         &node.url("/v1/chat/completions"),

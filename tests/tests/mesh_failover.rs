@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use hearth_tests::mesh::{chunk_text, http, wait_for, Household, NodeOptions, SseReader, TestNode};
+use hearth_tests::mesh::{
+    chunk_text, holder_and_entry, http, wait_for, Household, NodeOptions, SseReader, TestNode,
+};
 use hearth_tests::TestModel;
 use serde_json::{json, Value};
 
@@ -11,39 +13,26 @@ const PROMPT: &str = "Count from 1 to 100, separated by commas.";
 
 fn holders_and_entry() -> (TestNode, TestNode, TestNode) {
     let household = Household::new();
-    let opts = |peers: Vec<String>| NodeOptions {
-        models: vec![TestModel::SmolLm2],
-        peers,
-        ..Default::default()
-    };
-    let a = TestNode::start("holder-a", &household, opts(vec![]));
-    let b = TestNode::start("holder-b", &household, opts(vec![a.listen.clone()]));
-    let entry = TestNode::start(
-        "entry",
+    let a = TestNode::start(
+        "holder-a",
+        &household,
+        NodeOptions::holding(TestModel::SmolLm2),
+    );
+    let b = TestNode::start(
+        "holder-b",
         &household,
         NodeOptions {
-            peers: vec![a.listen.clone(), b.listen.clone()],
-            ..Default::default()
+            peers: vec![a.listen.clone()],
+            ..NodeOptions::holding(TestModel::SmolLm2)
         },
     );
+    let entry = TestNode::start("entry", &household, NodeOptions::dialing(&[&a, &b]));
     assert!(
         entry.wait_for_members(&["entry", "holder-a", "holder-b"], Duration::from_secs(20)),
         "{}",
         entry.log()
     );
     (a, b, entry)
-}
-
-fn metric(node: &TestNode, name: &str) -> f64 {
-    let text = http()
-        .get(node.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
 }
 
 #[test]
@@ -87,7 +76,7 @@ fn killing_the_serving_node_mid_reply_does_not_break_the_reply() {
         "{}",
         entry.log()
     );
-    assert_eq!(metric(&entry, "hearth_failovers_total"), 1.0);
+    assert_eq!(entry.metric("hearth_failovers_total"), 1.0);
 
     // The reply is the one the surviving node gives when asked directly: nothing lost, nothing
     // repeated at the seam.
@@ -109,24 +98,7 @@ fn killing_the_serving_node_mid_reply_does_not_break_the_reply() {
 
 #[test]
 fn with_no_candidate_left_the_client_gets_an_error_event() {
-    let household = Household::new();
-    let mut a = TestNode::start(
-        "only-holder",
-        &household,
-        NodeOptions {
-            models: vec![TestModel::SmolLm2],
-            ..Default::default()
-        },
-    );
-    let entry = TestNode::start(
-        "entry",
-        &household,
-        NodeOptions {
-            peers: vec![a.listen.clone()],
-            ..Default::default()
-        },
-    );
-    assert!(entry.wait_for_members(&["entry", "only-holder"], Duration::from_secs(20)));
+    let (mut a, entry) = holder_and_entry("only-holder");
     let mut stream = SseReader::open(
         &entry.url("/v1/chat/completions"),
         &json!({"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 300, "temperature": 0, "stream": true}),
@@ -153,24 +125,7 @@ fn with_no_candidate_left_the_client_gets_an_error_event() {
 
 #[test]
 fn a_client_that_goes_away_stops_generation_on_the_peer() {
-    let household = Household::new();
-    let holder = TestNode::start(
-        "holder",
-        &household,
-        NodeOptions {
-            models: vec![TestModel::SmolLm2],
-            ..Default::default()
-        },
-    );
-    let entry = TestNode::start(
-        "entry",
-        &household,
-        NodeOptions {
-            peers: vec![holder.listen.clone()],
-            ..Default::default()
-        },
-    );
-    assert!(entry.wait_for_members(&["entry", "holder"], Duration::from_secs(20)));
+    let (holder, entry) = holder_and_entry("holder");
     // Load the model and let its self-benchmark finish, so the counter below is only this reply.
     let warm = http()
         .post(holder.url("/v1/completions"))
@@ -178,7 +133,7 @@ fn a_client_that_goes_away_stops_generation_on_the_peer() {
         .send()
         .unwrap();
     assert_eq!(warm.status(), 200);
-    let before = metric(&holder, "hearth_tokens_generated_total");
+    let before = holder.metric("hearth_tokens_generated_total");
     let mut stream = SseReader::open(
         &entry.url("/v1/chat/completions"),
         &json!({"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 400, "temperature": 0, "stream": true}),
@@ -197,9 +152,9 @@ fn a_client_that_goes_away_stops_generation_on_the_peer() {
         log.contains("requester went away").then_some(())
     });
     assert!(settled.is_some(), "{}", holder.log());
-    let at_notice = metric(&holder, "hearth_tokens_generated_total") - before;
+    let at_notice = holder.metric("hearth_tokens_generated_total") - before;
     std::thread::sleep(Duration::from_millis(500));
-    let generated = metric(&holder, "hearth_tokens_generated_total") - before;
+    let generated = holder.metric("hearth_tokens_generated_total") - before;
     // At most the token being computed when the peer noticed.
     assert!(
         generated <= at_notice + 1.0,
@@ -219,13 +174,12 @@ fn a_full_node_says_busy_instead_of_queueing_without_bound() {
     let holder = TestNode::start(
         "small",
         &household,
-        NodeOptions {
-            models: vec![TestModel::SmolLm2],
-            args: ["--max-jobs", "1", "--max-queue", "1"]
-                .map(String::from)
-                .to_vec(),
-            ..Default::default()
-        },
+        NodeOptions::holding(TestModel::SmolLm2).with_args(&[
+            "--max-jobs",
+            "1",
+            "--max-queue",
+            "1",
+        ]),
     );
     let long = json!({"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 300, "temperature": 0, "stream": true});
     // One running, one queued...
@@ -241,7 +195,7 @@ fn a_full_node_says_busy_instead_of_queueing_without_bound() {
         r.status().as_u16()
     });
     let queue_filled = wait_for(Duration::from_secs(10), || {
-        (metric(&holder, "hearth_queue_depth") >= 1.0).then_some(())
+        (holder.metric("hearth_queue_depth") >= 1.0).then_some(())
     });
     assert!(queue_filled.is_some());
     // ...and the third is refused at once.

@@ -12,28 +12,10 @@ fn three_nodes() -> (TestNode, TestNode, TestNode) {
     let holder = TestNode::start(
         "holder",
         &household,
-        NodeOptions {
-            models: vec![TestModel::SmolLm2],
-            ..Default::default()
-        },
+        NodeOptions::holding(TestModel::SmolLm2),
     );
-    let peers = vec![holder.listen.clone()];
-    let b = TestNode::start(
-        "bare-b",
-        &household,
-        NodeOptions {
-            peers: peers.clone(),
-            ..Default::default()
-        },
-    );
-    let c = TestNode::start(
-        "bare-c",
-        &household,
-        NodeOptions {
-            peers,
-            ..Default::default()
-        },
-    );
+    let b = TestNode::start("bare-b", &household, NodeOptions::dialing(&[&holder]));
+    let c = TestNode::start("bare-c", &household, NodeOptions::dialing(&[&holder]));
     // b and c each dial only the holder: the holder sees everyone, b and c see the holder.
     let all = ["holder", "bare-b", "bare-c"];
     assert!(

@@ -61,16 +61,23 @@ struct HearthOptions {
     node: Option<String>,
 }
 
+/// Fields both endpoints take besides their input.
 #[derive(Debug, Deserialize)]
-struct ChatRequest {
+struct Common {
     model: Option<String>,
-    messages: Vec<InMessage>,
     #[serde(default)]
     stream: bool,
     #[serde(flatten)]
     sampling: Sampling,
     #[serde(default)]
     hearth: HearthOptions,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatRequest {
+    messages: Vec<InMessage>,
+    #[serde(flatten)]
+    common: Common,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,14 +104,9 @@ struct Part {
 
 #[derive(Debug, Deserialize)]
 struct CompletionRequest {
-    model: Option<String>,
     prompt: OneOrMany,
-    #[serde(default)]
-    stream: bool,
     #[serde(flatten)]
-    sampling: Sampling,
-    #[serde(default)]
-    hearth: HearthOptions,
+    common: Common,
 }
 
 /// Which endpoint a reply is shaped for.
@@ -165,16 +167,7 @@ pub async fn chat_completions(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    respond(
-        node,
-        req.model,
-        Prompt::Chat(messages),
-        req.sampling,
-        req.stream,
-        req.hearth.node,
-        Shape::Chat,
-    )
-    .await
+    respond(node, req.common, Prompt::Chat(messages), Shape::Chat).await
 }
 
 /// `POST /v1/completions`.
@@ -190,16 +183,7 @@ pub async fn completions(State(node): State<Arc<Node>>, body: Bytes) -> Result<R
     if prompt.is_empty() {
         return Err(ApiError::bad_param("prompt", "the prompt is empty"));
     }
-    respond(
-        node,
-        req.model,
-        Prompt::Text(prompt),
-        req.sampling,
-        req.stream,
-        req.hearth.node,
-        Shape::Completion,
-    )
-    .await
+    respond(node, req.common, Prompt::Text(prompt), Shape::Completion).await
 }
 
 fn job_params(s: Sampling) -> Result<JobParams, ApiError> {
@@ -251,13 +235,16 @@ fn failure(kind: FailKind, message: String) -> ApiError {
 
 async fn respond(
     node: Arc<Node>,
-    model: Option<String>,
+    common: Common,
     prompt: Prompt,
-    sampling: Sampling,
-    stream: bool,
-    pin: Option<String>,
     shape: Shape,
 ) -> Result<Response, ApiError> {
+    let Common {
+        model,
+        stream,
+        sampling,
+        hearth: HearthOptions { node: pin },
+    } = common;
     if node.is_draining() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
