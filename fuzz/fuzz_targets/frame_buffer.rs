@@ -28,6 +28,10 @@ libfuzzer_sys::fuzz_target!(|input: (Vec<u8>, &[u8])| {
                 Err(e) => panic!("framing only fails on size, got {e}"),
             }
         }
-        assert!(fb.pending() < HEADER + MAX_FRAME, "{} bytes pending", fb.pending());
+        assert!(
+            fb.pending() < HEADER + MAX_FRAME,
+            "{} bytes pending",
+            fb.pending()
+        );
     }
 });

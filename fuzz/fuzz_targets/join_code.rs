@@ -6,6 +6,9 @@ use hearth_protocol::HouseholdSecret;
 
 libfuzzer_sys::fuzz_target!(|code: &str| {
     if let Ok(secret) = HouseholdSecret::from_join_code(code) {
-        assert_eq!(HouseholdSecret::from_join_code(&secret.join_code()), Ok(secret));
+        assert_eq!(
+            HouseholdSecret::from_join_code(&secret.join_code()),
+            Ok(secret)
+        );
     }
 });

@@ -17,7 +17,10 @@ pub fn round_trip<T: Serialize + DeserializeOwned>(body: &[u8]) {
     let frame = encode(&msg).expect("a decoded message re-encodes");
     // postcard's encoding is minimal, so a message never grows on the way back out; a larger
     // re-encoding would mean the decoder accepted something the encoder cannot express.
-    assert!(frame.len() - HEADER <= body.len(), "re-encoding grew the message");
+    assert!(
+        frame.len() - HEADER <= body.len(),
+        "re-encoding grew the message"
+    );
     let again: T = decode(&frame[HEADER..]).expect("a re-encoded message decodes");
     assert_eq!(encode(&again).unwrap(), frame, "re-encoding is not stable");
 }
