@@ -15,6 +15,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use hearth_protocol::{Card, JobEvent, JobRequest, CARD_PROTOCOL, JOB_PROTOCOL};
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::Boxed;
 use libp2p::core::upgrade::Version;
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
@@ -97,19 +99,11 @@ impl Mesh {
         engine: Arc<Engine>,
         metrics: Arc<Metrics>,
     ) -> Result<Mesh> {
-        let psk = PreSharedKey::new(household.secret.network_key());
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
             .with_tokio()
             .with_other_transport(|key| {
-                let noise = noise::Config::new(key)?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                    tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                        .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
-                        .upgrade(Version::V1Lazy)
-                        .authenticate(noise)
-                        .multiplex(yamux::Config::default())
-                        .timeout(Duration::from_secs(10)),
-                )
+                transport(key, household.secret.network_key())
+                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             })
             .context("cannot set up the transport")?
             .with_behaviour(|_| Behaviour {
@@ -228,6 +222,24 @@ impl Mesh {
     }
 }
 
+/// The household transport: TCP, then the private network keyed with `network_key` (a peer
+/// without it fails here, before anything else), then noise and yamux.
+pub fn transport(
+    key: &Keypair,
+    network_key: [u8; 32],
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
+    let psk = PreSharedKey::new(network_key);
+    Ok(
+        tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise::Config::new(key)?)
+            .multiplex(yamux::Config::default())
+            .timeout(Duration::from_secs(10))
+            .boxed(),
+    )
+}
+
 fn without_p2p(addr: &Multiaddr) -> Multiaddr {
     addr.iter()
         .filter(|p| !matches!(p, Protocol::P2p(_)))
@@ -316,6 +328,9 @@ async fn run(
                         if let Some(p) = shared.peers.lock().expect("peers lock").get_mut(&peer) {
                             p.rtt = Some(rtt);
                         }
+                    }
+                    Err(ping::Failure::Unsupported) => {
+                        tracing::debug!(%peer, "peer does not answer pings; latency unknown");
                     }
                     Err(e) => {
                         // Out of the table at once: closing a connection to a vanished host can

@@ -1,0 +1,156 @@
+//! The wire as a household peer speaks it: a real libp2p client with the household key talks to a
+//! real node. Wrong-version requests get a clear refusal; oversized, truncated and garbage frames
+//! get a closed stream; the node carries on and still serves a proper request.
+
+use std::time::Duration;
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use hearth_protocol::frame::{body_len, HEADER};
+use hearth_protocol::{
+    decode, encode, CardReply, CardRequest, FailCode, HouseholdSecret, JobEvent, JobParams,
+    JobRequest, Prompt, Resume, CARD_PROTOCOL, JOB_PROTOCOL, PROTOCOL_VERSION,
+};
+use hearth_tests::mesh::{wait_for, Household, NodeOptions, TestNode};
+use hearth_tests::TestModel;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{identity::Keypair, Multiaddr, PeerId, StreamProtocol};
+
+async fn read_event<T: serde::de::DeserializeOwned>(s: &mut libp2p::Stream) -> Option<T> {
+    let mut header = [0u8; HEADER];
+    s.read_exact(&mut header).await.ok()?;
+    let mut body = vec![0u8; body_len(header).ok()?];
+    s.read_exact(&mut body).await.ok()?;
+    decode(&body).ok()
+}
+
+/// Whether the node closes the stream (or resets it) within 10 s.
+async fn closed(s: &mut libp2p::Stream) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+fn request(version: u32) -> JobRequest {
+    JobRequest {
+        version,
+        model: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53".into(),
+        prompt: Prompt::Text("The sky is".into()),
+        params: JobParams {
+            temperature: 0.0,
+            top_k: 40,
+            top_p: 0.95,
+            repeat_penalty: 1.0,
+            seed: 1,
+            max_tokens: 3,
+            stop: Vec::new(),
+        },
+        resume: Resume::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_from_a_household_peer_get_refusals_or_closed_streams() {
+    let household = Household::new();
+    let node = TestNode::start("wire", &household, NodeOptions::holding(TestModel::SmolLm2));
+    let key = HouseholdSecret::from_join_code(&household.code)
+        .unwrap()
+        .network_key();
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(Keypair::generate_ed25519())
+        .with_tokio()
+        .with_other_transport(|k| {
+            hearth_node::mesh::transport(k, key)
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        })
+        .unwrap()
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    let control = swarm.behaviour().new_control();
+    let peer: PeerId = node.peer_id.parse().unwrap();
+    swarm
+        .dial(node.listen.parse::<Multiaddr>().unwrap())
+        .unwrap();
+    tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    let job = StreamProtocol::new(JOB_PROTOCOL);
+    let open = |p: StreamProtocol| {
+        let mut c = control.clone();
+        async move { c.open_stream(peer, p).await.expect("stream opens") }
+    };
+
+    // Another protocol version: a clear refusal.
+    let mut s = open(job.clone()).await;
+    s.write_all(&encode(&request(PROTOCOL_VERSION + 1)).unwrap())
+        .await
+        .unwrap();
+    let refusal: JobEvent = read_event(&mut s).await.expect("an answer");
+    assert!(
+        matches!(
+            refusal,
+            JobEvent::Failed {
+                code: FailCode::Version,
+                ..
+            }
+        ),
+        "{refusal:?}"
+    );
+    let mut s = open(StreamProtocol::new(CARD_PROTOCOL)).await;
+    s.write_all(&encode(&CardRequest { version: 0 }).unwrap())
+        .await
+        .unwrap();
+    let reply: CardReply = read_event(&mut s).await.expect("an answer");
+    assert!(matches!(reply, CardReply::Refused { .. }), "{reply:?}");
+
+    // An oversized length, garbage, a truncated frame: the stream is closed, nothing allocated.
+    let truncated = encode(&request(PROTOCOL_VERSION)).unwrap();
+    let cases: [Vec<u8>; 3] = [
+        u32::MAX.to_le_bytes().to_vec(),
+        [&8u32.to_le_bytes()[..], &[0xff; 8]].concat(),
+        truncated[..truncated.len() / 2].to_vec(),
+    ];
+    for bytes in cases {
+        let mut s = open(job.clone()).await;
+        s.write_all(&bytes).await.unwrap();
+        s.close().await.unwrap();
+        assert!(closed(&mut s).await, "{bytes:?} left the stream open");
+    }
+
+    // The node is fine and serves a proper request on the same connection.
+    let mut s = open(job.clone()).await;
+    s.write_all(&encode(&request(PROTOCOL_VERSION)).unwrap())
+        .await
+        .unwrap();
+    let mut events = Vec::new();
+    while let Some(e) = read_event::<JobEvent>(&mut s).await {
+        let last = matches!(e, JobEvent::Done { .. });
+        events.push(e);
+        if last {
+            break;
+        }
+    }
+    assert!(
+        matches!(events.first(), Some(JobEvent::Started { .. })),
+        "{events:?}"
+    );
+    assert!(
+        matches!(
+            events.last(),
+            Some(JobEvent::Done {
+                completion_tokens: 3,
+                ..
+            })
+        ),
+        "{events:?}"
+    );
+    let logged = wait_for(Duration::from_secs(5), || {
+        node.log().contains("bad job request").then_some(())
+    });
+    assert!(logged.is_some(), "{}", node.log());
+    assert_eq!(node.get("/healthz")["status"], "ok");
+}
