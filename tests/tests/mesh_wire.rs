@@ -73,6 +73,14 @@ async fn bad_frames_from_a_household_peer_get_refusals_or_closed_streams() {
     swarm
         .dial(node.listen.parse::<Multiaddr>().unwrap())
         .unwrap();
+    let connected = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let SwarmEvent::ConnectionEstablished { .. } = swarm.select_next_some().await {
+                break;
+            }
+        }
+    });
+    connected.await.expect("the household key admits this client");
     tokio::spawn(async move {
         loop {
             swarm.select_next_some().await;
