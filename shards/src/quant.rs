@@ -1,6 +1,7 @@
 //! Quantized weight matrices and the matrix products the engine runs on them. Weights stay in
 //! their GGUF block format; activations are quantized once per product into the block type the
-//! weight's dot-product kernel wants (Q8_0, Q8_1 or Q8_K), using candle's block kernels.
+//! weight's dot-product kernel wants (Q8_0, Q8_1 or Q8_K). Q4_1, Q5_0, Q8_0, Q4_K and Q6_K run on
+//! hearth's own kernels (`kernels.rs`), the other types on candle's.
 
 use std::fmt;
 use std::sync::Arc;
@@ -303,9 +304,27 @@ impl QMatrix {
             ),
             Q2K => matmul_blocks::<kq::BlockQ2K>(w, self.rows, self.cols, xs, out, scratch),
             Q3K => matmul_blocks::<kq::BlockQ3K>(w, self.rows, self.cols, xs, out, scratch),
-            Q4K => matmul_blocks::<kq::BlockQ4K>(w, self.rows, self.cols, xs, out, scratch),
+            Q4K => matmul_with::<kq::BlockQ4K>(
+                w,
+                self.rows,
+                self.cols,
+                xs,
+                out,
+                scratch,
+                q4_k_dot,
+                Some(q4_k_dot4),
+            ),
             Q5K => matmul_blocks::<kq::BlockQ5K>(w, self.rows, self.cols, xs, out, scratch),
-            Q6K => matmul_blocks::<kq::BlockQ6K>(w, self.rows, self.cols, xs, out, scratch),
+            Q6K => matmul_with::<kq::BlockQ6K>(
+                w,
+                self.rows,
+                self.cols,
+                xs,
+                out,
+                scratch,
+                q6_k_dot,
+                Some(q6_k_dot4),
+            ),
             Q8_1 | Q8K | I8 | I16 | I32 | I64 | F64 => unreachable!("rejected at load"),
         }
     }
@@ -407,6 +426,22 @@ fn q8_0_dot4(cols: usize, x: &[kq::BlockQ8_0], ys: [&[kq::BlockQ8_0]; 4]) -> [f3
     kernels::dot_q8_0_q8_0_x4(as_bytes(x), ys.map(as_bytes), cols / 32)
 }
 
+fn q4_k_dot(cols: usize, x: &[kq::BlockQ4K], y: &[kq::BlockQ8K]) -> f32 {
+    kernels::dot_q4_k_q8_k(as_bytes(x), as_bytes(y), cols / 256)
+}
+
+fn q4_k_dot4(cols: usize, x: &[kq::BlockQ4K], ys: [&[kq::BlockQ8K]; 4]) -> [f32; 4] {
+    kernels::dot_q4_k_q8_k_x4(as_bytes(x), ys.map(as_bytes), cols / 256)
+}
+
+fn q6_k_dot(cols: usize, x: &[kq::BlockQ6K], y: &[kq::BlockQ8K]) -> f32 {
+    kernels::dot_q6_k_q8_k(as_bytes(x), as_bytes(y), cols / 256)
+}
+
+fn q6_k_dot4(cols: usize, x: &[kq::BlockQ6K], ys: [&[kq::BlockQ8K]; 4]) -> [f32; 4] {
+    kernels::dot_q6_k_q8_k_x4(as_bytes(x), ys.map(as_bytes), cols / 256)
+}
+
 fn as_bytes<T>(blocks: &[T]) -> &[u8] {
     // SAFETY: any initialized memory can be viewed as bytes.
     unsafe {
@@ -455,29 +490,33 @@ fn matmul_with<T: Block>(
         return;
     }
     // Several activation rows: each task holds a band of weight rows in cache and runs every
-    // activation row against it, writing its own disjoint cells of `out`.
+    // activation row against it (four at a time, so the band and four activation rows stay in L1),
+    // writing its own disjoint cells of `out`.
     let out_ptr = SharedOut(out.as_mut_ptr());
     (0..rows.div_ceil(ROWS_PER_TASK))
         .into_par_iter()
         .for_each(|band| {
             let out_ptr = &out_ptr;
-            let r_end = ((band + 1) * ROWS_PER_TASK).min(rows);
-            for r in band * ROWS_PER_TASK..r_end {
-                let wr = &w[r * per_row..(r + 1) * per_row];
-                let qrow = |t: usize| &q[t * dot_per_row..(t + 1) * dot_per_row];
-                // SAFETY (both writes): cell (t, r) is written by exactly one task (the one owning
-                // row r), and `out` outlives the parallel loop.
-                let put = |t: usize, v: f32| unsafe { *out_ptr.0.add(t * rows + r) = v };
-                let mut t = 0;
-                if let Some(dot4) = dot4 {
-                    while t + 4 <= n {
-                        let v = dot4(cols, wr, [qrow(t), qrow(t + 1), qrow(t + 2), qrow(t + 3)]);
-                        (0..4).for_each(|i| put(t + i, v[i]));
-                        t += 4;
+            let band_rows = band * ROWS_PER_TASK..((band + 1) * ROWS_PER_TASK).min(rows);
+            let wrow = |r: usize| &w[r * per_row..(r + 1) * per_row];
+            let qrow = |t: usize| &q[t * dot_per_row..(t + 1) * dot_per_row];
+            // SAFETY (both writes): cell (t, r) is written by exactly one task (the one owning
+            // row r), and `out` outlives the parallel loop.
+            let put = |t: usize, r: usize, v: f32| unsafe { *out_ptr.0.add(t * rows + r) = v };
+            let mut t = 0;
+            if let Some(dot4) = dot4 {
+                while t + 4 <= n {
+                    let ys = [qrow(t), qrow(t + 1), qrow(t + 2), qrow(t + 3)];
+                    for r in band_rows.clone() {
+                        let v = dot4(cols, wrow(r), ys);
+                        (0..4).for_each(|i| put(t + i, r, v[i]));
                     }
+                    t += 4;
                 }
-                for t in t..n {
-                    put(t, dot(cols, wr, qrow(t)));
+            }
+            for t in t..n {
+                for r in band_rows.clone() {
+                    put(t, r, dot(cols, wrow(r), qrow(t)));
                 }
             }
         });
