@@ -240,6 +240,47 @@ impl QMatrix {
         })
     }
 
+    /// A weight from raw GGUF block bytes (`rows` rows of `cols` values each), for benchmarks
+    /// and tools that build matrices outside a model file.
+    pub fn from_bytes(
+        name: &str,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        bytes: Vec<u8>,
+    ) -> Result<Self> {
+        let len = rows * (cols / ty.block_size()) * ty.type_size();
+        if !cols.is_multiple_of(ty.block_size()) || bytes.len() != len {
+            return Err(Error::BadParameter(format!(
+                "weight {name}: {} bytes, but {rows} rows of {cols} {ty} values take {len} \
+                 (and a row must be whole blocks of {})",
+                bytes.len(),
+                ty.block_size()
+            )));
+        }
+        if !ty.is_computable() {
+            return Err(Error::UnsupportedTensorType {
+                name: name.to_owned(),
+                ty: ty.to_string(),
+                supported: GgmlType::supported_list(),
+            });
+        }
+        if !(bytes.as_ptr() as usize).is_multiple_of(4) {
+            return Err(Error::BadParameter(format!(
+                "weight {name}: block bytes must start at a 4-byte aligned address"
+            )));
+        }
+        Ok(QMatrix {
+            name: name.to_owned(),
+            ty,
+            rows,
+            cols,
+            bytes: Arc::new(Storage::Owned(bytes)),
+            offset: 0,
+            len,
+        })
+    }
+
     /// Output size.
     pub fn rows(&self) -> usize {
         self.rows
