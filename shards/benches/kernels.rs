@@ -28,6 +28,8 @@ const CASES: [(GgmlType, usize, usize); 5] = [
     (GgmlType::Q6K, 640, 2048),
 ];
 
+/// A pool of `threads` workers; benchmarks iterate inside it, as the engine runs a whole step
+/// inside its pool (entering a pool from outside costs a wake-up, tens of microseconds).
 fn pool(threads: usize) -> rayon::ThreadPool {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -74,8 +76,8 @@ fn memory_bandwidth(c: &mut Criterion) {
     for threads in [1, 2] {
         let pool = pool(threads);
         group.bench_function(BenchmarkId::from_parameter(format!("{threads}t")), |b| {
-            b.iter(|| {
-                pool.install(|| {
+            pool.install(|| {
+                b.iter(|| {
                     buf.par_chunks(BANDWIDTH_BYTES / 8 / threads)
                         .map(|chunk| chunk.iter().fold(0u64, |a, &v| a.wrapping_add(v)))
                         .reduce(|| 0, u64::wrapping_add)
@@ -102,15 +104,44 @@ fn decode(c: &mut Criterion) {
             let pool = pool(threads);
             let id = format!("{ty} {rows}x{cols} {threads}t cached");
             group.bench_function(BenchmarkId::from_parameter(id), |b| {
-                b.iter(|| pool.install(|| m.matmul(&xs, &mut out, &mut scratch)))
+                pool.install(|| b.iter(|| m.matmul(&xs, &mut out, &mut scratch)))
             });
             let id = format!("{ty} {rows}x{cols} {threads}t streamed");
             let mut next = copies.iter().cycle();
             group.bench_function(BenchmarkId::from_parameter(id), |b| {
-                b.iter(|| {
-                    let m = next.next().expect("cycle");
-                    pool.install(|| m.matmul(&xs, &mut out, &mut scratch))
+                pool.install(|| {
+                    b.iter(|| {
+                        let m = next.next().expect("cycle");
+                        m.matmul(&xs, &mut out, &mut scratch)
+                    })
                 })
+            });
+        }
+    }
+    group.finish();
+}
+
+/// Small decode products on one and two threads: where forking stops paying (see
+/// `quant::SERIAL_WORK`).
+fn fork(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fork");
+    let cols = 576;
+    for rows in [64, 192, 576, 1536] {
+        let m = qmatrix(
+            GgmlType::Q4_1,
+            rows,
+            cols,
+            &matrix(GgmlType::Q4_1, rows, cols),
+        );
+        let xs: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).cos()).collect();
+        let mut out = vec![0.0; rows];
+        let mut scratch = QuantScratch::default();
+        group.throughput(Throughput::Elements((2 * rows * cols) as u64));
+        for threads in [1, 2] {
+            let pool = pool(threads);
+            let id = format!("Q4_1 {rows}x{cols} {threads}t");
+            group.bench_function(BenchmarkId::from_parameter(id), |b| {
+                pool.install(|| b.iter(|| m.matmul(&xs, &mut out, &mut scratch)))
             });
         }
     }
@@ -129,7 +160,7 @@ fn prompt(c: &mut Criterion) {
             let mut scratch = QuantScratch::default();
             let id = format!("{ty} {rows}x{cols} n={n} 1t");
             group.bench_function(BenchmarkId::from_parameter(id), |b| {
-                b.iter(|| pool.install(|| m.matmul(&xs, &mut out, &mut scratch)))
+                pool.install(|| b.iter(|| m.matmul(&xs, &mut out, &mut scratch)))
             });
         }
     }
@@ -142,6 +173,6 @@ criterion_group! {
         .sample_size(20)
         .warm_up_time(std::time::Duration::from_millis(500))
         .measurement_time(std::time::Duration::from_secs(2));
-    targets = memory_bandwidth, decode, prompt
+    targets = memory_bandwidth, decode, prompt, fork
 }
 criterion_main!(kernels);

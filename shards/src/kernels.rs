@@ -377,6 +377,24 @@ mod avx2 {
         _mm_cvtph_ps(_mm_cvtsi32_si128(bits))
     }
 
+    /// The leading f16 of four blocks (one per pointer), converted together: lanes 0..4. One
+    /// conversion for four activation rows instead of four.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn f16_x4(p: [*const u8; 4]) -> __m128 {
+        // SAFETY: the caller passes pointers to 2 readable bytes each.
+        let h = p.map(|p| u64::from(unsafe { p.cast::<u16>().read_unaligned() }));
+        let bits = h[0] | h[1] << 16 | h[2] << 32 | h[3] << 48;
+        _mm_cvtph_ps(_mm_cvtsi64_si128(bits as i64))
+    }
+
+    /// Lane `i` of `v` in all eight lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn lane(v: __m256, i: usize) -> __m256 {
+        _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(i as i32))
+    }
+
     /// # Safety
     /// Needs AVX2, FMA and F16C; `x` and `y` hold at least `blocks` blocks.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -516,14 +534,14 @@ mod avx2 {
             // SAFETY: block `b` is in bounds of `x` and of every `ys[i]` (asserted above).
             unsafe {
                 let xp = x.as_ptr().add(b * Q8_0);
-                let dx = f16_ptr(xp);
                 let qx = _mm256_loadu_si256(xp.add(2).cast());
                 let ax = _mm256_sign_epi8(qx, qx);
+                let yps = ys.map(|y| y.as_ptr().add(b * Q8_0));
+                // d_x * d_y for each row in lanes 0..4: the one-row kernel's products.
+                let d = _mm256_castps128_ps256(_mm_mul_ps(_mm_set1_ps(f16_ptr(xp)), f16_x4(yps)));
                 for i in 0..4 {
-                    let yp = ys[i].as_ptr().add(b * Q8_0);
-                    let d = _mm256_set1_ps(dx * f16_ptr(yp));
-                    let sy = _mm256_sign_epi8(_mm256_loadu_si256(yp.add(2).cast()), qx);
-                    acc[i] = _mm256_fmadd_ps(d, mul_sum_us8(ax, sy), acc[i]);
+                    let sy = _mm256_sign_epi8(_mm256_loadu_si256(yps[i].add(2).cast()), qx);
+                    acc[i] = _mm256_fmadd_ps(lane(d, i), mul_sum_us8(ax, sy), acc[i]);
                 }
             }
         }
@@ -542,13 +560,12 @@ mod avx2 {
             // SAFETY: block `b` is in bounds of `x` and of every `ys[i]` (asserted above).
             unsafe {
                 let xp = x.as_ptr().add(b * Q5_0);
-                let dx = f16_ptr(xp);
                 let qx = q5_values(xp);
+                let yps = ys.map(|y| y.as_ptr().add(b * Q8_0));
+                let d = _mm256_castps128_ps256(_mm_mul_ps(_mm_set1_ps(f16_ptr(xp)), f16_x4(yps)));
                 for i in 0..4 {
-                    let yp = ys[i].as_ptr().add(b * Q8_0);
-                    let d = _mm256_set1_ps(dx * f16_ptr(yp));
-                    let qy = _mm256_loadu_si256(yp.add(2).cast());
-                    acc[i] = _mm256_fmadd_ps(d, mul_sum_i8(qx, qy), acc[i]);
+                    let qy = _mm256_loadu_si256(yps[i].add(2).cast());
+                    acc[i] = _mm256_fmadd_ps(lane(d, i), mul_sum_i8(qx, qy), acc[i]);
                 }
             }
         }
@@ -773,6 +790,7 @@ mod tests {
             assert!(close(dot_q4_1_q8_1(&x, &y, n), portable), "{n}");
             let others: Vec<Vec<u8>> = (0..3).map(|k| blocks(n, Q8_1, &[0, 2], 500 + k)).collect();
             let four = dot_q4_1_q8_1_x4(&x, [&others[0], &y, &others[1], &others[2]], n);
+            assert_eq!(four[1].to_bits(), dot_q4_1_q8_1(&x, &y, n).to_bits(), "{n}");
             assert!(close(four[1], portable), "{n}");
             assert!(
                 close(four[3], dot_q4_1_q8_1_portable(&x, &others[2], n)),
@@ -804,6 +822,7 @@ mod tests {
             assert!(close(dot_q8_0_q8_0(&x, &y, n), portable), "{n}");
             let others: Vec<Vec<u8>> = (0..3).map(|k| blocks(n, Q8_0, &[0], 900 + k)).collect();
             let four = dot_q8_0_q8_0_x4(&x, [&y, &others[0], &others[1], &others[2]], n);
+            assert_eq!(four[0].to_bits(), dot_q8_0_q8_0(&x, &y, n).to_bits(), "{n}");
             assert!(close(four[0], portable), "{n}");
             assert!(
                 close(four[2], dot_q8_0_q8_0_portable(&x, &others[1], n)),
@@ -852,6 +871,7 @@ mod tests {
             );
             let others: Vec<Vec<u8>> = (0..3).map(|k| blocks(n, Q8_0, &[0], 700 + k)).collect();
             let four = dot_q5_0_q8_0_x4(&x, [&others[0], &others[1], &y, &others[2]], n);
+            assert_eq!(four[2].to_bits(), dot_q5_0_q8_0(&x, &y, n).to_bits(), "{n}");
             assert!(close(four[2], portable), "{n}");
             assert!(
                 close(four[0], dot_q5_0_q8_0_portable(&x, &others[0], n)),

@@ -170,6 +170,8 @@ impl fmt::Debug for QMatrix {
 #[derive(Default)]
 pub struct QuantScratch {
     words: Vec<u64>,
+    /// The block type of the activations now in `words`, while [`matmul_shared`] may reuse them.
+    holds: Option<GgmlDType>,
 }
 
 impl QuantScratch {
@@ -302,6 +304,13 @@ impl QMatrix {
 
     /// `out[t][r] = sum_c W[r][c] * xs[t][c]` for `n = xs.len() / cols` activation rows.
     pub fn matmul(&self, xs: &[f32], out: &mut [f32], scratch: &mut QuantScratch) {
+        scratch.holds = None;
+        self.matmul_reusing(xs, out, scratch);
+    }
+
+    /// Like [`QMatrix::matmul`], but takes the quantized activations already in `scratch` when
+    /// they are in the block type this weight's kernel wants (they must come from `xs`).
+    fn matmul_reusing(&self, xs: &[f32], out: &mut [f32], scratch: &mut QuantScratch) {
         use GgmlType::*;
         let n = xs.len() / self.cols;
         debug_assert_eq!(xs.len(), n * self.cols);
@@ -391,6 +400,21 @@ impl QMatrix {
             Q8_1 | Q8K | I8 | I16 | I32 | I64 | F64 => unreachable!("rejected at load"),
         }
     }
+}
+
+/// `outs[i] = ws[i] × xs` for weights that share one input (Q, K and V; gate and up): the input is
+/// quantized once for consecutive weights whose kernels take the same block type.
+pub fn matmul_shared<const N: usize>(
+    ws: [&QMatrix; N],
+    xs: &[f32],
+    outs: [&mut [f32]; N],
+    scratch: &mut QuantScratch,
+) {
+    scratch.holds = None;
+    for (w, out) in ws.into_iter().zip(outs) {
+        w.matmul_reusing(xs, out, scratch);
+    }
+    scratch.holds = None;
 }
 
 /// Reinterprets GGUF bytes as blocks.
@@ -505,17 +529,21 @@ fn matmul_with<T: Block>(
     let per_row = cols / T::BLCK_SIZE;
     let dot_block = std::mem::size_of::<T::VecDotType>();
     let dot_per_row = cols / T::VecDotType::BLCK_SIZE;
-    let qbytes = scratch.bytes(n * dot_per_row * dot_block);
     let row_bytes = dot_per_row * dot_block;
-    qbytes
-        .par_chunks_mut(row_bytes)
-        .zip(xs.par_chunks(cols))
-        .for_each(|(qt, xt)| match T::VecDotType::DTYPE {
-            GgmlDType::Q8_0 => activation::quantize_q8_0(xt, qt),
-            GgmlDType::Q8_1 => activation::quantize_q8_1(xt, qt),
-            GgmlDType::Q8K => activation::quantize_q8_k(xt, qt),
-            _ => T::VecDotType::from_float(xt, as_blocks_mut::<T::VecDotType>(qt)),
-        });
+    let reuse = scratch.holds == Some(T::VecDotType::DTYPE);
+    scratch.holds = Some(T::VecDotType::DTYPE);
+    let qbytes = scratch.bytes(n * row_bytes);
+    if !reuse {
+        qbytes
+            .par_chunks_mut(row_bytes)
+            .zip(xs.par_chunks(cols))
+            .for_each(|(qt, xt)| match T::VecDotType::DTYPE {
+                GgmlDType::Q8_0 => activation::quantize_q8_0(xt, qt),
+                GgmlDType::Q8_1 => activation::quantize_q8_1(xt, qt),
+                GgmlDType::Q8K => activation::quantize_q8_k(xt, qt),
+                _ => T::VecDotType::from_float(xt, as_blocks_mut::<T::VecDotType>(qt)),
+            });
+    }
     let q: &[T::VecDotType] = as_blocks::<T::VecDotType>(qbytes);
     let w = as_blocks::<T>(w);
     if n == 1 {
