@@ -10,7 +10,7 @@ pub fn quantize_q8_0(xs: &[f32], out: &mut [u8]) {
         let (d, id) = scale_127(x);
         block[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
         for (q, &v) in block[2..].iter_mut().zip(x) {
-            *q = (v * id).round_ties_even() as i8 as u8;
+            *q = nearest(v * id) as i8 as u8;
         }
     }
 }
@@ -21,7 +21,7 @@ pub fn quantize_q8_1(xs: &[f32], out: &mut [u8]) {
         let (d, id) = scale_127(x);
         let mut sum = 0i32;
         for (q, &v) in block[4..].iter_mut().zip(x) {
-            let qi = (v * id).round_ties_even() as i8;
+            let qi = nearest(v * id) as i8;
             sum += i32::from(qi);
             *q = qi as u8;
         }
@@ -47,7 +47,7 @@ pub fn quantize_q8_k(xs: &[f32], out: &mut [u8]) {
         let iscale = -127.0 / max;
         let (qs, sums) = block[4..].split_at_mut(256);
         for (q, &v) in qs.iter_mut().zip(x) {
-            *q = ((iscale * v).round_ties_even() as i32).min(127) as i8 as u8;
+            *q = (nearest(iscale * v) as i32).min(127) as i8 as u8;
         }
         for (j, s) in sums.chunks_exact_mut(2).enumerate() {
             let sum: i16 = qs[j * 16..j * 16 + 16]
@@ -58,6 +58,15 @@ pub fn quantize_q8_k(xs: &[f32], out: &mut [u8]) {
         }
         block[..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
     }
+}
+
+/// Rounds half to even, like `f32::round_ties_even` for the magnitudes met here (below 2^22), by
+/// adding and removing 1.5 × 2^23 (ggml's `nearest_int`): without SSE4.1 at compile time the
+/// standard method is a call to `rintf` per value.
+#[inline]
+fn nearest(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC) - MAGIC
 }
 
 /// Scale and inverse scale mapping a block's largest magnitude to 127.
@@ -109,6 +118,13 @@ mod tests {
         roundtrip::<BlockQ8_0>(quantize_q8_0, 256, 34, 0.05);
         roundtrip::<BlockQ8_1>(quantize_q8_1, 256, 36, 0.05);
         roundtrip::<BlockQ8K>(quantize_q8_k, 512, 292, 0.05);
+    }
+
+    #[test]
+    fn nearest_rounds_half_to_even() {
+        for v in [0.5f32, 1.5, 2.5, -0.5, -1.5, 126.5, -127.49, 3.7, -3.2] {
+            assert_eq!(nearest(v), v.round_ties_even(), "{v}");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! hearth's inference engine: GGUF models on CPU with candle's quantized block kernels, run as
-//! whole models or as layer-range stages of a split, with tokenizer, chat template and sampling.
+//! hearth's inference engine: GGUF models on CPU with its own AVX2 quantized kernels (candle's for
+//! the rarer block types), run as whole models or as layer-range stages of a split, with
+//! tokenizer, chat template and sampling.
 
 pub mod activation;
 pub mod chat_template;

@@ -1,5 +1,9 @@
 //! Element-wise and row-wise kernels of a transformer block, on plain f32 slices.
 
+use std::sync::OnceLock;
+
+use half::f16;
+
 use crate::spec::{Activation, RopeStyle};
 
 /// RMSNorm of each `weight.len()`-wide row of `x` into `out`: `x / sqrt(mean(x^2) + eps) * weight`.
@@ -78,19 +82,29 @@ pub fn gated_activation(gate: &mut [f32], up: &[f32], act: Activation) {
     }
 }
 
-/// GELU (tanh approximation) as ggml computes it: looked up at the f16 nearest the input and
-/// stored as f16, with the tails passed through exactly.
+/// GELU (tanh approximation) as ggml computes it: looked up at the f16 nearest the input in a
+/// table of f16 results, with the tails passed through exactly.
 fn gelu_f16_table(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    static TABLE: OnceLock<Vec<f16>> = OnceLock::new();
     if x <= -10.0 {
         return 0.0;
     }
     if x >= 10.0 {
         return x;
     }
-    let x = half::f16::from_f32(x).to_f32();
-    let y = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh());
-    half::f16::from_f32(y).to_f32()
+    // One entry per f16 bit pattern (128 KiB): tanh per element costs more than the matmuls
+    // around it.
+    let table = TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|bits| f16::from_f32(gelu_tanh(f16::from_bits(bits).to_f32())))
+            .collect()
+    });
+    table[usize::from(f16::from_f32(x).to_bits())].to_f32()
+}
+
+fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
 }
 
 /// Numerically stable softmax in place.

@@ -1,6 +1,7 @@
 //! Quantized weight matrices and the matrix products the engine runs on them. Weights stay in
 //! their GGUF block format; activations are quantized once per product into the block type the
-//! weight's dot-product kernel wants (Q8_0, Q8_1 or Q8_K), using candle's block kernels.
+//! weight's dot-product kernel wants (Q8_0, Q8_1 or Q8_K). Q4_1, Q5_0, Q8_0, Q4_K and Q6_K run on
+//! hearth's own kernels (`kernels.rs`), the other types on candle's.
 
 use std::fmt;
 use std::sync::Arc;
@@ -169,6 +170,8 @@ impl fmt::Debug for QMatrix {
 #[derive(Default)]
 pub struct QuantScratch {
     words: Vec<u64>,
+    /// The block type of the activations now in `words`, while [`matmul_shared`] may reuse them.
+    holds: Option<GgmlDType>,
 }
 
 impl QuantScratch {
@@ -239,6 +242,47 @@ impl QMatrix {
         })
     }
 
+    /// A weight from raw GGUF block bytes (`rows` rows of `cols` values each), for benchmarks
+    /// and tools that build matrices outside a model file.
+    pub fn from_bytes(
+        name: &str,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        bytes: Vec<u8>,
+    ) -> Result<Self> {
+        let len = rows * (cols / ty.block_size()) * ty.type_size();
+        if !cols.is_multiple_of(ty.block_size()) || bytes.len() != len {
+            return Err(Error::BadParameter(format!(
+                "weight {name}: {} bytes, but {rows} rows of {cols} {ty} values take {len} \
+                 (and a row must be whole blocks of {})",
+                bytes.len(),
+                ty.block_size()
+            )));
+        }
+        if !ty.is_computable() {
+            return Err(Error::UnsupportedTensorType {
+                name: name.to_owned(),
+                ty: ty.to_string(),
+                supported: GgmlType::supported_list(),
+            });
+        }
+        if !(bytes.as_ptr() as usize).is_multiple_of(4) {
+            return Err(Error::BadParameter(format!(
+                "weight {name}: block bytes must start at a 4-byte aligned address"
+            )));
+        }
+        Ok(QMatrix {
+            name: name.to_owned(),
+            ty,
+            rows,
+            cols,
+            bytes: Arc::new(Storage::Owned(bytes)),
+            offset: 0,
+            len,
+        })
+    }
+
     /// Output size.
     pub fn rows(&self) -> usize {
         self.rows
@@ -260,6 +304,13 @@ impl QMatrix {
 
     /// `out[t][r] = sum_c W[r][c] * xs[t][c]` for `n = xs.len() / cols` activation rows.
     pub fn matmul(&self, xs: &[f32], out: &mut [f32], scratch: &mut QuantScratch) {
+        scratch.holds = None;
+        self.matmul_reusing(xs, out, scratch);
+    }
+
+    /// Like [`QMatrix::matmul`], but takes the quantized activations already in `scratch` when
+    /// they are in the block type this weight's kernel wants (they must come from `xs`).
+    fn matmul_reusing(&self, xs: &[f32], out: &mut [f32], scratch: &mut QuantScratch) {
         use GgmlType::*;
         let n = xs.len() / self.cols;
         debug_assert_eq!(xs.len(), n * self.cols);
@@ -303,9 +354,27 @@ impl QMatrix {
             ),
             Q2K => matmul_blocks::<kq::BlockQ2K>(w, self.rows, self.cols, xs, out, scratch),
             Q3K => matmul_blocks::<kq::BlockQ3K>(w, self.rows, self.cols, xs, out, scratch),
-            Q4K => matmul_blocks::<kq::BlockQ4K>(w, self.rows, self.cols, xs, out, scratch),
+            Q4K => matmul_with::<kq::BlockQ4K>(
+                w,
+                self.rows,
+                self.cols,
+                xs,
+                out,
+                scratch,
+                q4_k_dot,
+                Some(q4_k_dot4),
+            ),
             Q5K => matmul_blocks::<kq::BlockQ5K>(w, self.rows, self.cols, xs, out, scratch),
-            Q6K => matmul_blocks::<kq::BlockQ6K>(w, self.rows, self.cols, xs, out, scratch),
+            Q6K => matmul_with::<kq::BlockQ6K>(
+                w,
+                self.rows,
+                self.cols,
+                xs,
+                out,
+                scratch,
+                q6_k_dot,
+                Some(q6_k_dot4),
+            ),
             Q8_1 | Q8K | I8 | I16 | I32 | I64 | F64 => unreachable!("rejected at load"),
         }
     }
@@ -331,6 +400,21 @@ impl QMatrix {
             Q8_1 | Q8K | I8 | I16 | I32 | I64 | F64 => unreachable!("rejected at load"),
         }
     }
+}
+
+/// `outs[i] = ws[i] × xs` for weights that share one input (Q, K and V; gate and up): the input is
+/// quantized once for consecutive weights whose kernels take the same block type.
+pub fn matmul_shared<const N: usize>(
+    ws: [&QMatrix; N],
+    xs: &[f32],
+    outs: [&mut [f32]; N],
+    scratch: &mut QuantScratch,
+) {
+    scratch.holds = None;
+    for (w, out) in ws.into_iter().zip(outs) {
+        w.matmul_reusing(xs, out, scratch);
+    }
+    scratch.holds = None;
 }
 
 /// Reinterprets GGUF bytes as blocks.
@@ -366,6 +450,11 @@ fn row_blocks<T: Block>(w: &[u8], cols: usize, row: usize, out: &mut [f32]) {
 
 /// Rows per parallel task: enough work per task that scheduling stays cheap.
 const ROWS_PER_TASK: usize = 32;
+
+/// Multiply-adds under which a product runs on the calling thread: on the 2-core machine of the
+/// README, a 64×576 decode product takes 4.4 µs alone and 5.3 µs forked to two threads, a 192×576
+/// one 9.4 µs and 8.6 µs (`cargo bench -p hearth-shards --bench kernels -- fork`).
+pub const SERIAL_WORK: usize = 64 * 1024;
 
 /// A row dot product: `cols` weights against one quantized activation row.
 type RowDot<T> = fn(usize, &[T], &[<T as Block>::VecDotType]) -> f32;
@@ -407,6 +496,22 @@ fn q8_0_dot4(cols: usize, x: &[kq::BlockQ8_0], ys: [&[kq::BlockQ8_0]; 4]) -> [f3
     kernels::dot_q8_0_q8_0_x4(as_bytes(x), ys.map(as_bytes), cols / 32)
 }
 
+fn q4_k_dot(cols: usize, x: &[kq::BlockQ4K], y: &[kq::BlockQ8K]) -> f32 {
+    kernels::dot_q4_k_q8_k(as_bytes(x), as_bytes(y), cols / 256)
+}
+
+fn q4_k_dot4(cols: usize, x: &[kq::BlockQ4K], ys: [&[kq::BlockQ8K]; 4]) -> [f32; 4] {
+    kernels::dot_q4_k_q8_k_x4(as_bytes(x), ys.map(as_bytes), cols / 256)
+}
+
+fn q6_k_dot(cols: usize, x: &[kq::BlockQ6K], y: &[kq::BlockQ8K]) -> f32 {
+    kernels::dot_q6_k_q8_k(as_bytes(x), as_bytes(y), cols / 256)
+}
+
+fn q6_k_dot4(cols: usize, x: &[kq::BlockQ6K], ys: [&[kq::BlockQ8K]; 4]) -> [f32; 4] {
+    kernels::dot_q6_k_q8_k_x4(as_bytes(x), ys.map(as_bytes), cols / 256)
+}
+
 fn as_bytes<T>(blocks: &[T]) -> &[u8] {
     // SAFETY: any initialized memory can be viewed as bytes.
     unsafe {
@@ -429,21 +534,26 @@ fn matmul_with<T: Block>(
     let per_row = cols / T::BLCK_SIZE;
     let dot_block = std::mem::size_of::<T::VecDotType>();
     let dot_per_row = cols / T::VecDotType::BLCK_SIZE;
-    let qbytes = scratch.bytes(n * dot_per_row * dot_block);
     let row_bytes = dot_per_row * dot_block;
-    qbytes
-        .par_chunks_mut(row_bytes)
-        .zip(xs.par_chunks(cols))
-        .for_each(|(qt, xt)| match T::VecDotType::DTYPE {
-            GgmlDType::Q8_0 => activation::quantize_q8_0(xt, qt),
-            GgmlDType::Q8_1 => activation::quantize_q8_1(xt, qt),
-            GgmlDType::Q8K => activation::quantize_q8_k(xt, qt),
-            _ => T::VecDotType::from_float(xt, as_blocks_mut::<T::VecDotType>(qt)),
-        });
+    let reuse = scratch.holds == Some(T::VecDotType::DTYPE);
+    scratch.holds = Some(T::VecDotType::DTYPE);
+    let qbytes = scratch.bytes(n * row_bytes);
+    if !reuse {
+        qbytes
+            .par_chunks_mut(row_bytes)
+            .zip(xs.par_chunks(cols))
+            .for_each(|(qt, xt)| match T::VecDotType::DTYPE {
+                GgmlDType::Q8_0 => activation::quantize_q8_0(xt, qt),
+                GgmlDType::Q8_1 => activation::quantize_q8_1(xt, qt),
+                GgmlDType::Q8K => activation::quantize_q8_k(xt, qt),
+                _ => T::VecDotType::from_float(xt, as_blocks_mut::<T::VecDotType>(qt)),
+            });
+    }
     let q: &[T::VecDotType] = as_blocks::<T::VecDotType>(qbytes);
     let w = as_blocks::<T>(w);
     if n == 1 {
         out.par_chunks_mut(ROWS_PER_TASK)
+            .with_min_len(tasks_per_split(rows * cols))
             .enumerate()
             .for_each(|(i, chunk)| {
                 let r0 = i * ROWS_PER_TASK;
@@ -455,32 +565,46 @@ fn matmul_with<T: Block>(
         return;
     }
     // Several activation rows: each task holds a band of weight rows in cache and runs every
-    // activation row against it, writing its own disjoint cells of `out`.
+    // activation row against it (four at a time, so the band and four activation rows stay in L1),
+    // writing its own disjoint cells of `out`.
     let out_ptr = SharedOut(out.as_mut_ptr());
     (0..rows.div_ceil(ROWS_PER_TASK))
         .into_par_iter()
+        .with_min_len(tasks_per_split(rows * cols * n))
         .for_each(|band| {
             let out_ptr = &out_ptr;
-            let r_end = ((band + 1) * ROWS_PER_TASK).min(rows);
-            for r in band * ROWS_PER_TASK..r_end {
-                let wr = &w[r * per_row..(r + 1) * per_row];
-                let qrow = |t: usize| &q[t * dot_per_row..(t + 1) * dot_per_row];
-                // SAFETY (both writes): cell (t, r) is written by exactly one task (the one owning
-                // row r), and `out` outlives the parallel loop.
-                let put = |t: usize, v: f32| unsafe { *out_ptr.0.add(t * rows + r) = v };
-                let mut t = 0;
-                if let Some(dot4) = dot4 {
-                    while t + 4 <= n {
-                        let v = dot4(cols, wr, [qrow(t), qrow(t + 1), qrow(t + 2), qrow(t + 3)]);
-                        (0..4).for_each(|i| put(t + i, v[i]));
-                        t += 4;
+            let band_rows = band * ROWS_PER_TASK..((band + 1) * ROWS_PER_TASK).min(rows);
+            let wrow = |r: usize| &w[r * per_row..(r + 1) * per_row];
+            let qrow = |t: usize| &q[t * dot_per_row..(t + 1) * dot_per_row];
+            // SAFETY (both writes): cell (t, r) is written by exactly one task (the one owning
+            // row r), and `out` outlives the parallel loop.
+            let put = |t: usize, r: usize, v: f32| unsafe { *out_ptr.0.add(t * rows + r) = v };
+            let mut t = 0;
+            if let Some(dot4) = dot4 {
+                while t + 4 <= n {
+                    let ys = [qrow(t), qrow(t + 1), qrow(t + 2), qrow(t + 3)];
+                    for r in band_rows.clone() {
+                        let v = dot4(cols, wrow(r), ys);
+                        (0..4).for_each(|i| put(t + i, r, v[i]));
                     }
+                    t += 4;
                 }
-                for t in t..n {
-                    put(t, dot(cols, wr, qrow(t)));
+            }
+            for t in t..n {
+                for r in band_rows.clone() {
+                    put(t, r, dot(cols, wrow(r), qrow(t)));
                 }
             }
         });
+}
+
+/// Rayon's minimum tasks per split: all of them (no fork) for products under [`SERIAL_WORK`].
+fn tasks_per_split(work: usize) -> usize {
+    if work < SERIAL_WORK {
+        usize::MAX
+    } else {
+        1
+    }
 }
 
 struct SharedOut(*mut f32);

@@ -16,7 +16,7 @@ use crate::gguf::{Gguf, TensorInfo};
 use crate::kv_cache::{sized, KvCache};
 use crate::quant::{GgmlType, QMatrix};
 use crate::spec::ModelSpec;
-use crate::{kernels, ops};
+use crate::{kernels, ops, quant};
 
 /// What a stage consumes.
 #[derive(Debug, Clone, Copy)]
@@ -370,9 +370,12 @@ impl Stage {
             let q = sized(&mut s.q, n * spec.q_dim());
             let k = sized(&mut s.k, n * spec.kv_dim());
             let v = sized(&mut s.v, n * spec.kv_dim());
-            layer.wq.matmul(xn, q, &mut s.quant);
-            layer.wk.matmul(xn, k, &mut s.quant);
-            layer.wv.matmul(xn, v, &mut s.quant);
+            quant::matmul_shared(
+                [&layer.wq, &layer.wk, &layer.wv],
+                xn,
+                [q, k, v],
+                &mut s.quant,
+            );
             if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
                 ops::rms_norm_rows_in_place(q, qn, spec.norm_eps);
                 ops::rms_norm_rows_in_place(k, kn, spec.norm_eps);
@@ -414,8 +417,7 @@ impl Stage {
             ops::rms_norm_rows(x, &layer.ffn_norm, spec.norm_eps, xn);
             let gate = sized(&mut s.gate, n * spec.ffn_dim);
             let up = sized(&mut s.up, n * spec.ffn_dim);
-            layer.gate.matmul(xn, gate, &mut s.quant);
-            layer.up.matmul(xn, up, &mut s.quant);
+            quant::matmul_shared([&layer.gate, &layer.up], xn, [gate, up], &mut s.quant);
             ops::gated_activation(gate, up, spec.activation);
             layer.down.matmul(gate, o, &mut s.quant);
             if let Some(pn) = &layer.post_ffn_norm {
