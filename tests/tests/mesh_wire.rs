@@ -80,7 +80,9 @@ async fn bad_frames_from_a_household_peer_get_refusals_or_closed_streams() {
             }
         }
     });
-    connected.await.expect("the household key admits this client");
+    connected
+        .await
+        .expect("the household key admits this client");
     tokio::spawn(async move {
         loop {
             swarm.select_next_some().await;
