@@ -215,3 +215,33 @@ fn a_full_node_says_busy_instead_of_queueing_without_bound() {
         "the queued request is served once the slot frees"
     );
 }
+
+#[test]
+fn many_replies_at_once_over_one_connection_all_complete() {
+    // Many concurrent streams on one yamux connection (rust-libp2p #5410 reports deadlocks with
+    // many libp2p-stream streams): 12 replies through the entry node, 2 running at a time on the
+    // holder and the rest queued there.
+    let (holder, entry) = holder_and_entry("holder");
+    let url = entry.url("/v1/chat/completions");
+    let replies: Vec<_> = (0..12)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let body = json!({
+                    "messages": [{"role": "user", "content": format!("Say the number {i}.")}],
+                    "max_tokens": 8, "temperature": 0,
+                });
+                let r = http().post(url).json(&body).send().unwrap();
+                let status = r.status().as_u16();
+                let v: Value = r.json().unwrap();
+                (status, v["usage"]["completion_tokens"].as_u64())
+            })
+        })
+        .collect();
+    for r in replies {
+        let (status, tokens) = r.join().unwrap();
+        assert_eq!(status, 200);
+        assert!(tokens.is_some_and(|t| t >= 1));
+    }
+    assert_eq!(holder.metric("hearth_jobs_served_total"), 12.0);
+}
