@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use hearth_protocol::{Finish, JobEvent, JobRequest};
+use hearth_protocol::{Finish, JobEvent, JobRequest, Usage};
 use tokio::sync::mpsc;
 
 use crate::daemon::Node;
@@ -19,11 +19,7 @@ pub enum Reply {
     /// Reply text.
     Text(String),
     /// The reply is complete.
-    Done {
-        finish: Finish,
-        prompt_tokens: u32,
-        completion_tokens: u32,
-    },
+    Done { finish: Finish, usage: Usage },
     /// The reply could not be (fully) produced.
     Failed { kind: FailKind, message: String },
 }
@@ -97,18 +93,8 @@ async fn drive(node: &Node, ranked: Vec<Ranked>, mut request: JobRequest, tx: mp
                     Reply::Text(text)
                 }
                 JobEvent::Tail { text } => Reply::Text(text),
-                JobEvent::Done {
-                    finish,
-                    prompt_tokens,
-                    completion_tokens,
-                } => {
-                    let _ = tx
-                        .send(Reply::Done {
-                            finish,
-                            prompt_tokens,
-                            completion_tokens,
-                        })
-                        .await;
+                JobEvent::Done { finish, usage } => {
+                    let _ = tx.send(Reply::Done { finish, usage }).await;
                     return;
                 }
                 JobEvent::Busy { reason } => break Stop::Busy(reason),

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use hearth_protocol::{
-    ChatMessage as WireMessage, FailCode, Finish, JobEvent, JobParams, JobRequest, Prompt,
+    ChatMessage as WireMessage, FailCode, Finish, JobEvent, JobParams, JobRequest, Prompt, Usage,
 };
 use hearth_shards::{
     ChatMessage, Error as EngineError, FinishReason, GenerateParams, Generator, Model, Piece,
@@ -23,6 +23,10 @@ use crate::model_cache::ModelCache;
 
 /// Events buffered per job before generation waits for the reader.
 const EVENT_BUFFER: usize = 64;
+/// Finished jobs' generators (KV caches) kept for reuse: a follow-up turn of a conversation
+/// finds the one holding its history and only computes the new tokens. Each can hold up to a
+/// context's worth of keys and values (94 MB for SmolLM2 at 4096 tokens).
+const IDLE_GENERATORS: usize = 4;
 
 /// How the engine runs.
 #[derive(Debug, Clone)]
@@ -54,6 +58,8 @@ pub struct Engine {
     queue: Mutex<(FairQueue<Pending>, usize)>,
     loaded: Mutex<HashMap<String, Arc<Loaded>>>,
     speeds: Mutex<HashMap<String, f32>>,
+    /// (model digest, generator), least recently used first.
+    idle: Mutex<Vec<(String, Generator)>>,
     draining: AtomicBool,
     running: AtomicU64,
 }
@@ -81,6 +87,7 @@ impl Engine {
             metrics,
             loaded: Mutex::new(HashMap::new()),
             speeds: Mutex::new(HashMap::new()),
+            idle: Mutex::new(Vec::new()),
             draining: AtomicBool::new(false),
             running: AtomicU64::new(0),
         })
@@ -300,15 +307,24 @@ impl Engine {
             }
             Prompt::Text(text) => model.tokenizer().encode(text, true, false),
         };
-        let context = self.config.context.min(model.spec().context);
-        let mut generator =
-            Generator::new(loaded.stage.clone(), model.tokenizer().clone(), context);
+        let full: Vec<u32> = prompt
+            .iter()
+            .chain(&request.resume.tokens)
+            .copied()
+            .collect();
+        let mut generator = self.take_generator(&request.model, &loaded, &full);
         let started = JobEvent::Started {
             node: self.config.node.clone(),
             prompt_tokens: prompt.len() as u32,
         };
         if events.blocking_send(started).is_err() {
-            return Ok(cancelled(prompt.len(), 0));
+            return Ok(JobEvent::Done {
+                finish: Finish::Cancelled,
+                usage: Usage {
+                    prompt_tokens: prompt.len() as u32,
+                    ..Usage::default()
+                },
+            });
         }
         let resume = Resume {
             tokens: request.resume.tokens.clone(),
@@ -338,23 +354,47 @@ impl Engine {
             })?;
         let fresh = completion.tokens.len() - resume.tokens.len();
         self.record_speed(&request.model, fresh, completion.decode_time);
+        self.put_generator(&request.model, generator);
         Ok(JobEvent::Done {
             finish: match completion.finish {
                 FinishReason::Stop => Finish::Stop,
                 FinishReason::Length => Finish::Length,
                 FinishReason::Cancelled => Finish::Cancelled,
             },
-            prompt_tokens: completion.prompt_tokens as u32,
-            completion_tokens: completion.tokens.len() as u32,
+            usage: Usage {
+                prompt_tokens: completion.prompt_tokens as u32,
+                completion_tokens: completion.tokens.len() as u32,
+                cached_tokens: completion.reused_tokens as u32,
+            },
         })
     }
-}
 
-fn cancelled(prompt: usize, tokens: usize) -> JobEvent {
-    JobEvent::Done {
-        finish: Finish::Cancelled,
-        prompt_tokens: prompt as u32,
-        completion_tokens: tokens as u32,
+    /// The idle generator whose cache shares the longest prefix with `tokens`, or a new one.
+    fn take_generator(&self, digest: &str, loaded: &Loaded, tokens: &[u32]) -> Generator {
+        let mut idle = self.idle.lock().expect("idle lock");
+        let best = idle
+            .iter()
+            .enumerate()
+            .filter(|(_, (d, _))| d == digest)
+            .max_by_key(|(i, (_, g))| (g.cached_prefix(tokens), *i))
+            .map(|(i, _)| i);
+        match best {
+            Some(i) => idle.remove(i).1,
+            None => Generator::new(
+                loaded.stage.clone(),
+                loaded.model.tokenizer().clone(),
+                self.config.context.min(loaded.model.spec().context),
+            ),
+        }
+    }
+
+    /// Keeps a finished job's generator for reuse, dropping the least recently used beyond the cap.
+    fn put_generator(&self, digest: &str, generator: Generator) {
+        let mut idle = self.idle.lock().expect("idle lock");
+        idle.push((digest.to_owned(), generator));
+        if idle.len() > IDLE_GENERATORS {
+            idle.remove(0);
+        }
     }
 }
 

@@ -93,7 +93,7 @@ impl FrameBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::{Finish, JobEvent};
+    use crate::job::{Finish, JobEvent, Usage};
 
     #[test]
     fn frames_round_trip_through_a_buffer_fed_byte_by_byte() {
@@ -104,8 +104,11 @@ mod tests {
             },
             JobEvent::Done {
                 finish: Finish::Length,
-                prompt_tokens: 3,
-                completion_tokens: 1,
+                usage: Usage {
+                    prompt_tokens: 3,
+                    completion_tokens: 1,
+                    cached_tokens: 2,
+                },
             },
         ];
         let bytes: Vec<u8> = events.iter().flat_map(|e| encode(e).unwrap()).collect();

@@ -67,15 +67,21 @@ pub enum JobEvent {
     /// Text released at the end without a new token.
     Tail { text: String },
     /// Generation ended.
-    Done {
-        finish: Finish,
-        prompt_tokens: u32,
-        completion_tokens: u32,
-    },
+    Done { finish: Finish, usage: Usage },
     /// The node's queue is full or it is shutting down: try another peer.
     Busy { reason: String },
     /// The job failed.
     Failed { code: FailCode, message: String },
+}
+
+/// Token counts of a finished reply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    /// Generated tokens, those produced before a failover included.
+    pub completion_tokens: u32,
+    /// Prompt tokens whose keys and values the serving node already had cached.
+    pub cached_tokens: u32,
 }
 
 /// Why generation ended.

@@ -10,7 +10,7 @@ pub use card::{Card, CardReply, CardRequest, Device, DeviceKind, ModelInfo, Mode
 pub use frame::{decode, encode, FrameBuffer, FrameError, MAX_FRAME};
 pub use household::{HouseholdSecret, JoinCodeError};
 pub use job::{
-    ChatMessage, FailCode, Finish, JobEvent, JobParams, JobRequest, Prompt, Resume,
+    ChatMessage, FailCode, Finish, JobEvent, JobParams, JobRequest, Prompt, Resume, Usage,
     MAX_PROMPT_TOKENS,
 };
 

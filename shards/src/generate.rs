@@ -91,6 +91,15 @@ impl Generator {
         self.cache.capacity()
     }
 
+    /// How many leading tokens of `tokens` the cache already holds.
+    pub fn cached_prefix(&self, tokens: &[u32]) -> usize {
+        self.cached
+            .iter()
+            .zip(tokens)
+            .take_while(|(a, b)| a == b)
+            .count()
+    }
+
     /// Forgets the cached conversation.
     pub fn reset(&mut self) {
         self.cache.truncate(0);
@@ -133,12 +142,7 @@ impl Generator {
                 context: self.cache.capacity(),
             });
         }
-        let mut reused = self
-            .cached
-            .iter()
-            .zip(&full)
-            .take_while(|(a, b)| a == b)
-            .count();
+        let mut reused = self.cached_prefix(&full);
         if reused == full.len() {
             // The last prompt token must run again to produce the next token's logits.
             reused -= 1;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hearth_tests::mesh::{chunk_text, http, Household, NodeOptions, SseReader, TestNode};
 use hearth_tests::TestModel;
-use serde_json::json;
+use serde_json::{json, Value};
 
 fn three_nodes() -> (TestNode, TestNode, TestNode) {
     let household = Household::new();
@@ -185,4 +185,34 @@ fn route_models_and_peers_explain_where_things_are() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("served by holder"));
     let out = c.cli(&["run", "-p", "Say hi", "--node", "bare-b"]);
     assert!(!out.status.success());
+}
+
+#[test]
+fn a_follow_up_turn_reuses_the_conversation_cached_on_the_serving_node() {
+    let (_holder, _b, c) = three_nodes();
+    let ask = |messages: &Value| -> Value {
+        http()
+            .post(c.url("/v1/chat/completions"))
+            .json(&json!({"messages": messages, "max_tokens": 12, "temperature": 0}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let mut messages = json!([{"role": "user", "content": "What is 2 + 2?"}]);
+    let first = ask(&messages);
+    let first_prompt = first["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    let answer = first["choices"][0]["message"]["content"].clone();
+    let list = messages.as_array_mut().unwrap();
+    list.push(json!({"role": "assistant", "content": answer}));
+    list.push(json!({"role": "user", "content": "And 3 + 3?"}));
+    let second = ask(&messages);
+    let cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        cached >= first_prompt,
+        "the second turn recomputed its history: {cached} of {first_prompt} first-turn tokens cached"
+    );
 }

@@ -8,7 +8,7 @@ use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use hearth_protocol::frame::{body_len, HEADER};
 use hearth_protocol::{
     decode, encode, CardReply, CardRequest, FailCode, HouseholdSecret, JobEvent, JobParams,
-    JobRequest, Prompt, Resume, CARD_PROTOCOL, JOB_PROTOCOL, PROTOCOL_VERSION,
+    JobRequest, Prompt, Resume, Usage, CARD_PROTOCOL, JOB_PROTOCOL, PROTOCOL_VERSION,
 };
 use hearth_tests::mesh::{wait_for, Household, NodeOptions, TestNode};
 use hearth_tests::TestModel;
@@ -152,7 +152,10 @@ async fn bad_frames_from_a_household_peer_get_refusals_or_closed_streams() {
         matches!(
             events.last(),
             Some(JobEvent::Done {
-                completion_tokens: 3,
+                usage: Usage {
+                    completion_tokens: 3,
+                    ..
+                },
                 ..
             })
         ),

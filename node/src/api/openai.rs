@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::Stream;
 use hearth_protocol::{
-    ChatMessage, Finish, JobParams, JobRequest, Prompt, Resume, PROTOCOL_VERSION,
+    ChatMessage, Finish, JobParams, JobRequest, Prompt, Resume, Usage, PROTOCOL_VERSION,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -338,11 +338,12 @@ struct Meta {
     shape: Shape,
 }
 
-fn usage(prompt_tokens: u32, completion_tokens: u32) -> Value {
+fn usage(u: &Usage) -> Value {
     json!({
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
     })
 }
 
@@ -358,11 +359,7 @@ async fn whole(
             Reply::Started { node, .. } => nodes.push(node),
             Reply::Text(t) => text.push_str(&t),
             Reply::Failed { kind, message } => return Err(failure(kind, message)),
-            Reply::Done {
-                finish,
-                prompt_tokens,
-                completion_tokens,
-            } => {
+            Reply::Done { finish, usage: u } => {
                 let choice = match meta.shape {
                     Shape::Chat => json!({
                         "index": 0,
@@ -381,7 +378,7 @@ async fn whole(
                     "created": meta.created,
                     "model": meta.model,
                     "choices": [choice],
-                    "usage": usage(prompt_tokens, completion_tokens),
+                    "usage": usage(&u),
                     "hearth": {"nodes": nodes},
                 })));
             }
@@ -457,14 +454,10 @@ fn sse_stream(
                     continue;
                 }
                 Some(Reply::Text(t)) => chunk(&st.meta, &st.node, json!({"content": t}), None),
-                Some(Reply::Done {
-                    finish,
-                    prompt_tokens,
-                    completion_tokens,
-                }) => {
+                Some(Reply::Done { finish, usage: u }) => {
                     let mut last =
                         chunk(&st.meta, &st.node, json!({}), Some(finish_reason(finish)));
-                    last["usage"] = usage(prompt_tokens, completion_tokens);
+                    last["usage"] = usage(&u);
                     st.replies.close();
                     // `[DONE]` follows on the next poll.
                     return Some((Ok(Event::default().data(last.to_string())), st));
