@@ -316,65 +316,41 @@ impl QMatrix {
         debug_assert_eq!(xs.len(), n * self.cols);
         debug_assert_eq!(out.len(), n * self.rows);
         let w = self.raw();
+        let (rows, cols) = (self.rows, self.cols);
+        // Types at hand run on hearth's kernels (one and four activation rows over raw block
+        // bytes); the rest on candle's block dot product.
+        macro_rules! own {
+            ($block:ty, $dot:ident, $dot4:ident) => {{
+                type Y = <$block as Block>::VecDotType;
+                const B: usize = <$block as Block>::BLCK_SIZE;
+                let one = |c: usize, x: &[$block], y: &[Y]| {
+                    kernels::$dot(as_bytes(x), as_bytes(y), c / B)
+                };
+                let four = |c: usize, x: &[$block], ys: [&[Y]; 4]| {
+                    kernels::$dot4(as_bytes(x), ys.map(as_bytes), c / B)
+                };
+                matmul_with::<$block>(w, rows, cols, xs, out, scratch, one, Some(four))
+            }};
+        }
+        macro_rules! candle {
+            ($block:ty) => {
+                matmul_with::<$block>(w, rows, cols, xs, out, scratch, <$block>::vec_dot, None)
+            };
+        }
         match self.ty {
-            F32 => matmul_blocks::<f32>(w, self.rows, self.cols, xs, out, scratch),
-            F16 => matmul_blocks::<f16>(w, self.rows, self.cols, xs, out, scratch),
-            BF16 => matmul_blocks::<bf16>(w, self.rows, self.cols, xs, out, scratch),
-            Q4_0 => matmul_blocks::<kq::BlockQ4_0>(w, self.rows, self.cols, xs, out, scratch),
-            Q4_1 => matmul_with::<kq::BlockQ4_1>(
-                w,
-                self.rows,
-                self.cols,
-                xs,
-                out,
-                scratch,
-                q4_1_dot,
-                Some(q4_1_dot4),
-            ),
-            Q5_0 => matmul_with::<kq::BlockQ5_0>(
-                w,
-                self.rows,
-                self.cols,
-                xs,
-                out,
-                scratch,
-                q5_0_dot,
-                Some(q5_0_dot4),
-            ),
-            Q5_1 => matmul_blocks::<kq::BlockQ5_1>(w, self.rows, self.cols, xs, out, scratch),
-            Q8_0 => matmul_with::<kq::BlockQ8_0>(
-                w,
-                self.rows,
-                self.cols,
-                xs,
-                out,
-                scratch,
-                q8_0_dot,
-                Some(q8_0_dot4),
-            ),
-            Q2K => matmul_blocks::<kq::BlockQ2K>(w, self.rows, self.cols, xs, out, scratch),
-            Q3K => matmul_blocks::<kq::BlockQ3K>(w, self.rows, self.cols, xs, out, scratch),
-            Q4K => matmul_with::<kq::BlockQ4K>(
-                w,
-                self.rows,
-                self.cols,
-                xs,
-                out,
-                scratch,
-                q4_k_dot,
-                Some(q4_k_dot4),
-            ),
-            Q5K => matmul_blocks::<kq::BlockQ5K>(w, self.rows, self.cols, xs, out, scratch),
-            Q6K => matmul_with::<kq::BlockQ6K>(
-                w,
-                self.rows,
-                self.cols,
-                xs,
-                out,
-                scratch,
-                q6_k_dot,
-                Some(q6_k_dot4),
-            ),
+            F32 => candle!(f32),
+            F16 => candle!(f16),
+            BF16 => candle!(bf16),
+            Q4_0 => candle!(kq::BlockQ4_0),
+            Q4_1 => own!(kq::BlockQ4_1, dot_q4_1_q8_1, dot_q4_1_q8_1_x4),
+            Q5_0 => own!(kq::BlockQ5_0, dot_q5_0_q8_0, dot_q5_0_q8_0_x4),
+            Q5_1 => candle!(kq::BlockQ5_1),
+            Q8_0 => own!(kq::BlockQ8_0, dot_q8_0_q8_0, dot_q8_0_q8_0_x4),
+            Q2K => candle!(kq::BlockQ2K),
+            Q3K => candle!(kq::BlockQ3K),
+            Q4K => own!(kq::BlockQ4K, dot_q4_k_q8_k, dot_q4_k_q8_k_x4),
+            Q5K => candle!(kq::BlockQ5K),
+            Q6K => own!(kq::BlockQ6K, dot_q6_k_q8_k, dot_q6_k_q8_k_x4),
             Q8_1 | Q8K | I8 | I16 | I32 | I64 | F64 => unreachable!("rejected at load"),
         }
     }
@@ -460,57 +436,6 @@ pub const SERIAL_WORK: usize = 64 * 1024;
 type RowDot<T> = fn(usize, &[T], &[<T as Block>::VecDotType]) -> f32;
 /// One weight row against four quantized activation rows.
 type RowDot4<T> = fn(usize, &[T], [&[<T as Block>::VecDotType]; 4]) -> [f32; 4];
-
-fn matmul_blocks<T: Block>(
-    w: &[u8],
-    rows: usize,
-    cols: usize,
-    xs: &[f32],
-    out: &mut [f32],
-    scratch: &mut QuantScratch,
-) {
-    matmul_with::<T>(w, rows, cols, xs, out, scratch, T::vec_dot, None)
-}
-
-fn q4_1_dot(cols: usize, x: &[kq::BlockQ4_1], y: &[kq::BlockQ8_1]) -> f32 {
-    kernels::dot_q4_1_q8_1(as_bytes(x), as_bytes(y), cols / 32)
-}
-
-fn q4_1_dot4(cols: usize, x: &[kq::BlockQ4_1], ys: [&[kq::BlockQ8_1]; 4]) -> [f32; 4] {
-    kernels::dot_q4_1_q8_1_x4(as_bytes(x), ys.map(as_bytes), cols / 32)
-}
-
-fn q5_0_dot(cols: usize, x: &[kq::BlockQ5_0], y: &[kq::BlockQ8_0]) -> f32 {
-    kernels::dot_q5_0_q8_0(as_bytes(x), as_bytes(y), cols / 32)
-}
-
-fn q5_0_dot4(cols: usize, x: &[kq::BlockQ5_0], ys: [&[kq::BlockQ8_0]; 4]) -> [f32; 4] {
-    kernels::dot_q5_0_q8_0_x4(as_bytes(x), ys.map(as_bytes), cols / 32)
-}
-
-fn q8_0_dot(cols: usize, x: &[kq::BlockQ8_0], y: &[kq::BlockQ8_0]) -> f32 {
-    kernels::dot_q8_0_q8_0(as_bytes(x), as_bytes(y), cols / 32)
-}
-
-fn q8_0_dot4(cols: usize, x: &[kq::BlockQ8_0], ys: [&[kq::BlockQ8_0]; 4]) -> [f32; 4] {
-    kernels::dot_q8_0_q8_0_x4(as_bytes(x), ys.map(as_bytes), cols / 32)
-}
-
-fn q4_k_dot(cols: usize, x: &[kq::BlockQ4K], y: &[kq::BlockQ8K]) -> f32 {
-    kernels::dot_q4_k_q8_k(as_bytes(x), as_bytes(y), cols / 256)
-}
-
-fn q4_k_dot4(cols: usize, x: &[kq::BlockQ4K], ys: [&[kq::BlockQ8K]; 4]) -> [f32; 4] {
-    kernels::dot_q4_k_q8_k_x4(as_bytes(x), ys.map(as_bytes), cols / 256)
-}
-
-fn q6_k_dot(cols: usize, x: &[kq::BlockQ6K], y: &[kq::BlockQ8K]) -> f32 {
-    kernels::dot_q6_k_q8_k(as_bytes(x), as_bytes(y), cols / 256)
-}
-
-fn q6_k_dot4(cols: usize, x: &[kq::BlockQ6K], ys: [&[kq::BlockQ8K]; 4]) -> [f32; 4] {
-    kernels::dot_q6_k_q8_k_x4(as_bytes(x), ys.map(as_bytes), cols / 256)
-}
 
 fn as_bytes<T>(blocks: &[T]) -> &[u8] {
     // SAFETY: any initialized memory can be viewed as bytes.
@@ -608,5 +533,5 @@ fn tasks_per_split(work: usize) -> usize {
 }
 
 struct SharedOut(*mut f32);
-// SAFETY: tasks write disjoint cells; see `matmul_blocks`.
+// SAFETY: tasks write disjoint cells; see `matmul_with`.
 unsafe impl Sync for SharedOut {}
