@@ -71,8 +71,9 @@ impl Node {
         build_card(&self.name, &self.mesh, &self.engine)
     }
 
-    /// This node and every connected peer with a card, this node first.
-    pub fn members(&self) -> Vec<PeerView> {
+    /// This node and every connected peer with a card, this node first: one snapshot, taken
+    /// once per request (building this node's card reads /proc and the model index).
+    pub fn members(&self) -> Members {
         let mut all = vec![PeerView {
             peer_id: self.mesh.peer_id().to_string(),
             addr: self.mesh.listen_addrs().first().map(ToString::to_string),
@@ -81,14 +82,65 @@ impl Node {
             card: Some(self.card()),
         }];
         all.extend(self.mesh.peers().into_iter().filter(|p| p.card.is_some()));
-        all
+        Members(all)
+    }
+
+    /// Whether the node is shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Counts a reply in flight until the guard drops.
+    pub fn reply_started(self: &Arc<Self>) -> ReplyGuard {
+        self.replies.fetch_add(1, Ordering::SeqCst);
+        ReplyGuard(self.clone())
+    }
+
+    /// Gauges for `/metrics`.
+    pub fn gauges(&self) -> Gauges {
+        let load = self.engine.load();
+        let names = self.engine.cache().list().unwrap_or_default();
+        Gauges {
+            queue_depth: u64::from(load.queued),
+            active_jobs: u64::from(load.active),
+            peers: self.mesh.peers().len() as u64,
+            speeds: self
+                .engine
+                .speeds()
+                .into_iter()
+                .map(|(d, t)| {
+                    let name = names
+                        .iter()
+                        .find(|m| m.digest == d)
+                        .map_or(d, |m| m.name.clone());
+                    (name, t)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A snapshot of the household as this node sees it: itself and its peers with their cards.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct Members(pub Vec<PeerView>);
+
+impl Members {
+    fn cards(&self) -> impl Iterator<Item = &Card> {
+        self.0.iter().filter_map(|m| m.card.as_ref())
+    }
+
+    /// The member named `name`.
+    pub fn named(&self, name: &str) -> Option<&PeerView> {
+        self.0
+            .iter()
+            .find(|m| m.card.as_ref().is_some_and(|c| c.name == name))
     }
 
     /// Every model in the household, by digest.
     pub fn models(&self) -> Vec<MeshModel> {
         let mut out: Vec<MeshModel> = Vec::new();
-        for member in self.members() {
-            let Some(card) = member.card else { continue };
+        for card in self.cards() {
             for m in &card.models {
                 let entry = match out.iter_mut().position(|e| e.info.digest == m.digest) {
                     Some(i) => &mut out[i],
@@ -141,14 +193,14 @@ impl Node {
     /// Ranks the household's nodes for the model with `digest`.
     pub fn route(&self, digest: &str, pin: Option<&str>) -> Route {
         let candidates = self
-            .members()
-            .into_iter()
+            .0
+            .iter()
             .filter_map(|m| {
-                let card = m.card?;
+                let card = m.card.as_ref()?;
                 let model = card.model(digest);
                 Some(Candidate {
                     node: card.name.clone(),
-                    peer_id: (!m.this_node).then_some(m.peer_id),
+                    peer_id: (!m.this_node).then(|| m.peer_id.clone()),
                     loaded: card.loaded.iter().any(|d| d == digest),
                     cached: model.is_some(),
                     free_memory: card.free_memory(),
@@ -162,40 +214,6 @@ impl Node {
             })
             .collect();
         routing::rank(candidates, pin)
-    }
-
-    /// Whether the node is shutting down.
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
-    }
-
-    /// Counts a reply in flight until the guard drops.
-    pub fn reply_started(self: &Arc<Self>) -> ReplyGuard {
-        self.replies.fetch_add(1, Ordering::SeqCst);
-        ReplyGuard(self.clone())
-    }
-
-    /// Gauges for `/metrics`.
-    pub fn gauges(&self) -> Gauges {
-        let load = self.engine.load();
-        let names = self.engine.cache().list().unwrap_or_default();
-        Gauges {
-            queue_depth: u64::from(load.queued),
-            active_jobs: u64::from(load.active),
-            peers: self.mesh.peers().len() as u64,
-            speeds: self
-                .engine
-                .speeds()
-                .into_iter()
-                .map(|(d, t)| {
-                    let name = names
-                        .iter()
-                        .find(|m| m.digest == d)
-                        .map_or(d, |m| m.name.clone());
-                    (name, t)
-                })
-                .collect(),
-        }
     }
 }
 

@@ -45,17 +45,21 @@ fn cpu() -> Device {
             .unwrap_or(0)
             * 1024
     };
-    let name = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_owned())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_owned());
+    // The model name does not change while the node runs; free memory does.
+    static NAME: OnceLock<String> = OnceLock::new();
+    let name = NAME.get_or_init(|| {
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| {
+                c.lines()
+                    .find_map(|l| l.strip_prefix("model name"))
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_owned())
+            })
+            .unwrap_or_else(|| std::env::consts::ARCH.to_owned())
+    });
     Device {
         kind: DeviceKind::Cpu,
-        name,
+        name: name.clone(),
         total_memory: kib("MemTotal:"),
         free_memory: kib("MemAvailable:"),
         cores: std::thread::available_parallelism()

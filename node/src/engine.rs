@@ -4,7 +4,7 @@
 //! is dropped the job stops at the next token.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
@@ -61,7 +61,6 @@ pub struct Engine {
     /// (model digest, generator), least recently used first.
     idle: Mutex<Vec<(String, Generator)>>,
     draining: AtomicBool,
-    running: AtomicU64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -89,7 +88,6 @@ impl Engine {
             speeds: Mutex::new(HashMap::new()),
             idle: Mutex::new(Vec::new()),
             draining: AtomicBool::new(false),
-            running: AtomicU64::new(0),
         })
     }
 
@@ -144,8 +142,8 @@ impl Engine {
 
     /// Jobs queued or running; zero once a drain has finished.
     pub fn in_flight(&self) -> u64 {
-        let q = self.queue.lock().expect("queue lock");
-        q.0.len() as u64 + self.running.load(Ordering::SeqCst)
+        let load = self.load();
+        u64::from(load.queued + load.active)
     }
 
     /// Loads the model with `digest` now (and measures its speed), instead of at its first job.
@@ -200,7 +198,6 @@ impl Engine {
                 }
                 let Some((_, job)) = q.0.pop() else { return };
                 q.1 += 1;
-                self.running.fetch_add(1, Ordering::SeqCst);
                 job
             };
             let engine = self.clone();
@@ -209,13 +206,11 @@ impl Engine {
                 .spawn(move || {
                     engine.run(next);
                     engine.queue.lock().expect("queue lock").1 -= 1;
-                    engine.running.fetch_sub(1, Ordering::SeqCst);
                     engine.pump();
                 });
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "cannot start a job thread");
                 self.queue.lock().expect("queue lock").1 -= 1;
-                self.running.fetch_sub(1, Ordering::SeqCst);
                 return;
             }
         }

@@ -43,10 +43,11 @@ pub async fn route(
     let query = q
         .model
         .ok_or_else(|| ApiError::bad_param("model", "say which model: /api/route?model=NAME"))?;
-    let model = node
+    let members = node.members();
+    let model = members
         .find_model(&query)
         .map_err(|m| ApiError::new(StatusCode::NOT_FOUND, "model_not_found", m))?;
-    let route = node.route(&model.info.digest, q.node.as_deref());
+    let route = members.route(&model.info.digest, q.node.as_deref());
     Ok(Json(json!({
         "model": model,
         "ranked": route.ranked,
@@ -70,10 +71,7 @@ pub async fn revoke(
     let members = node.members();
     let mut ids = Vec::new();
     for p in &body.peers {
-        let by_name = members
-            .iter()
-            .find(|m| m.card.as_ref().is_some_and(|c| &c.name == p));
-        match (by_name, p.parse::<libp2p::PeerId>()) {
+        match (members.named(p), p.parse::<libp2p::PeerId>()) {
             (Some(m), _) => ids.push(m.peer_id.clone()),
             (None, Ok(id)) => ids.push(id.to_string()),
             (None, Err(_)) => {

@@ -257,10 +257,11 @@ async fn respond(
     }
     let params = job_params(sampling)?;
     let query = model.unwrap_or_else(|| DEFAULT_MODEL.to_owned());
-    let model = node.find_model(&query).map_err(|m| {
+    let members = node.members();
+    let model = members.find_model(&query).map_err(|m| {
         ApiError::new(StatusCode::NOT_FOUND, "model_not_found", m).with_param("model")
     })?;
-    let route = node.route(&model.info.digest, pin.as_deref());
+    let route = members.route(&model.info.digest, pin.as_deref());
     if route.ranked.is_empty() {
         let why: Vec<String> = route
             .rejected
@@ -268,11 +269,7 @@ async fn respond(
             .map(|r| format!("{} {}", r.node, r.reason))
             .collect();
         if let Some(pin) = &pin {
-            if !node
-                .members()
-                .iter()
-                .any(|m| m.card.as_ref().is_some_and(|c| &c.name == pin))
-            {
+            if members.named(pin).is_none() {
                 return Err(ApiError::bad_param(
                     "hearth.node",
                     format!("no node named {pin} is in the mesh"),
@@ -482,6 +479,7 @@ fn sse_stream(
 /// `GET /v1/models`: every model on any node of the household, with where it lives.
 pub async fn models(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let data: Vec<Value> = node
+        .members()
         .models()
         .into_iter()
         .map(|m| {
