@@ -39,62 +39,58 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{labels} {v}");
             }
         };
-        let c = |a: &AtomicU64| vec![(String::new(), a.load(Ordering::Relaxed) as f64)];
-        let g = |v: u64| vec![(String::new(), v as f64)];
-        metric(
-            "hearth_requests_total",
-            "counter",
-            "API requests received.",
-            &c(&self.requests),
-        );
-        metric(
-            "hearth_request_errors_total",
-            "counter",
-            "API requests answered with an error.",
-            &c(&self.request_errors),
-        );
-        metric(
-            "hearth_tokens_generated_total",
-            "counter",
-            "Tokens this node generated.",
-            &c(&self.tokens_generated),
-        );
-        metric(
-            "hearth_jobs_served_total",
-            "counter",
-            "Generation jobs this node ran, for itself or for peers.",
-            &c(&self.jobs_served),
-        );
-        metric(
-            "hearth_failovers_total",
-            "counter",
-            "Replies moved to another node after the serving one failed.",
-            &c(&self.failovers),
-        );
-        metric(
-            "hearth_refused_connections_total",
-            "counter",
-            "Connections refused: not of this household, or revoked.",
-            &c(&self.refused_connections),
-        );
-        metric(
-            "hearth_queue_depth",
-            "gauge",
-            "Jobs waiting for a slot.",
-            &g(gauges.queue_depth),
-        );
-        metric(
-            "hearth_active_jobs",
-            "gauge",
-            "Jobs running.",
-            &g(gauges.active_jobs),
-        );
-        metric(
-            "hearth_peers",
-            "gauge",
-            "Household peers connected.",
-            &g(gauges.peers),
-        );
+        let counter = |a: &AtomicU64| ("counter", a.load(Ordering::Relaxed));
+        let gauge = |v: u64| ("gauge", v);
+        let plain = [
+            (
+                "hearth_requests_total",
+                "API requests received.",
+                counter(&self.requests),
+            ),
+            (
+                "hearth_request_errors_total",
+                "API requests answered with an error.",
+                counter(&self.request_errors),
+            ),
+            (
+                "hearth_tokens_generated_total",
+                "Tokens this node generated.",
+                counter(&self.tokens_generated),
+            ),
+            (
+                "hearth_jobs_served_total",
+                "Generation jobs this node ran, for itself or for peers.",
+                counter(&self.jobs_served),
+            ),
+            (
+                "hearth_failovers_total",
+                "Replies moved to another node after the serving one failed.",
+                counter(&self.failovers),
+            ),
+            (
+                "hearth_refused_connections_total",
+                "Connections refused: not of this household, or revoked.",
+                counter(&self.refused_connections),
+            ),
+            (
+                "hearth_queue_depth",
+                "Jobs waiting for a slot.",
+                gauge(gauges.queue_depth),
+            ),
+            (
+                "hearth_active_jobs",
+                "Jobs running.",
+                gauge(gauges.active_jobs),
+            ),
+            (
+                "hearth_peers",
+                "Household peers connected.",
+                gauge(gauges.peers),
+            ),
+        ];
+        for (name, help, (kind, value)) in plain {
+            metric(name, kind, help, &[(String::new(), value as f64)]);
+        }
         let speeds: Vec<(String, f64)> = gauges
             .speeds
             .iter()
