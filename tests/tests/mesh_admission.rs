@@ -8,6 +8,12 @@ use hearth_tests::mesh::{http, wait_for, Household, NodeOptions, TestNode};
 use hearth_tests::{hearth, TestModel};
 use serde_json::json;
 
+/// Runs `hearth node` in `dir` with the API on `api`, for nodes expected to refuse to start.
+fn start_node_in(dir: &std::path::Path, api: &str) -> std::process::Output {
+    let loopback = ["--mdns", "false", "--listen", "/ip4/127.0.0.1/tcp/0"];
+    hearth(dir, &[&["node", "--api", api][..], &loopback].concat(), "")
+}
+
 #[test]
 fn a_node_of_another_household_gets_no_card_no_jobs_no_models() {
     let home = Household::new();
@@ -87,19 +93,7 @@ fn a_revoked_device_is_refused_by_every_node() {
 #[test]
 fn a_node_without_a_household_refuses_to_start_and_says_how_to_make_one() {
     let dir = tempfile::tempdir().unwrap();
-    let out = hearth(
-        dir.path(),
-        &[
-            "node",
-            "--mdns",
-            "false",
-            "--api",
-            "127.0.0.1:0",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-        ],
-        "",
-    );
+    let out = start_node_in(dir.path(), "127.0.0.1:0");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -120,19 +114,7 @@ fn the_api_needs_a_token_beyond_loopback() {
     assert!(hearth(dir.path(), &["household", "join", &home.code], "")
         .status
         .success());
-    let out = hearth(
-        dir.path(),
-        &[
-            "node",
-            "--mdns",
-            "false",
-            "--api",
-            "0.0.0.0:0",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-        ],
-        "",
-    );
+    let out = start_node_in(dir.path(), "0.0.0.0:0");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--api-token"));
 
