@@ -234,14 +234,16 @@ fn many_replies_at_once_over_one_connection_all_complete() {
                 let r = http().post(url).json(&body).send().unwrap();
                 let status = r.status().as_u16();
                 let v: Value = r.json().unwrap();
-                (status, v["usage"]["completion_tokens"].as_u64())
+                (status, v)
             })
         })
         .collect();
     for r in replies {
-        let (status, tokens) = r.join().unwrap();
-        assert_eq!(status, 200);
-        assert!(tokens.is_some_and(|t| t >= 1));
+        let (status, v) = r.join().unwrap();
+        assert_eq!(status, 200, "{v}\nentry:\n{}", entry.log());
+        assert!(v["usage"]["completion_tokens"]
+            .as_u64()
+            .is_some_and(|t| t >= 1));
     }
     assert_eq!(holder.metric("hearth_jobs_served_total"), 12.0);
 }

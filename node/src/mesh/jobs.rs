@@ -73,15 +73,18 @@ pub(super) async fn serve(mut incoming: IncomingStreams, engine: Arc<Engine>) {
     }
 }
 
-/// Sends `request` to `peer` and relays its events; the channel closes without a final event if
-/// the peer or the connection fails, and dropping the receiver ends the job on the peer.
-pub(super) fn open(
-    mut control: libp2p_stream::Control,
+/// Attempts at starting a job on a peer.
+const ATTEMPTS: u32 = 5;
+
+/// Opens a job stream and sends `request`, until the peer answers with its first event. A stream
+/// that closes before any answer never reached the job server (libp2p-stream drops inbound
+/// streams that arrive while the server's accept channel is full), so trying again is safe.
+async fn start(
+    control: &mut libp2p_stream::Control,
     peer: PeerId,
-    request: JobRequest,
-) -> mpsc::Receiver<JobEvent> {
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
+    request: &JobRequest,
+) -> Option<(libp2p::Stream, JobEvent)> {
+    for attempt in 1..=ATTEMPTS {
         let opened = tokio::time::timeout(
             TIMEOUT,
             control.open_stream(peer, StreamProtocol::new(JOB_PROTOCOL)),
@@ -91,10 +94,35 @@ pub(super) fn open(
             Ok(Ok(s)) => s,
             other => {
                 tracing::warn!(%peer, error = ?other.map(|r| r.map(|_| ()).map_err(|e| e.to_string())), "cannot open a job stream");
-                return;
+                return None;
             }
         };
-        if write_frame(&mut stream, &request).await.is_err() {
+        if write_frame(&mut stream, request).await.is_ok() {
+            if let Ok(Some(first)) = read_frame::<_, JobEvent>(&mut stream).await {
+                return Some((stream, first));
+            }
+        }
+        tracing::debug!(%peer, attempt, "job stream closed before an answer; opening another");
+        tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+    }
+    tracing::warn!(%peer, "peer closed {ATTEMPTS} job streams before answering");
+    None
+}
+
+/// Sends `request` to `peer` and relays its events; the channel closes without a final event if
+/// the peer or the connection fails, and dropping the receiver ends the job on the peer.
+pub(super) fn open(
+    mut control: libp2p_stream::Control,
+    peer: PeerId,
+    request: JobRequest,
+) -> mpsc::Receiver<JobEvent> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let Some((mut stream, first)) = start(&mut control, peer, &request).await else {
+            return;
+        };
+        let last = matches!(first, JobEvent::Busy { .. } | JobEvent::Failed { .. });
+        if tx.send(first).await.is_err() || last {
             return;
         }
         loop {
