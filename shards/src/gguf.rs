@@ -81,6 +81,20 @@ pub enum Storage {
     Owned(Vec<u8>),
 }
 
+impl Storage {
+    /// Tells the OS that bytes `offset..offset + len` will not be read soon: their file pages may
+    /// leave this process's memory (a later read brings them back).
+    pub fn release(&self, offset: usize, len: usize) {
+        if let Storage::Mapped(m) = self {
+            // SAFETY: the map is read-only and file-backed, so dropped pages read back unchanged.
+            // Failure only means the pages stay resident.
+            let _ = unsafe {
+                m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+            };
+        }
+    }
+}
+
 impl std::ops::Deref for Storage {
     type Target = [u8];
     fn deref(&self) -> &[u8] {

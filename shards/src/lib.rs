@@ -12,6 +12,7 @@ pub mod kernels;
 pub mod kv_cache;
 pub mod model;
 pub mod ops;
+pub mod packed;
 pub mod quant;
 pub mod sampling;
 pub mod spec;

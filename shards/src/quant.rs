@@ -9,6 +9,7 @@ use std::sync::Arc;
 use candle_core::quantized::k_quants::{self as kq, GgmlType as Block};
 use candle_core::quantized::GgmlDType;
 
+use crate::packed::{self, Layout, GROUP, MAX_ROWS};
 use crate::{activation, kernels};
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -154,6 +155,8 @@ pub struct QMatrix {
     bytes: Arc<Storage>,
     offset: usize,
     len: usize,
+    /// The weight repacked eight rows at a time (see `packed`), once [`QMatrix::pack`] has run.
+    packed: Option<(Layout, Arc<Vec<u8>>)>,
 }
 
 impl fmt::Debug for QMatrix {
@@ -172,6 +175,9 @@ pub struct QuantScratch {
     words: Vec<u64>,
     /// The block type of the activations now in `words`, while [`matmul_shared`] may reuse them.
     holds: Option<GgmlDType>,
+    /// Integer sums of the Q8_0 activation blocks in `words`, when a packed Q5_0 weight wanted them.
+    sums: Vec<i32>,
+    has_sums: bool,
 }
 
 impl QuantScratch {
@@ -182,6 +188,30 @@ impl QuantScratch {
         }
         // SAFETY: u64 storage reinterpreted as bytes; any bit pattern is a valid u8.
         unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), len) }
+    }
+
+    /// Quantizes the `cols`-wide rows of `xs` into `row_bytes` bytes each of `dtype` blocks with
+    /// `quantize`, unless the activations already there are of that type (see
+    /// [`matmul_shared`]).
+    fn quantize(
+        &mut self,
+        dtype: GgmlDType,
+        row_bytes: usize,
+        xs: &[f32],
+        cols: usize,
+        quantize: impl Fn(&[f32], &mut [u8]) + Sync,
+    ) {
+        let reuse = self.holds == Some(dtype);
+        self.holds = Some(dtype);
+        if !reuse {
+            self.has_sums = false;
+        }
+        let q = self.bytes(xs.len() / cols * row_bytes);
+        if !reuse {
+            q.par_chunks_mut(row_bytes)
+                .zip(xs.par_chunks(cols))
+                .for_each(|(qt, xt)| quantize(xt, qt));
+        }
     }
 }
 
@@ -239,6 +269,7 @@ impl QMatrix {
             bytes: gguf.bytes.clone(),
             offset: info.offset,
             len: info.len,
+            packed: None,
         })
     }
 
@@ -280,6 +311,7 @@ impl QMatrix {
             bytes: Arc::new(Storage::Owned(bytes)),
             offset: 0,
             len,
+            packed: None,
         })
     }
 
@@ -302,6 +334,34 @@ impl QMatrix {
         &self.bytes[self.offset..self.offset + self.len]
     }
 
+    /// Repacks the weight eight rows at a time for the kernels in `packed` when its type has them
+    /// and its rows come in eights, and lets the OS drop the file pages it no longer reads (the
+    /// unpacked bytes stay readable for [`QMatrix::row_to_f32`]). Products are then computed from
+    /// the packed copy; weights of other types are returned as they are.
+    pub fn pack(mut self) -> Self {
+        if let Some(layout) = Layout::of(self.ty) {
+            if self.rows.is_multiple_of(GROUP) && self.packed.is_none() {
+                // A few MiB at a time, each released once packed: the file pages and the packed
+                // copy of a large matrix (Gemma 3's 178 MB output head) are never both resident.
+                let chunk =
+                    (4 << 20) / (GROUP * self.len / self.rows) * GROUP * self.len / self.rows;
+                let chunk = chunk.max(GROUP * self.len / self.rows);
+                let mut bytes = vec![0u8; self.len];
+                for (i, out) in bytes.chunks_mut(chunk).enumerate() {
+                    packed::pack(layout, &self.raw()[i * chunk..], self.cols / 32, out);
+                    self.bytes.release(self.offset + i * chunk, out.len());
+                }
+                self.packed = Some((layout, Arc::new(bytes)));
+            }
+        }
+        self
+    }
+
+    /// Whether products use the packed copy (see [`QMatrix::pack`]).
+    pub fn is_packed(&self) -> bool {
+        self.packed.is_some()
+    }
+
     /// `out[t][r] = sum_c W[r][c] * xs[t][c]` for `n = xs.len() / cols` activation rows.
     pub fn matmul(&self, xs: &[f32], out: &mut [f32], scratch: &mut QuantScratch) {
         scratch.holds = None;
@@ -315,6 +375,9 @@ impl QMatrix {
         let n = xs.len() / self.cols;
         debug_assert_eq!(xs.len(), n * self.cols);
         debug_assert_eq!(out.len(), n * self.rows);
+        if let Some((layout, packed)) = &self.packed {
+            return matmul_packed(*layout, packed, self.rows, self.cols, xs, out, scratch);
+        }
         let w = self.raw();
         let (rows, cols) = (self.rows, self.cols);
         // Types at hand run on hearth's kernels (one and four activation rows over raw block
@@ -460,21 +523,19 @@ fn matmul_with<T: Block>(
     let dot_block = std::mem::size_of::<T::VecDotType>();
     let dot_per_row = cols / T::VecDotType::BLCK_SIZE;
     let row_bytes = dot_per_row * dot_block;
-    let reuse = scratch.holds == Some(T::VecDotType::DTYPE);
-    scratch.holds = Some(T::VecDotType::DTYPE);
-    let qbytes = scratch.bytes(n * row_bytes);
-    if !reuse {
-        qbytes
-            .par_chunks_mut(row_bytes)
-            .zip(xs.par_chunks(cols))
-            .for_each(|(qt, xt)| match T::VecDotType::DTYPE {
-                GgmlDType::Q8_0 => activation::quantize_q8_0(xt, qt),
-                GgmlDType::Q8_1 => activation::quantize_q8_1(xt, qt),
-                GgmlDType::Q8K => activation::quantize_q8_k(xt, qt),
-                _ => T::VecDotType::from_float(xt, as_blocks_mut::<T::VecDotType>(qt)),
-            });
-    }
-    let q: &[T::VecDotType] = as_blocks::<T::VecDotType>(qbytes);
+    scratch.quantize(
+        T::VecDotType::DTYPE,
+        row_bytes,
+        xs,
+        cols,
+        |xt, qt| match T::VecDotType::DTYPE {
+            GgmlDType::Q8_0 => activation::quantize_q8_0(xt, qt),
+            GgmlDType::Q8_1 => activation::quantize_q8_1(xt, qt),
+            GgmlDType::Q8K => activation::quantize_q8_k(xt, qt),
+            _ => T::VecDotType::from_float(xt, as_blocks_mut::<T::VecDotType>(qt)),
+        },
+    );
+    let q: &[T::VecDotType] = as_blocks::<T::VecDotType>(scratch.bytes(n * row_bytes));
     let w = as_blocks::<T>(w);
     if n == 1 {
         out.par_chunks_mut(ROWS_PER_TASK)
@@ -518,6 +579,81 @@ fn matmul_with<T: Block>(
             for t in t..n {
                 for r in band_rows.clone() {
                     put(t, r, dot(cols, wrow(r), qrow(t)));
+                }
+            }
+        });
+}
+
+/// [`QMatrix::matmul`] on a packed weight: each task takes a band of row groups and runs every
+/// activation row against it, up to four at a time, so the band and those rows stay in cache.
+fn matmul_packed(
+    layout: Layout,
+    packed: &[u8],
+    rows: usize,
+    cols: usize,
+    xs: &[f32],
+    out: &mut [f32],
+    scratch: &mut QuantScratch,
+) {
+    let n = xs.len() / cols;
+    let blocks = cols / 32;
+    let row_bytes = blocks * layout.activation_bytes();
+    match layout {
+        Layout::Q4_1 => scratch.quantize(GgmlDType::Q8_1, row_bytes, xs, cols, |x, q| {
+            activation::quantize_q8_1(x, q)
+        }),
+        Layout::Q5_0 | Layout::Q8_0 => {
+            scratch.quantize(GgmlDType::Q8_0, row_bytes, xs, cols, |x, q| {
+                activation::quantize_q8_0(x, q)
+            })
+        }
+    }
+    let QuantScratch {
+        words,
+        sums,
+        has_sums,
+        ..
+    } = scratch;
+    // SAFETY: u64 storage viewed as bytes; `quantize` sized it to at least this length.
+    let q = unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), n * row_bytes) };
+    if layout.needs_sums() && !*has_sums {
+        sums.resize(n * blocks, 0);
+        packed::block_sums(q, sums);
+        *has_sums = true;
+    }
+    let sums: &[i32] = sums;
+    let group_bytes = GROUP * blocks * layout.block_bytes();
+    let groups = rows / GROUP;
+    let per_task = ROWS_PER_TASK / GROUP;
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    (0..groups.div_ceil(per_task))
+        .into_par_iter()
+        .with_min_len(tasks_per_split(rows * cols * n))
+        .for_each(|band| {
+            let out_ptr = &out_ptr;
+            let band_groups = band * per_task..((band + 1) * per_task).min(groups);
+            let mut cells = [[0.0f32; GROUP]; MAX_ROWS];
+            for t0 in (0..n).step_by(MAX_ROWS) {
+                let tn = (n - t0).min(MAX_ROWS);
+                let ys: [&[u8]; MAX_ROWS] = std::array::from_fn(|i| {
+                    let t = (t0 + i).min(n - 1);
+                    &q[t * row_bytes..(t + 1) * row_bytes]
+                });
+                let ss: [&[i32]; MAX_ROWS] = std::array::from_fn(|i| {
+                    let t = (t0 + i).min(n - 1);
+                    sums.get(t * blocks..(t + 1) * blocks).unwrap_or(&[])
+                });
+                for g in band_groups.clone() {
+                    let w = &packed[g * group_bytes..(g + 1) * group_bytes];
+                    packed::group_dot(layout, w, &ys[..tn], &ss[..tn], blocks, &mut cells[..tn]);
+                    for (t, cell) in cells[..tn].iter().enumerate() {
+                        // SAFETY: rows g*8..g*8+8 of every activation row belong to this task
+                        // alone, and `out` outlives the parallel loop.
+                        unsafe {
+                            let at = out_ptr.0.add((t0 + t) * rows + g * GROUP);
+                            std::ptr::copy_nonoverlapping(cell.as_ptr(), at, GROUP);
+                        }
+                    }
                 }
             }
         });

@@ -121,6 +121,11 @@ impl Stage {
             });
         }
         let s = &spec;
+        // Matrices that only multiply are repacked for the eight-row kernels; the embedding is
+        // read a row at a time and stays as the file has it.
+        let weight = |name: &str, cols: usize, rows: usize| {
+            QMatrix::load_exact(gguf, name, cols, rows).map(QMatrix::pack)
+        };
         let first = range.start == 0;
         let last = range.end == n_layers;
         let embedding = if first {
@@ -142,17 +147,17 @@ impl Stage {
                 };
                 Ok(Layer {
                     attn_norm: load_vector(gguf, &t("attn_norm"), s.dim)?,
-                    wq: QMatrix::load_exact(gguf, &t("attn_q"), s.dim, s.q_dim())?,
-                    wk: QMatrix::load_exact(gguf, &t("attn_k"), s.dim, s.kv_dim())?,
-                    wv: QMatrix::load_exact(gguf, &t("attn_v"), s.dim, s.kv_dim())?,
-                    wo: QMatrix::load_exact(gguf, &t("attn_output"), s.q_dim(), s.dim)?,
+                    wq: weight(&t("attn_q"), s.dim, s.q_dim())?,
+                    wk: weight(&t("attn_k"), s.dim, s.kv_dim())?,
+                    wv: weight(&t("attn_v"), s.dim, s.kv_dim())?,
+                    wo: weight(&t("attn_output"), s.q_dim(), s.dim)?,
                     q_norm: optional("attn_q_norm", s.head_dim, s.qk_norm)?,
                     k_norm: optional("attn_k_norm", s.head_dim, s.qk_norm)?,
                     post_attn_norm: optional("post_attention_norm", s.dim, s.post_norms)?,
                     ffn_norm: load_vector(gguf, &t("ffn_norm"), s.dim)?,
-                    gate: QMatrix::load_exact(gguf, &t("ffn_gate"), s.dim, s.ffn_dim)?,
-                    up: QMatrix::load_exact(gguf, &t("ffn_up"), s.dim, s.ffn_dim)?,
-                    down: QMatrix::load_exact(gguf, &t("ffn_down"), s.ffn_dim, s.dim)?,
+                    gate: weight(&t("ffn_gate"), s.dim, s.ffn_dim)?,
+                    up: weight(&t("ffn_up"), s.dim, s.ffn_dim)?,
+                    down: weight(&t("ffn_down"), s.ffn_dim, s.dim)?,
                     post_ffn_norm: optional("post_ffw_norm", s.dim, s.post_norms)?,
                 })
             })
@@ -166,7 +171,7 @@ impl Stage {
             };
             Some(Head {
                 norm: load_vector(gguf, "output_norm.weight", s.dim)?,
-                output: QMatrix::load_exact(gguf, name, s.dim, s.vocab)?,
+                output: weight(name, s.dim, s.vocab)?,
             })
         } else {
             None

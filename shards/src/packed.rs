@@ -1,0 +1,576 @@
+//! Weights repacked eight output rows at a time, and the kernels that multiply them.
+//!
+//! In GGUF a row's blocks are contiguous, so a dot-product kernel meets one row at a time and
+//! pays, per 32-weight block and per activation row, for turning the block's integer sum into
+//! floats (convert, scale, accumulate) — more than the integer multiply-adds themselves. Here
+//! block `b` of eight consecutive rows is stored together: the eight scales, then the quants
+//! interleaved four bytes per row, so one 256-bit register holds four consecutive weights of each
+//! of the eight rows. Broadcasting four activation bytes against it gives the eight rows' partial
+//! sums in eight lanes; a block's integer sums are finished in integer arithmetic and meet their
+//! scales once per eight rows. Up to four activation rows (a batched decoding step, a prompt) share
+//! each unpacked weight register.
+//!
+//! Every path — one activation row or four, AVX2 or portable — computes each output with the same
+//! operations in the same order (exact integer block sums, then `fma(sum, d_w × d_y, acc)` per
+//! block), so a session's logits do not depend on what it was batched with, and the portable code
+//! is bit-identical to the SIMD code.
+//!
+//! Layouts (per group of eight rows and block index, `r` = row in the group):
+//! - Q4_1 (160 bytes): 8 × f16 d, 8 × f16 m, then 4 registers; register `g`, lane `r` = the row's
+//!   nibble bytes `4g..4g + 4` (low nibbles: values `4g..`, high nibbles: values `16 + 4g..`).
+//! - Q5_0 (176 bytes): 8 × f16 d, 8 × u32 fifth bits rearranged (byte `i`, bit `j` holds value
+//!   `4j + i` for `j < 4`, `16 + 4(j - 4) + i` otherwise, so one shift and mask moves the right
+//!   bit under each nibble), then 4 nibble registers as for Q4_1.
+//! - Q8_0 (272 bytes): 8 × f16 d, then 8 registers; register `g`, lane `r` = the row's quants
+//!   `4g..4g + 4`.
+
+use half::f16;
+
+use crate::quant::GgmlType;
+
+/// Rows repacked together.
+pub const GROUP: usize = 8;
+/// Activation rows one kernel call takes at most.
+pub const MAX_ROWS: usize = 4;
+
+/// The packed layouts: the block types of the models at hand whose rows use 32-weight blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    Q4_1,
+    Q5_0,
+    Q8_0,
+}
+
+impl Layout {
+    /// The packed layout for a GGUF block type, if there is one.
+    pub fn of(ty: GgmlType) -> Option<Self> {
+        match ty {
+            GgmlType::Q4_1 => Some(Layout::Q4_1),
+            GgmlType::Q5_0 => Some(Layout::Q5_0),
+            GgmlType::Q8_0 => Some(Layout::Q8_0),
+            _ => None,
+        }
+    }
+
+    /// Bytes of one GGUF block (32 weights of one row).
+    pub const fn block_bytes(self) -> usize {
+        match self {
+            Layout::Q4_1 => 20,
+            Layout::Q5_0 => 22,
+            Layout::Q8_0 => 34,
+        }
+    }
+
+    /// Bytes of one activation block: Q8_1 for Q4_1 weights, Q8_0 otherwise.
+    pub const fn activation_bytes(self) -> usize {
+        match self {
+            Layout::Q4_1 => 36,
+            Layout::Q5_0 | Layout::Q8_0 => 34,
+        }
+    }
+
+    /// Whether the kernel wants each activation block's integer sum (Q5_0's −16 offset).
+    pub const fn needs_sums(self) -> bool {
+        matches!(self, Layout::Q5_0)
+    }
+}
+
+/// Repacks GGUF rows of `blocks` blocks each into `out` (as many rows as `out` holds, a multiple
+/// of [`GROUP`]).
+pub fn pack(layout: Layout, raw: &[u8], blocks: usize, out: &mut [u8]) {
+    let bb = layout.block_bytes();
+    let rows = out.len() / (blocks * bb);
+    assert!(rows.is_multiple_of(GROUP) && out.len() == rows * blocks * bb);
+    assert!(raw.len() >= out.len());
+    for (gi, group) in out.chunks_exact_mut(GROUP * blocks * bb).enumerate() {
+        for (b, dst) in group.chunks_exact_mut(GROUP * bb).enumerate() {
+            for r in 0..GROUP {
+                let src = &raw[((gi * GROUP + r) * blocks + b) * bb..][..bb];
+                dst[2 * r..2 * r + 2].copy_from_slice(&src[..2]);
+                let (quants, words) = match layout {
+                    Layout::Q4_1 => {
+                        dst[16 + 2 * r..18 + 2 * r].copy_from_slice(&src[2..4]);
+                        (&src[4..], 32)
+                    }
+                    Layout::Q5_0 => {
+                        let qh = u32::from_le_bytes(src[2..6].try_into().expect("4 bytes"));
+                        dst[16 + 4 * r..20 + 4 * r].copy_from_slice(&fifth_bits(qh).to_le_bytes());
+                        (&src[6..], 48)
+                    }
+                    Layout::Q8_0 => (&src[2..], 16),
+                };
+                for (g, four) in quants.chunks_exact(4).enumerate() {
+                    let at = words + 32 * g + 4 * r;
+                    dst[at..at + 4].copy_from_slice(four);
+                }
+            }
+        }
+    }
+}
+
+/// Q5_0's fifth bits (bit `k` for value `k`) rearranged as the module doc describes.
+fn fifth_bits(qh: u32) -> u32 {
+    let mut out = 0;
+    for i in 0..4 {
+        for j in 0..8 {
+            let value = if j < 4 {
+                4 * j + i
+            } else {
+                16 + 4 * (j - 4) + i
+            };
+            out |= ((qh >> value) & 1) << (8 * i + j);
+        }
+    }
+    out
+}
+
+/// Integer sum of each Q8_0 activation block's quants, for [`Layout::needs_sums`].
+pub fn block_sums(q8_0: &[u8], out: &mut [i32]) {
+    for (block, s) in q8_0.chunks_exact(34).zip(out) {
+        *s = block[2..].iter().map(|&q| i32::from(q as i8)).sum();
+    }
+}
+
+/// The eight rows of one packed group (`blocks` blocks) against up to [`MAX_ROWS`] quantized
+/// activation rows: `out[t][r]` = row `r` · activation row `t`. `sums[t]` holds activation row
+/// `t`'s block sums where the layout needs them (else it may be empty).
+pub fn group_dot(
+    layout: Layout,
+    w: &[u8],
+    ys: &[&[u8]],
+    sums: &[&[i32]],
+    blocks: usize,
+    out: &mut [[f32; GROUP]],
+) {
+    assert!(!ys.is_empty() && ys.len() <= MAX_ROWS && out.len() >= ys.len());
+    assert!(w.len() >= blocks * GROUP * layout.block_bytes());
+    assert!(ys
+        .iter()
+        .all(|y| y.len() >= blocks * layout.activation_bytes()));
+    assert!(
+        !layout.needs_sums() || (sums.len() >= ys.len() && sums.iter().all(|s| s.len() >= blocks))
+    );
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::has_avx2() {
+        macro_rules! rows {
+            ($t:literal) => {{
+                let ys: [&[u8]; $t] = ys.try_into().expect("length matched");
+                let out: &mut [[f32; GROUP]; $t] =
+                    (&mut out[..$t]).try_into().expect("length matched");
+                // SAFETY: AVX2, FMA and F16C are present; the lengths are asserted above.
+                unsafe {
+                    match layout {
+                        Layout::Q4_1 => avx2::q4_1::<$t>(w, ys, blocks, out),
+                        Layout::Q5_0 => {
+                            let sums: [&[i32]; $t] = sums[..$t].try_into().expect("length matched");
+                            avx2::q5_0::<$t>(w, ys, sums, blocks, out)
+                        }
+                        Layout::Q8_0 => avx2::q8_0::<$t>(w, ys, blocks, out),
+                    }
+                }
+            }};
+        }
+        match ys.len() {
+            1 => rows!(1),
+            2 => rows!(2),
+            3 => rows!(3),
+            _ => rows!(4),
+        }
+        return;
+    }
+    group_dot_portable(layout, w, ys, sums, blocks, out);
+}
+
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// Portable [`group_dot`]: the same arithmetic in the same order, one value at a time.
+pub fn group_dot_portable(
+    layout: Layout,
+    w: &[u8],
+    ys: &[&[u8]],
+    sums: &[&[i32]],
+    blocks: usize,
+    out: &mut [[f32; GROUP]],
+) {
+    let (gb, ab) = (GROUP * layout.block_bytes(), layout.activation_bytes());
+    for (t, (y, o)) in ys.iter().zip(out.iter_mut()).enumerate() {
+        let mut acc = [0.0f32; GROUP];
+        let mut macc = [0.0f32; GROUP];
+        for b in 0..blocks {
+            let (wb, yb) = (&w[b * gb..(b + 1) * gb], &y[b * ab..(b + 1) * ab]);
+            let dy = f16_at(yb, 0);
+            for r in 0..GROUP {
+                let lane = |g: usize, base: usize| &wb[base + 32 * g + 4 * r..][..4];
+                let isum: i32 = match layout {
+                    Layout::Q4_1 => (0..4)
+                        .flat_map(|g| (0..4).map(move |i| (g, i)))
+                        .map(|(g, i)| {
+                            let q = lane(g, 32)[i];
+                            i32::from(q & 0x0F) * i32::from(yb[4 + 4 * g + i] as i8)
+                                + i32::from(q >> 4) * i32::from(yb[20 + 4 * g + i] as i8)
+                        })
+                        .sum(),
+                    Layout::Q5_0 => {
+                        let qh = u32::from_le_bytes(wb[16 + 4 * r..20 + 4 * r].try_into().unwrap());
+                        let unsigned: i32 = (0..4)
+                            .flat_map(|g| (0..4).map(move |i| (g, i)))
+                            .map(|(g, i)| {
+                                let q = lane(g, 48)[i];
+                                let lo = (q & 0x0F) | ((((qh >> (8 * i + g)) & 1) as u8) << 4);
+                                let hi = (q >> 4) | ((((qh >> (8 * i + 4 + g)) & 1) as u8) << 4);
+                                i32::from(lo) * i32::from(yb[2 + 4 * g + i] as i8)
+                                    + i32::from(hi) * i32::from(yb[18 + 4 * g + i] as i8)
+                            })
+                            .sum();
+                        unsigned - 16 * sums[t][b]
+                    }
+                    Layout::Q8_0 => (0..8)
+                        .flat_map(|g| (0..4).map(move |i| (g, i)))
+                        .map(|(g, i)| {
+                            i32::from(lane(g, 16)[i] as i8) * i32::from(yb[2 + 4 * g + i] as i8)
+                        })
+                        .sum(),
+                };
+                acc[r] = (isum as f32).mul_add(f16_at(wb, 2 * r) * dy, acc[r]);
+                if layout == Layout::Q4_1 {
+                    macc[r] = f16_at(wb, 16 + 2 * r).mul_add(f16_at(yb, 2), macc[r]);
+                }
+            }
+        }
+        for r in 0..GROUP {
+            o[r] = acc[r] + macc[r];
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::GROUP;
+
+    /// Eight f16 at `p` as eight floats.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn f16x8(p: *const u8) -> __m256 {
+        // SAFETY: the caller passes a pointer to 16 readable bytes.
+        _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p.cast()) })
+    }
+
+    /// The f16 at `p` in all eight lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn f16_all(p: *const u8) -> __m256 {
+        // SAFETY: the caller passes a pointer to 2 readable bytes.
+        _mm256_cvtph_ps(_mm_set1_epi16(unsafe { p.cast::<i16>().read_unaligned() }))
+    }
+
+    /// The four bytes at `p` repeated in every 32-bit lane.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn four_all(p: *const u8) -> __m256i {
+        // SAFETY: the caller passes a pointer to 4 readable bytes.
+        _mm256_set1_epi32(unsafe { p.cast::<i32>().read_unaligned() })
+    }
+
+    /// # Safety
+    /// Needs AVX2, FMA and F16C; `w` holds `blocks` packed Q4_1 blocks and each `ys[t]` `blocks`
+    /// Q8_1 blocks.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q4_1<const T: usize>(
+        w: &[u8],
+        ys: [&[u8]; T],
+        blocks: usize,
+        out: &mut [[f32; GROUP]; T],
+    ) {
+        assert!(w.len() >= blocks * 160 && ys.iter().all(|y| y.len() >= blocks * 36));
+        let low = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); T];
+        let mut macc = [_mm256_setzero_ps(); T];
+        for b in 0..blocks {
+            // SAFETY: block `b` is in bounds of `w` and of every `ys[t]` (asserted above).
+            unsafe {
+                let wp = w.as_ptr().add(b * 160);
+                // Per lane: 8 products of at most 15 × 127 per pair sum: fits i16.
+                let mut s = [_mm256_setzero_si256(); T];
+                for g in 0..4 {
+                    let p = _mm256_loadu_si256(wp.add(32 + 32 * g).cast());
+                    let lo = _mm256_and_si256(p, low);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), low);
+                    for t in 0..T {
+                        let yp = ys[t].as_ptr().add(b * 36 + 4 + 4 * g);
+                        let a = _mm256_maddubs_epi16(lo, four_all(yp));
+                        let c = _mm256_maddubs_epi16(hi, four_all(yp.add(16)));
+                        s[t] = _mm256_add_epi16(s[t], _mm256_add_epi16(a, c));
+                    }
+                }
+                let (d, m) = (f16x8(wp), f16x8(wp.add(16)));
+                for t in 0..T {
+                    let yp = ys[t].as_ptr().add(b * 36);
+                    let isum = _mm256_cvtepi32_ps(_mm256_madd_epi16(s[t], ones));
+                    acc[t] = _mm256_fmadd_ps(isum, _mm256_mul_ps(d, f16_all(yp)), acc[t]);
+                    macc[t] = _mm256_fmadd_ps(m, f16_all(yp.add(2)), macc[t]);
+                }
+            }
+        }
+        for t in 0..T {
+            // SAFETY: `out[t]` holds eight floats.
+            unsafe { _mm256_storeu_ps(out[t].as_mut_ptr(), _mm256_add_ps(acc[t], macc[t])) };
+        }
+    }
+
+    /// # Safety
+    /// Needs AVX2, FMA and F16C; `w` holds `blocks` packed Q5_0 blocks, each `ys[t]` `blocks`
+    /// Q8_0 blocks and each `sums[t]` their `blocks` sums.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q5_0<const T: usize>(
+        w: &[u8],
+        ys: [&[u8]; T],
+        sums: [&[i32]; T],
+        blocks: usize,
+        out: &mut [[f32; GROUP]; T],
+    ) {
+        assert!(w.len() >= blocks * 176 && ys.iter().all(|y| y.len() >= blocks * 34));
+        assert!(sums.iter().all(|s| s.len() >= blocks));
+        let low = _mm256_set1_epi8(0x0F);
+        let bit = _mm256_set1_epi8(0x10);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); T];
+        for b in 0..blocks {
+            // SAFETY: block `b` is in bounds of `w`, of every `ys[t]` and `sums[t]` (asserted).
+            unsafe {
+                let wp = w.as_ptr().add(b * 176);
+                let qh = _mm256_loadu_si256(wp.add(16).cast());
+                // Values 0..=31 (the −16 comes off through the block sum): pair sums up to
+                // 2 × 31 × 127, so an i16 lane takes two registers' worth before widening.
+                let mut s = [[_mm256_setzero_si256(); 2]; T];
+                for g in 0..4 {
+                    let p = _mm256_loadu_si256(wp.add(48 + 32 * g).cast());
+                    let hlo = _mm256_sllv_epi32(qh, _mm256_set1_epi32(4 - g as i32));
+                    let hhi = _mm256_srlv_epi32(qh, _mm256_set1_epi32(g as i32));
+                    let lo = _mm256_or_si256(_mm256_and_si256(p, low), _mm256_and_si256(hlo, bit));
+                    let hi = _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(p, 4), low),
+                        _mm256_and_si256(hhi, bit),
+                    );
+                    for t in 0..T {
+                        let yp = ys[t].as_ptr().add(b * 34 + 2 + 4 * g);
+                        let a = _mm256_maddubs_epi16(lo, four_all(yp));
+                        let c = _mm256_maddubs_epi16(hi, four_all(yp.add(16)));
+                        s[t][g / 2] = _mm256_add_epi16(s[t][g / 2], _mm256_add_epi16(a, c));
+                    }
+                }
+                let d = f16x8(wp);
+                for t in 0..T {
+                    let yp = ys[t].as_ptr().add(b * 34);
+                    let isum = _mm256_add_epi32(
+                        _mm256_madd_epi16(s[t][0], ones),
+                        _mm256_madd_epi16(s[t][1], ones),
+                    );
+                    let offset = _mm256_set1_epi32(16 * *sums[t].get_unchecked(b));
+                    let isum = _mm256_cvtepi32_ps(_mm256_sub_epi32(isum, offset));
+                    acc[t] = _mm256_fmadd_ps(isum, _mm256_mul_ps(d, f16_all(yp)), acc[t]);
+                }
+            }
+        }
+        for t in 0..T {
+            // SAFETY: `out[t]` holds eight floats.
+            unsafe {
+                _mm256_storeu_ps(
+                    out[t].as_mut_ptr(),
+                    _mm256_add_ps(acc[t], _mm256_setzero_ps()),
+                )
+            };
+        }
+    }
+
+    /// # Safety
+    /// Needs AVX2, FMA and F16C; `w` holds `blocks` packed Q8_0 blocks and each `ys[t]` `blocks`
+    /// Q8_0 blocks.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q8_0<const T: usize>(
+        w: &[u8],
+        ys: [&[u8]; T],
+        blocks: usize,
+        out: &mut [[f32; GROUP]; T],
+    ) {
+        assert!(w.len() >= blocks * 272 && ys.iter().all(|y| y.len() >= blocks * 34));
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); T];
+        for b in 0..blocks {
+            // SAFETY: block `b` is in bounds of `w` and of every `ys[t]` (asserted above).
+            unsafe {
+                let wp = w.as_ptr().add(b * 272);
+                let mut s = [_mm256_setzero_si256(); T];
+                for g in 0..8 {
+                    let p = _mm256_loadu_si256(wp.add(16 + 32 * g).cast());
+                    // |w| × (y with w's sign): unsigned × signed, as maddubs wants; a pair sum
+                    // reaches 2 × 128 × 127, so each is widened at once.
+                    let a = _mm256_abs_epi8(p);
+                    for t in 0..T {
+                        let y = four_all(ys[t].as_ptr().add(b * 34 + 2 + 4 * g));
+                        let prod = _mm256_maddubs_epi16(a, _mm256_sign_epi8(y, p));
+                        s[t] = _mm256_add_epi32(s[t], _mm256_madd_epi16(prod, ones));
+                    }
+                }
+                let d = f16x8(wp);
+                for t in 0..T {
+                    let dy = f16_all(ys[t].as_ptr().add(b * 34));
+                    let isum = _mm256_cvtepi32_ps(s[t]);
+                    acc[t] = _mm256_fmadd_ps(isum, _mm256_mul_ps(d, dy), acc[t]);
+                }
+            }
+        }
+        for t in 0..T {
+            // SAFETY: `out[t]` holds eight floats.
+            unsafe {
+                _mm256_storeu_ps(
+                    out[t].as_mut_ptr(),
+                    _mm256_add_ps(acc[t], _mm256_setzero_ps()),
+                )
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::activation::{quantize_q8_0, quantize_q8_1};
+    use crate::kernels;
+
+    fn floats(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+            })
+            .collect()
+    }
+
+    /// `rows` GGUF rows of random quants with sane f16 scales (and Q4_1 mins).
+    fn weights(layout: Layout, rows: usize, blocks: usize, seed: u64) -> Vec<u8> {
+        let bb = layout.block_bytes();
+        let mut s = seed;
+        let mut raw: Vec<u8> = (0..rows * blocks * bb)
+            .map(|_| {
+                s = s.wrapping_mul(2862933555777941757).wrapping_add(3037000493);
+                (s >> 56) as u8
+            })
+            .collect();
+        for (i, block) in raw.chunks_exact_mut(bb).enumerate() {
+            let d = f16::from_f32(0.002 + (i % 17) as f32 * 0.001);
+            block[..2].copy_from_slice(&d.to_le_bytes());
+            if layout == Layout::Q4_1 {
+                let m = f16::from_f32(-0.01 - (i % 5) as f32 * 0.003);
+                block[2..4].copy_from_slice(&m.to_le_bytes());
+            }
+        }
+        raw
+    }
+
+    fn activations(layout: Layout, n: usize, cols: usize) -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|t| {
+                let x = floats(cols, 7 + t as u64);
+                let mut q = vec![0u8; cols / 32 * layout.activation_bytes()];
+                match layout {
+                    Layout::Q4_1 => quantize_q8_1(&x, &mut q),
+                    _ => quantize_q8_0(&x, &mut q),
+                }
+                q
+            })
+            .collect()
+    }
+
+    /// The GGUF row-at-a-time kernel for the same product.
+    fn row_dot(layout: Layout, x: &[u8], y: &[u8], blocks: usize) -> f32 {
+        match layout {
+            Layout::Q4_1 => kernels::dot_q4_1_q8_1_portable(x, y, blocks),
+            Layout::Q5_0 => kernels::dot_q5_0_q8_0_portable(x, y, blocks),
+            Layout::Q8_0 => kernels::dot_q8_0_q8_0_portable(x, y, blocks),
+        }
+    }
+
+    #[test]
+    fn packed_products_agree_with_row_kernels_and_do_not_depend_on_the_batch() {
+        for layout in [Layout::Q4_1, Layout::Q5_0, Layout::Q8_0] {
+            for blocks in [1, 3, 18, 64] {
+                let (rows, cols) = (16, blocks * 32);
+                let raw = weights(layout, rows, blocks, blocks as u64 * 31 + layout as u64);
+                let mut packed = vec![0; raw.len()];
+                pack(layout, &raw, blocks, &mut packed);
+                let ys = activations(layout, 4, cols);
+                let sums: Vec<Vec<i32>> = ys
+                    .iter()
+                    .map(|y| {
+                        let mut s = vec![0; blocks];
+                        if layout.needs_sums() {
+                            block_sums(y, &mut s);
+                        }
+                        s
+                    })
+                    .collect();
+                let y_refs: Vec<&[u8]> = ys.iter().map(|y| y.as_slice()).collect();
+                let s_refs: Vec<&[i32]> = sums.iter().map(|s| s.as_slice()).collect();
+                let gb = GROUP * blocks * layout.block_bytes();
+                for g in 0..rows / GROUP {
+                    let w = &packed[g * gb..(g + 1) * gb];
+                    let mut four = [[0.0; GROUP]; 4];
+                    group_dot(layout, w, &y_refs, &s_refs, blocks, &mut four);
+                    let mut portable = [[0.0; GROUP]; 4];
+                    group_dot_portable(layout, w, &y_refs, &s_refs, blocks, &mut portable);
+                    for t in 0..4 {
+                        // One activation row alone gives the same bits as inside a batch.
+                        let mut one = [[0.0; GROUP]; 1];
+                        group_dot(
+                            layout,
+                            w,
+                            &y_refs[t..t + 1],
+                            &s_refs[t..t + 1],
+                            blocks,
+                            &mut one,
+                        );
+                        for r in 0..GROUP {
+                            let what =
+                                format!("{layout:?} blocks {blocks} group {g} row {r} t {t}");
+                            assert_eq!(four[t][r].to_bits(), one[0][r].to_bits(), "{what}");
+                            assert_eq!(four[t][r].to_bits(), portable[t][r].to_bits(), "{what}");
+                            let bb = layout.block_bytes();
+                            let row = &raw[(g * GROUP + r) * blocks * bb..][..blocks * bb];
+                            let want = row_dot(layout, row, &ys[t], blocks);
+                            let tol = 1e-4 * want.abs().max(1.0);
+                            assert!(
+                                (four[t][r] - want).abs() <= tol,
+                                "{what}: {} vs {want}",
+                                four[t][r]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fifth_bits_put_each_value_under_its_nibble() {
+        for k in 0..32 {
+            let moved = fifth_bits(1 << k);
+            assert_eq!(moved.count_ones(), 1, "{k}");
+            let at = moved.trailing_zeros();
+            let (i, j) = (at / 8, at % 8);
+            let value = if j < 4 {
+                4 * j + i
+            } else {
+                16 + 4 * (j - 4) + i
+            };
+            assert_eq!(value, k, "{k}");
+        }
+    }
+}
