@@ -69,6 +69,19 @@ fn qmatrix(ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> QMatrix {
     QMatrix::from_bytes("bench", ty, rows, cols, bytes.to_vec()).expect("valid blocks")
 }
 
+/// The layouts a weight of this type can run in: as the file has it ("rows", one weight row per
+/// kernel call) and, where the engine repacks it, eight rows at a time ("packed", what models
+/// run on).
+fn layouts(ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Vec<(&'static str, QMatrix)> {
+    let m = qmatrix(ty, rows, cols, bytes);
+    let packed = m.clone().pack();
+    if packed.is_packed() {
+        vec![("rows", m), ("packed", packed)]
+    } else {
+        vec![("rows", m)]
+    }
+}
+
 fn memory_bandwidth(c: &mut Criterion) {
     let buf = vec![1u64; BANDWIDTH_BYTES / 8];
     let mut group = c.benchmark_group("memory_read");
@@ -92,30 +105,37 @@ fn decode(c: &mut Criterion) {
     let mut group = c.benchmark_group("decode");
     for (ty, rows, cols) in CASES {
         let bytes = matrix(ty, rows, cols);
-        let m = qmatrix(ty, rows, cols, &bytes);
-        let copies: Vec<QMatrix> = (0..STREAM_BYTES.div_ceil(bytes.len()))
-            .map(|_| qmatrix(ty, rows, cols, &bytes))
-            .collect();
-        group.throughput(Throughput::BytesDecimal(bytes.len() as u64));
-        let xs: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).cos()).collect();
-        let mut out = vec![0.0; rows];
-        let mut scratch = QuantScratch::default();
-        for threads in [1, 2] {
-            let pool = pool(threads);
-            let id = format!("{ty} {rows}x{cols} {threads}t cached");
-            group.bench_function(BenchmarkId::from_parameter(id), |b| {
-                pool.install(|| b.iter(|| m.matmul(&xs, &mut out, &mut scratch)))
-            });
-            let id = format!("{ty} {rows}x{cols} {threads}t streamed");
-            let mut next = copies.iter().cycle();
-            group.bench_function(BenchmarkId::from_parameter(id), |b| {
-                pool.install(|| {
-                    b.iter(|| {
-                        let m = next.next().expect("cycle");
-                        m.matmul(&xs, &mut out, &mut scratch)
-                    })
+        for (layout, m) in layouts(ty, rows, cols, &bytes) {
+            let copies: Vec<QMatrix> = (0..STREAM_BYTES.div_ceil(bytes.len()))
+                .map(|_| {
+                    if m.is_packed() {
+                        qmatrix(ty, rows, cols, &bytes).pack()
+                    } else {
+                        qmatrix(ty, rows, cols, &bytes)
+                    }
                 })
-            });
+                .collect();
+            group.throughput(Throughput::BytesDecimal(bytes.len() as u64));
+            let xs: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).cos()).collect();
+            let mut out = vec![0.0; rows];
+            let mut scratch = QuantScratch::default();
+            for threads in [1, 2] {
+                let pool = pool(threads);
+                let id = format!("{ty} {layout} {rows}x{cols} {threads}t cached");
+                group.bench_function(BenchmarkId::from_parameter(id), |b| {
+                    pool.install(|| b.iter(|| m.matmul(&xs, &mut out, &mut scratch)))
+                });
+                let id = format!("{ty} {layout} {rows}x{cols} {threads}t streamed");
+                let mut next = copies.iter().cycle();
+                group.bench_function(BenchmarkId::from_parameter(id), |b| {
+                    pool.install(|| {
+                        b.iter(|| {
+                            let m = next.next().expect("cycle");
+                            m.matmul(&xs, &mut out, &mut scratch)
+                        })
+                    })
+                });
+            }
         }
     }
     group.finish();
@@ -132,7 +152,8 @@ fn fork(c: &mut Criterion) {
             rows,
             cols,
             &matrix(GgmlType::Q4_1, rows, cols),
-        );
+        )
+        .pack();
         let xs: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).cos()).collect();
         let mut out = vec![0.0; rows];
         let mut scratch = QuantScratch::default();
@@ -152,16 +173,17 @@ fn prompt(c: &mut Criterion) {
     let mut group = c.benchmark_group("prompt");
     let pool = pool(1);
     for (ty, rows, cols) in CASES {
-        let m = qmatrix(ty, rows, cols, &matrix(ty, rows, cols));
-        for n in [4, 64] {
-            group.throughput(Throughput::Elements((2 * rows * cols * n) as u64));
-            let xs: Vec<f32> = (0..n * cols).map(|i| (i as f32 * 0.37).cos()).collect();
-            let mut out = vec![0.0; n * rows];
-            let mut scratch = QuantScratch::default();
-            let id = format!("{ty} {rows}x{cols} n={n} 1t");
-            group.bench_function(BenchmarkId::from_parameter(id), |b| {
-                pool.install(|| b.iter(|| m.matmul(&xs, &mut out, &mut scratch)))
-            });
+        for (layout, m) in layouts(ty, rows, cols, &matrix(ty, rows, cols)) {
+            for n in [4, 64] {
+                group.throughput(Throughput::Elements((2 * rows * cols * n) as u64));
+                let xs: Vec<f32> = (0..n * cols).map(|i| (i as f32 * 0.37).cos()).collect();
+                let mut out = vec![0.0; n * rows];
+                let mut scratch = QuantScratch::default();
+                let id = format!("{ty} {layout} {rows}x{cols} n={n} 1t");
+                group.bench_function(BenchmarkId::from_parameter(id), |b| {
+                    pool.install(|| b.iter(|| m.matmul(&xs, &mut out, &mut scratch)))
+                });
+            }
         }
     }
     group.finish();

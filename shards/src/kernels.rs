@@ -148,19 +148,39 @@ pub fn dot_q6_k_q8_k_x4(x: &[u8], ys: [&[u8]; 4], blocks: usize) -> [f32; 4] {
     )
 }
 
-/// `sum(k[i] * q[i])` for an f16 key row and an f32 query.
-pub fn dot_f16(k: &[f16], q: &[f32]) -> f32 {
-    simd_or!(
-        dot_f16(k, q),
-        k.iter().zip(q).map(|(a, b)| a.to_f32() * b).sum()
-    )
+/// Attention scores of one query head `q` against `out.len()` f16 key rows: row `j` is
+/// `keys[j * stride..][..q.len()]`, and `out[j] = (row j · q) × scale`.
+pub fn scores_f16(keys: &[f16], stride: usize, q: &[f32], scale: f32, out: &mut [f32]) {
+    let hd = q.len();
+    assert!(out.is_empty() || keys.len() >= (out.len() - 1) * stride + hd);
+    simd_or!(scores_f16(keys, stride, q, scale, out), {
+        for (j, o) in out.iter_mut().enumerate() {
+            let k = &keys[j * stride..][..hd];
+            *o = k.iter().zip(q).map(|(a, b)| a.to_f32() * b).sum::<f32>() * scale;
+        }
+    })
 }
 
-/// `out += w * v` for an f16 value row.
-pub fn axpy_f16(out: &mut [f32], w: f32, v: &[f16]) {
-    simd_or!(axpy_f16(out, w, v), {
-        for (o, x) in out.iter_mut().zip(v) {
-            *o += w * x.to_f32();
+/// `out = Σ_j w[j] × row j` over `w.len()` f16 value rows, row `j` being
+/// `values[j * stride..][..out.len()]`.
+pub fn weighted_sum_f16(values: &[f16], stride: usize, w: &[f32], out: &mut [f32]) {
+    let hd = out.len();
+    assert!(w.is_empty() || values.len() >= (w.len() - 1) * stride + hd);
+    simd_or!(weighted_sum_f16(values, stride, w, out), {
+        out.fill(0.0);
+        for (j, &wj) in w.iter().enumerate() {
+            for (o, x) in out.iter_mut().zip(&values[j * stride..][..hd]) {
+                *o += wj * x.to_f32();
+            }
+        }
+    })
+}
+
+/// Rounds each value to the nearest f16 (kept as f32), as ggml rounds what meets f16 caches.
+pub fn round_f16(xs: &mut [f32]) {
+    simd_or!(round_f16(xs), {
+        for x in xs {
+            *x = f16::from_f32(*x).to_f32();
         }
     })
 }
@@ -272,47 +292,80 @@ mod avx2 {
     use super::{q4_k_scales_mins, Q4_1, Q4_K, Q5_0, Q6_K, Q8_0, Q8_1, Q8_K};
 
     /// # Safety
-    /// Needs AVX2, FMA and F16C.
+    /// Needs AVX2, FMA and F16C; `keys` holds the rows (checked by the caller).
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_f16(k: &[f16], q: &[f32]) -> f32 {
-        assert!(q.len() >= k.len());
-        let whole = k.len() / 8 * 8;
-        let mut acc = _mm256_setzero_ps();
-        for i in (0..whole).step_by(8) {
-            // SAFETY: i + 8 <= k.len() <= q.len().
-            let (kv, qv) = unsafe {
-                (
-                    _mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(i).cast())),
-                    _mm256_loadu_ps(q.as_ptr().add(i)),
-                )
-            };
-            acc = _mm256_fmadd_ps(kv, qv, acc);
-        }
-        hsum(acc)
-            + k[whole..]
+    pub unsafe fn scores_f16(keys: &[f16], stride: usize, q: &[f32], scale: f32, out: &mut [f32]) {
+        let hd = q.len();
+        let whole = hd / 8 * 8;
+        for (j, o) in out.iter_mut().enumerate() {
+            let k = &keys[j * stride..][..hd];
+            let mut acc = _mm256_setzero_ps();
+            for i in (0..whole).step_by(8) {
+                // SAFETY: i + 8 <= hd = k.len() = q.len().
+                let (kv, qv) = unsafe {
+                    (
+                        _mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(i).cast())),
+                        _mm256_loadu_ps(q.as_ptr().add(i)),
+                    )
+                };
+                acc = _mm256_fmadd_ps(kv, qv, acc);
+            }
+            let tail: f32 = k[whole..]
                 .iter()
                 .zip(&q[whole..])
                 .map(|(a, b)| a.to_f32() * b)
-                .sum::<f32>()
+                .sum();
+            *o = (hsum(acc) + tail) * scale;
+        }
+    }
+
+    /// # Safety
+    /// Needs AVX2, FMA and F16C; `values` holds the rows (checked by the caller).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn weighted_sum_f16(values: &[f16], stride: usize, w: &[f32], out: &mut [f32]) {
+        let hd = out.len();
+        let whole = hd / 8 * 8;
+        // Sixty-four outputs at a time stay in registers across all the rows.
+        for c0 in (0..whole).step_by(64) {
+            let width = (whole - c0).min(64) / 8;
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for (j, &wj) in w.iter().enumerate() {
+                let v = &values[j * stride + c0..][..width * 8];
+                let wv = _mm256_set1_ps(wj);
+                for (k, a) in acc.iter_mut().take(width).enumerate() {
+                    // SAFETY: 8k + 8 <= v.len().
+                    let x =
+                        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(8 * k).cast())) };
+                    *a = _mm256_fmadd_ps(wv, x, *a);
+                }
+            }
+            for (k, a) in acc.iter().take(width).enumerate() {
+                // SAFETY: c0 + 8k + 8 <= whole <= out.len().
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(c0 + 8 * k), *a) };
+            }
+        }
+        for (i, o) in out.iter_mut().enumerate().skip(whole) {
+            *o = w.iter().enumerate().fold(0.0, |acc, (j, &wj)| {
+                acc + wj * values[j * stride + i].to_f32()
+            });
+        }
     }
 
     /// # Safety
     /// Needs AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn axpy_f16(out: &mut [f32], w: f32, v: &[f16]) {
-        assert!(out.len() >= v.len());
-        let whole = v.len() / 8 * 8;
-        let wv = _mm256_set1_ps(w);
-        for i in (0..whole).step_by(8) {
-            // SAFETY: i + 8 <= v.len() <= out.len().
+    pub unsafe fn round_f16(xs: &mut [f32]) {
+        let mut chunks = xs.chunks_exact_mut(8);
+        for c in &mut chunks {
+            // SAFETY: eight floats at `c`.
             unsafe {
-                let x = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(i).cast()));
-                let o = out.as_mut_ptr().add(i);
-                _mm256_storeu_ps(o, _mm256_fmadd_ps(wv, x, _mm256_loadu_ps(o)));
+                let v = _mm256_loadu_ps(c.as_ptr());
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+                _mm256_storeu_ps(c.as_mut_ptr(), _mm256_cvtph_ps(h));
             }
         }
-        for (o, x) in out[whole..].iter_mut().zip(&v[whole..]) {
-            *o += w * x.to_f32();
+        for x in chunks.into_remainder() {
+            *x = f16::from_f32(*x).to_f32();
         }
     }
 
@@ -866,18 +919,32 @@ mod tests {
     }
 
     #[test]
-    fn f16_rows_simd_agree_with_portable() {
-        let k: Vec<f16> = (0..64)
+    fn attention_rows_simd_agree_with_portable() {
+        // Five 72-wide rows (a tail past the eights) inside a 100-wide cache row.
+        let (stride, hd, n) = (100, 72, 5);
+        let cache: Vec<f16> = (0..stride * n)
             .map(|i| f16::from_f32((i as f32 * 0.37).sin()))
             .collect();
-        let q: Vec<f32> = (0..64).map(|i| (i as f32 * 0.11).cos()).collect();
-        let portable: f32 = k.iter().zip(&q).map(|(a, b)| a.to_f32() * b).sum();
-        assert!(close(dot_f16(&k, &q), portable));
-        let mut out = q.clone();
-        axpy_f16(&mut out, 0.5, &k);
-        for i in 0..64 {
-            assert!(close(out[i], q[i] + 0.5 * k[i].to_f32()));
+        let q: Vec<f32> = (0..hd).map(|i| (i as f32 * 0.11).cos()).collect();
+        let mut scores = vec![0.0; n];
+        scores_f16(&cache[3..], stride, &q, 0.5, &mut scores);
+        for (j, &s) in scores.iter().enumerate() {
+            let row = &cache[3 + j * stride..][..hd];
+            let want: f32 = row.iter().zip(&q).map(|(a, b)| a.to_f32() * b).sum::<f32>() * 0.5;
+            assert!(close(s, want), "{j}: {s} vs {want}");
         }
+        let mut out = vec![9.0; hd];
+        weighted_sum_f16(&cache[3..], stride, &scores, &mut out);
+        for (i, &o) in out.iter().enumerate() {
+            let want: f32 = (0..n)
+                .map(|j| scores[j] * cache[3 + j * stride + i].to_f32())
+                .sum();
+            assert!(close(o, want), "{i}: {o} vs {want}");
+        }
+        let mut xs: Vec<f32> = (0..21).map(|i| i as f32 * 0.123_456_7 - 1.0).collect();
+        let want: Vec<f32> = xs.iter().map(|&x| f16::from_f32(x).to_f32()).collect();
+        round_f16(&mut xs);
+        assert_eq!(xs, want);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //!
 //! Every path — one activation row or four, AVX2 or portable — computes each output with the same
 //! operations in the same order (exact integer block sums, then `fma(sum, d_w × d_y, acc)` per
-//! block), so a session's logits do not depend on what it was batched with, and the portable code
+//! block; for Q4_1, `fma(m_w, s_y, macc)` apart, added at the end), so a session's logits do not depend on what it was batched with, and the portable code
 //! is bit-identical to the SIMD code.
 //!
 //! Layouts (per group of eight rows and block index, `r` = row in the group):
@@ -240,7 +240,11 @@ pub fn group_dot_portable(
             }
         }
         for r in 0..GROUP {
-            o[r] = acc[r] + macc[r];
+            o[r] = if layout == Layout::Q4_1 {
+                acc[r] + macc[r]
+            } else {
+                acc[r]
+            };
         }
     }
 }
@@ -289,6 +293,7 @@ mod avx2 {
         let low = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); T];
+        // The offsets' products (m × s) sum apart from the quants', as ggml sums them.
         let mut macc = [_mm256_setzero_ps(); T];
         for b in 0..blocks {
             // SAFETY: block `b` is in bounds of `w` and of every `ys[t]` (asserted above).

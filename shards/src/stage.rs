@@ -493,17 +493,13 @@ fn attention<'c>(
         let kvh = (h / group) * hd;
         let qh = sized(&mut s.q, hd);
         qh.copy_from_slice(&q[idx * hd..(idx + 1) * hd]);
-        round_to_f16(qh);
+        kernels::round_f16(qh);
         let sc = sized(&mut s.scores, p + 1 - start);
-        for (j, s) in (start..=p).zip(sc.iter_mut()) {
-            *s = kernels::dot_f16(&k_cache[j * kv + kvh..j * kv + kvh + hd], qh) * spec.attn_scale;
-        }
+        let first = start * kv + kvh;
+        kernels::scores_f16(&k_cache[first..], kv, qh, spec.attn_scale, sc);
         ops::softmax(sc);
-        round_to_f16(sc);
-        out.fill(0.0);
-        for (j, &w) in (start..=p).zip(sc.iter()) {
-            kernels::axpy_f16(out, w, &v_cache[j * kv + kvh..j * kv + kvh + hd]);
-        }
+        kernels::round_f16(sc);
+        kernels::weighted_sum_f16(&v_cache[first..], kv, sc, out);
     };
     let n_rows = att.len() / hd;
     if n_rows * (rows.at(n_rows / heads - 1).1 + 1) < 4096 {
@@ -523,10 +519,4 @@ fn attention<'c>(
 pub(crate) struct AttnScratch {
     q: Vec<f32>,
     scores: Vec<f32>,
-}
-
-fn round_to_f16(xs: &mut [f32]) {
-    for x in xs {
-        *x = f16::from_f32(*x).to_f32();
-    }
 }
