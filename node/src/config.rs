@@ -43,7 +43,7 @@ pub struct Settings {
     /// Find peers with mDNS on the LAN [default: true].
     #[arg(long, env = "HEARTH_MDNS", value_name = "BOOL")]
     pub mdns: Option<bool>,
-    /// Jobs run at once [default: 2].
+    /// Jobs run at once; those decoding the same model share each step [default: 4].
     #[arg(long, env = "HEARTH_MAX_JOBS", value_name = "N")]
     pub max_jobs: Option<u32>,
     /// Jobs that may wait; beyond this requests get "busy" [default: 16].
@@ -177,7 +177,7 @@ impl Settings {
             api_token,
             peers,
             mdns: self.mdns.unwrap_or(true),
-            max_jobs: positive(self.max_jobs, 2, "--max-jobs")?,
+            max_jobs: positive(self.max_jobs, 4, "--max-jobs")?,
             max_queue: positive(self.max_queue, 16, "--max-queue")?,
             threads: self.threads.map(|t| t.max(1) as usize),
             ctx: positive(self.ctx, 4096, "--ctx")?.max(16),

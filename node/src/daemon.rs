@@ -100,10 +100,13 @@ impl Node {
     pub fn gauges(&self) -> Gauges {
         let load = self.engine.load();
         let names = self.engine.cache().list().unwrap_or_default();
+        let batches = self.engine.batch_stats();
         Gauges {
             queue_depth: u64::from(load.queued),
             active_jobs: u64::from(load.active),
             peers: self.mesh.peers().len() as u64,
+            decode_steps: batches.steps,
+            decode_step_sessions: batches.rows,
             speeds: self
                 .engine
                 .speeds()

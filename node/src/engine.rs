@@ -1,7 +1,8 @@
 //! Runs generation jobs on this node, for its own API and for peers: loads models on first use
 //! (and keeps them), runs up to `max_jobs` at once on worker threads, queues the rest fairly up to
-//! a bound, and answers "busy" beyond it. Events stream back through a channel; when its receiver
-//! is dropped the job stops at the next token.
+//! a bound, and answers "busy" beyond it. Jobs decoding the same model at the same time share
+//! each decoding step (one batched step reads the weights once for all of them). Events stream
+//! back through a channel; when its receiver is dropped the job stops at the next token.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,8 +13,8 @@ use hearth_protocol::{
     ChatMessage as WireMessage, FailCode, Finish, JobEvent, JobParams, JobRequest, Prompt, Usage,
 };
 use hearth_shards::{
-    ChatMessage, Error as EngineError, FinishReason, GenerateParams, Generator, Model, Piece,
-    Resume, SamplingParams, Stage,
+    BatchStats, ChatMessage, DecodeBatcher, Error as EngineError, FinishReason, GenerateParams,
+    Generator, Model, Piece, Resume, SamplingParams,
 };
 use tokio::sync::mpsc;
 
@@ -42,7 +43,8 @@ pub struct EngineConfig {
 
 struct Loaded {
     model: Model,
-    stage: Arc<Stage>,
+    /// Every job's decoding steps on this model go through it.
+    batcher: Arc<DecodeBatcher>,
 }
 
 struct Pending {
@@ -108,6 +110,18 @@ impl Engine {
             queued: q.0.len() as u32,
             active: q.1 as u32,
         }
+    }
+
+    /// Decoding steps run and the session-steps they served, over every loaded model.
+    pub fn batch_stats(&self) -> BatchStats {
+        let loaded = self.loaded.lock().expect("loaded lock");
+        loaded.values().fold(BatchStats::default(), |acc, m| {
+            let s = m.batcher.stats();
+            BatchStats {
+                steps: acc.steps + s.steps,
+                rows: acc.rows + s.rows,
+            }
+        })
     }
 
     /// Digests of loaded models.
@@ -224,8 +238,8 @@ impl Engine {
         let resolved = self.cache.resolve(digest)?;
         let model = Model::open(&resolved.path, self.config.threads)
             .with_context(|| format!("cannot load {}", resolved.path.display()))?;
-        let stage = Arc::new(model.full_stage()?);
-        let m = Arc::new(Loaded { model, stage });
+        let batcher = Arc::new(DecodeBatcher::new(Arc::new(model.full_stage()?)));
+        let m = Arc::new(Loaded { model, batcher });
         tracing::info!(model = digest, "model loaded");
         loaded.insert(digest.to_owned(), m.clone());
         drop(loaded);
@@ -237,7 +251,7 @@ impl Engine {
     fn self_benchmark(&self, digest: &str, m: &Loaded) {
         let tok = m.model.tokenizer();
         let prompt = tok.encode("The house", true, false);
-        let mut g = Generator::new(m.stage.clone(), tok.clone(), 64);
+        let mut g = Generator::new(m.batcher.stage().clone(), tok.clone(), 64);
         let params = GenerateParams {
             sampling: SamplingParams::greedy(),
             max_tokens: 16,
@@ -375,8 +389,8 @@ impl Engine {
             .map(|(i, _)| i);
         match best {
             Some(i) => idle.remove(i).1,
-            None => Generator::new(
-                loaded.stage.clone(),
+            None => Generator::batched(
+                loaded.batcher.clone(),
                 loaded.model.tokenizer().clone(),
                 self.config.context.min(loaded.model.spec().context),
             ),

@@ -20,6 +20,10 @@ pub struct Gauges {
     pub queue_depth: u64,
     pub active_jobs: u64,
     pub peers: u64,
+    /// Decoding steps run, and the session-steps they served (more than one per step when
+    /// concurrent jobs shared a step).
+    pub decode_steps: u64,
+    pub decode_step_sessions: u64,
     /// (model name, tokens/s)
     pub speeds: Vec<(String, f32)>,
 }
@@ -86,6 +90,16 @@ impl Metrics {
                 "hearth_peers",
                 "Household peers connected.",
                 gauge(gauges.peers),
+            ),
+            (
+                "hearth_decode_steps_total",
+                "Decoding steps run (one step serves every job decoding the model at the time).",
+                ("counter", gauges.decode_steps),
+            ),
+            (
+                "hearth_decode_step_sessions_total",
+                "Tokens decoded by those steps, summed over the jobs each served.",
+                ("counter", gauges.decode_step_sessions),
             ),
         ];
         for (name, help, (kind, value)) in plain {

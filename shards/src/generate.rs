@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::batch::DecodeBatcher;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::sampling::{Sampler, SamplingParams};
@@ -61,6 +62,8 @@ pub struct Generator {
     cache: KvCache,
     cached: Vec<u32>,
     logits: Vec<f32>,
+    /// Decoding steps go through this when set, batched with other sessions of the model.
+    batcher: Option<Arc<DecodeBatcher>>,
 }
 
 impl std::fmt::Debug for Generator {
@@ -83,7 +86,16 @@ impl Generator {
             cache,
             cached: Vec::new(),
             logits: Vec::new(),
+            batcher: None,
         }
+    }
+
+    /// A generator whose decoding steps join those of the other sessions decoding through
+    /// `batcher` at the same time (one batched step for all; same tokens as decoding alone).
+    pub fn batched(batcher: Arc<DecodeBatcher>, tokenizer: Arc<Tokenizer>, context: usize) -> Self {
+        let mut g = Generator::new(batcher.stage().clone(), tokenizer, context);
+        g.batcher = Some(batcher);
+        g
     }
 
     /// Positions the context holds.
@@ -180,6 +192,8 @@ impl Generator {
             FinishReason::Length
         };
         let full_context = |cache: &KvCache| cache.len() + 1 >= cache.capacity();
+        // Batched steps wait for this session's tokens while it is in the loop below.
+        let _decoding = self.batcher.as_ref().map(|b| b.enter());
         let mut more = !stopped && tokens.len() < params.max_tokens;
         while more {
             let token = sampler.sample(&mut self.logits, &self.cached);
@@ -204,11 +218,16 @@ impl Generator {
             }
             more = tokens.len() < params.max_tokens && !full_context(&self.cache);
             if more {
-                self.stage.forward(
-                    &mut self.cache,
-                    StageInput::Tokens(&[token]),
-                    &mut self.logits,
-                )?;
+                match &self.batcher {
+                    Some(b) => b.decode(&mut self.cache, token, &mut self.logits)?,
+                    None => {
+                        self.stage.forward(
+                            &mut self.cache,
+                            StageInput::Tokens(&[token]),
+                            &mut self.logits,
+                        )?;
+                    }
+                }
                 self.cached.push(token);
             }
         }

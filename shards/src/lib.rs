@@ -3,6 +3,7 @@
 //! tokenizer, chat template and sampling.
 
 pub mod activation;
+pub mod batch;
 pub mod chat_template;
 pub mod error;
 pub mod family;
@@ -19,6 +20,7 @@ pub mod spec;
 pub mod stage;
 pub mod tokenizer;
 
+pub use batch::{BatchStats, DecodeBatcher};
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use error::{Error, Result};
 pub use generate::{Completion, FinishReason, GenerateParams, Generator, Piece, Resume};

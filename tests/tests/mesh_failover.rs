@@ -219,7 +219,7 @@ fn a_full_node_says_busy_instead_of_queueing_without_bound() {
 #[test]
 fn many_replies_at_once_over_one_connection_all_complete() {
     // Many concurrent streams on one yamux connection (rust-libp2p #5410 reports deadlocks with
-    // many libp2p-stream streams): 12 replies through the entry node, 2 running at a time on the
+    // many libp2p-stream streams): 12 replies through the entry node, 4 running at a time on the
     // holder and the rest queued there.
     let (holder, entry) = holder_and_entry("holder");
     let url = entry.url("/v1/chat/completions");

@@ -1,0 +1,197 @@
+//! Batched decoding for sessions that run on separate threads (a node's concurrent jobs): each
+//! thread hands its session's next token to the model's [`DecodeBatcher`], and whichever thread
+//! finds no step running runs one [`Stage::decode_batch`] step for every session waiting. N
+//! sessions decoding at once then read each weight once per step instead of N times, and each
+//! still gets exactly the logits it would get alone.
+//!
+//! Sessions in their decoding loop say so ([`DecodeBatcher::enter`]); a step waits for all of them
+//! to hand in their tokens (they sample and send text between steps), at most [`GATHER`], so that
+//! they stay in step instead of splitting into groups that take turns.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Longest a step waits for sessions in their decoding loop that have not handed in a token.
+pub const GATHER: Duration = Duration::from_millis(3);
+
+use crate::error::Result;
+use crate::kv_cache::KvCache;
+use crate::stage::{Stage, StageInput};
+
+/// Joins concurrent decoding steps of one model's sessions into batched steps.
+pub struct DecodeBatcher {
+    stage: Arc<Stage>,
+    state: Mutex<State>,
+    stepped: Condvar,
+}
+
+impl std::fmt::Debug for DecodeBatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DecodeBatcher({:?})", self.stage)
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Sessions waiting for the next step.
+    waiting: Vec<Request>,
+    /// Sessions stepped, by ticket, until their threads collect them.
+    done: HashMap<u64, (KvCache, Vec<f32>, Result<()>)>,
+    running: bool,
+    /// Sessions in their decoding loop.
+    active: usize,
+    next_ticket: u64,
+    /// Steps run and sessions they served, for [`DecodeBatcher::stats`].
+    steps: u64,
+    rows: u64,
+}
+
+struct Request {
+    ticket: u64,
+    cache: KvCache,
+    token: u32,
+    logits: Vec<f32>,
+}
+
+/// How much batching happened: steps run and session-steps they served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchStats {
+    pub steps: u64,
+    pub rows: u64,
+}
+
+impl DecodeBatcher {
+    /// A batcher for `stage`, which must hold the whole model.
+    pub fn new(stage: Arc<Stage>) -> Self {
+        DecodeBatcher {
+            stage,
+            state: Mutex::new(State::default()),
+            stepped: Condvar::new(),
+        }
+    }
+
+    /// The stage it steps.
+    pub fn stage(&self) -> &Arc<Stage> {
+        &self.stage
+    }
+
+    /// Steps run so far and the session-steps they served (`rows / steps` is the mean batch).
+    pub fn stats(&self) -> BatchStats {
+        let s = self.state.lock().expect("batcher lock");
+        BatchStats {
+            steps: s.steps,
+            rows: s.rows,
+        }
+    }
+
+    /// Marks a session as decoding until the returned guard is dropped: steps wait for it.
+    pub fn enter(self: &Arc<Self>) -> Decoding {
+        self.state.lock().expect("batcher lock").active += 1;
+        Decoding(self.clone())
+    }
+
+    /// Feeds `token` to the session in `cache` at its next position and puts its logits in
+    /// `logits`, in one step with every other session decoding through this batcher meanwhile.
+    /// Blocks until that step has run.
+    pub fn decode(&self, cache: &mut KvCache, token: u32, logits: &mut Vec<f32>) -> Result<()> {
+        let mut state = self.state.lock().expect("batcher lock");
+        let ticket = state.next_ticket;
+        state.next_ticket += 1;
+        state.waiting.push(Request {
+            ticket,
+            cache: std::mem::replace(cache, KvCache::new(0, 0, 0)),
+            token,
+            logits: std::mem::take(logits),
+        });
+        self.stepped.notify_all();
+        let mut deadline = None;
+        loop {
+            if let Some((c, l, result)) = state.done.remove(&ticket) {
+                *cache = c;
+                *logits = l;
+                return result;
+            }
+            if state.running {
+                state = self.stepped.wait(state).expect("batcher lock");
+                continue;
+            }
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + GATHER);
+            let now = Instant::now();
+            if state.waiting.len() < state.active && now < deadline {
+                state = self
+                    .stepped
+                    .wait_timeout(state, deadline - now)
+                    .expect("batcher lock")
+                    .0;
+                continue;
+            }
+            // No step is running: this thread runs one for everyone waiting, itself included.
+            let batch = std::mem::take(&mut state.waiting);
+            state.running = true;
+            drop(state);
+            let rows = batch.len() as u64;
+            let results = self.step(batch);
+            state = self.state.lock().expect("batcher lock");
+            state.running = false;
+            state.steps += 1;
+            state.rows += rows;
+            state.done.extend(results);
+            self.stepped.notify_all();
+        }
+    }
+
+    /// One step for `batch`; a session whose step cannot run (its cache is full) gets its own
+    /// error without failing the others.
+    #[allow(clippy::type_complexity)]
+    fn step(&self, mut batch: Vec<Request>) -> Vec<(u64, (KvCache, Vec<f32>, Result<()>))> {
+        let vocab = self.stage.spec().vocab;
+        let tokens: Vec<u32> = batch.iter().map(|r| r.token).collect();
+        let mut all = std::mem::take(&mut batch[0].logits);
+        let together = {
+            let mut caches: Vec<&mut KvCache> = batch.iter_mut().map(|r| &mut r.cache).collect();
+            self.stage.decode_batch(&mut caches, &tokens, &mut all)
+        };
+        match together {
+            Ok(()) => {
+                let mut out = Vec::with_capacity(batch.len());
+                for (i, mut r) in batch.into_iter().enumerate().rev() {
+                    let row = &all[i * vocab..(i + 1) * vocab];
+                    if i == 0 {
+                        all.truncate(vocab);
+                        r.logits = std::mem::take(&mut all);
+                    } else {
+                        r.logits.clear();
+                        r.logits.extend_from_slice(row);
+                    }
+                    out.push((r.ticket, (r.cache, r.logits, Ok(()))));
+                }
+                out
+            }
+            Err(_) => {
+                batch[0].logits = all;
+                batch
+                    .into_iter()
+                    .map(|mut r| {
+                        let result = self
+                            .stage
+                            .forward(&mut r.cache, StageInput::Tokens(&[r.token]), &mut r.logits)
+                            .map(|_| ());
+                        (r.ticket, (r.cache, r.logits, result))
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// A session in its decoding loop (see [`DecodeBatcher::enter`]).
+pub struct Decoding(Arc<DecodeBatcher>);
+
+impl Drop for Decoding {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().expect("batcher lock");
+        state.active = state.active.saturating_sub(1);
+        self.0.stepped.notify_all();
+    }
+}
