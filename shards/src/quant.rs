@@ -376,7 +376,12 @@ impl QMatrix {
         debug_assert_eq!(xs.len(), n * self.cols);
         debug_assert_eq!(out.len(), n * self.rows);
         if let Some((layout, packed)) = &self.packed {
-            return matmul_packed(*layout, packed, self.rows, self.cols, xs, out, scratch);
+            let target = PackedTarget {
+                packed,
+                rows: self.rows,
+                out: SharedOut(out.as_mut_ptr()),
+            };
+            return matmul_packed(*layout, &[target], self.cols, xs, scratch);
         }
         let w = self.raw();
         let (rows, cols) = (self.rows, self.cols);
@@ -450,8 +455,33 @@ pub fn matmul_shared<const N: usize>(
     scratch: &mut QuantScratch,
 ) {
     scratch.holds = None;
-    for (w, out) in ws.into_iter().zip(outs) {
-        w.matmul_reusing(xs, out, scratch);
+    let mut pairs = ws.into_iter().zip(outs).peekable();
+    while let Some((w, out)) = pairs.next() {
+        let Some((layout, packed)) = &w.packed else {
+            w.matmul_reusing(xs, out, scratch);
+            continue;
+        };
+        // This weight and the next ones packed alike run in one parallel loop (a fixed array:
+        // decoding allocates nothing).
+        let target = |packed, rows, out: &mut [f32]| PackedTarget {
+            packed,
+            rows,
+            out: SharedOut(out.as_mut_ptr()),
+        };
+        let mut targets: [PackedTarget; N] = std::array::from_fn(|_| target(&[], 0, &mut []));
+        targets[0] = target(packed, w.rows, out);
+        let mut count = 1;
+        while let Some(&(next, _)) = pairs.peek() {
+            match &next.packed {
+                Some((l, p)) if l == layout && next.cols == w.cols => {
+                    let out = pairs.next().expect("peeked").1;
+                    targets[count] = target(p, next.rows, out);
+                    count += 1;
+                }
+                _ => break,
+            }
+        }
+        matmul_packed(*layout, &targets[..count], w.cols, xs, scratch);
     }
     scratch.holds = None;
 }
@@ -584,15 +614,21 @@ fn matmul_with<T: Block>(
         });
 }
 
-/// [`QMatrix::matmul`] on a packed weight: each task takes a band of row groups and runs every
+/// A packed weight and where its products go, for [`matmul_packed`].
+struct PackedTarget<'a> {
+    packed: &'a [u8],
+    rows: usize,
+    out: SharedOut,
+}
+
+/// [`QMatrix::matmul`] on packed weights of one layout sharing the input `xs` (Q, K and V; gate
+/// and up), in one parallel loop: each task takes a band of one weight's row groups and runs every
 /// activation row against it, up to four at a time, so the band and those rows stay in cache.
 fn matmul_packed(
     layout: Layout,
-    packed: &[u8],
-    rows: usize,
+    targets: &[PackedTarget<'_>],
     cols: usize,
     xs: &[f32],
-    out: &mut [f32],
     scratch: &mut QuantScratch,
 ) {
     let n = xs.len() / cols;
@@ -623,14 +659,26 @@ fn matmul_packed(
     }
     let sums: &[i32] = sums;
     let group_bytes = GROUP * blocks * layout.block_bytes();
-    let groups = rows / GROUP;
     let per_task = ROWS_PER_TASK / GROUP;
-    let out_ptr = SharedOut(out.as_mut_ptr());
-    (0..groups.div_ceil(per_task))
+    let bands = |t: &PackedTarget| (t.rows / GROUP).div_ceil(per_task);
+    let total: usize = targets.iter().map(bands).sum();
+    let work: usize = targets.iter().map(|t| t.rows * cols * n).sum();
+    (0..total)
         .into_par_iter()
-        .with_min_len(tasks_per_split(rows * cols * n))
-        .for_each(|band| {
-            let out_ptr = &out_ptr;
+        .with_min_len(tasks_per_split(work))
+        .for_each(|mut band| {
+            let target = targets
+                .iter()
+                .find(|t| {
+                    let here = band < bands(t);
+                    if !here {
+                        band -= bands(t);
+                    }
+                    here
+                })
+                .expect("band within the targets");
+            let (packed, rows, out_ptr) = (target.packed, target.rows, &target.out);
+            let groups = rows / GROUP;
             let band_groups = band * per_task..((band + 1) * per_task).min(groups);
             let mut cells = [[0.0f32; GROUP]; MAX_ROWS];
             for t0 in (0..n).step_by(MAX_ROWS) {
