@@ -26,8 +26,8 @@ fixtures:
 	bash scripts/make-reference-fixtures
 
 bench: models
-	$(HEARTH) bench -m smollm2-135m -t 1,2
-	$(HEARTH) bench -m gemma3-270m -t 1,2
+	$(HEARTH) bench -m smollm2-135m -t 1,2 -s 4
+	$(HEARTH) bench -m gemma3-270m -t 1,2 -s 4
 
 # Fuzz the protocol decoders, FUZZ_SECONDS each (own workspace and target dir under fuzz/).
 fuzz:
