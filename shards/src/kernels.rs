@@ -29,7 +29,7 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 /// A Q4_K block's twelve bytes of packed 6-bit values → eight scales (bytes 0..8) and eight mins
 /// (bytes 8..16), as four little-endian words.
 #[inline]
-fn q4_k_scales_mins(b: &[u8]) -> [u32; 4] {
+pub(crate) fn q4_k_scales_mins(b: &[u8]) -> [u32; 4] {
     const LOW6: u32 = 0x3f3f_3f3f;
     const LOW4: u32 = 0x0f0f_0f0f;
     const LOW2: u32 = 0x0303_0303;

@@ -23,6 +23,12 @@
 //!   bit under each nibble), then 4 nibble registers as for Q4_1.
 //! - Q8_0 (272 bytes): 8 × f16 d, then 8 registers; register `g`, lane `r` = the row's quants
 //!   `4g..4g + 4`.
+//! - Q4_K (1440 bytes per 256-value super-block): 8 × f16 d, 8 × f16 dmin, then for each of the 8
+//!   sub-blocks a register of the rows' 6-bit scales as i16 pairs (scale, scale), then 4 registers
+//!   of the rows' mins as i16 pairs (sub-blocks 2k, 2k + 1), then 32 nibble registers; register
+//!   `8c + g`, lane `r` = the row's nibble bytes `32c + 4g..` (low nibbles: sub-block `2c`, high:
+//!   `2c + 1`). The scales take more room than in the file (+25 % for these matrices) so that one
+//!   `madd` applies them.
 
 use half::f16;
 
@@ -33,12 +39,13 @@ pub const GROUP: usize = 8;
 /// Activation rows one kernel call takes at most.
 pub const MAX_ROWS: usize = 4;
 
-/// The packed layouts: the block types of the models at hand whose rows use 32-weight blocks.
+/// The packed layouts: the block types of the models at hand, but Q6_K.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
     Q4_1,
     Q5_0,
     Q8_0,
+    Q4K,
 }
 
 impl Layout {
@@ -48,42 +55,65 @@ impl Layout {
             GgmlType::Q4_1 => Some(Layout::Q4_1),
             GgmlType::Q5_0 => Some(Layout::Q5_0),
             GgmlType::Q8_0 => Some(Layout::Q8_0),
+            GgmlType::Q4K => Some(Layout::Q4K),
             _ => None,
         }
     }
 
-    /// Bytes of one GGUF block (32 weights of one row).
+    /// Weights in one block of one row.
+    pub const fn block_values(self) -> usize {
+        match self {
+            Layout::Q4K => 256,
+            _ => 32,
+        }
+    }
+
+    /// Bytes of one GGUF block (one row's).
     pub const fn block_bytes(self) -> usize {
         match self {
             Layout::Q4_1 => 20,
             Layout::Q5_0 => 22,
             Layout::Q8_0 => 34,
+            Layout::Q4K => 144,
         }
     }
 
-    /// Bytes of one activation block: Q8_1 for Q4_1 weights, Q8_0 otherwise.
+    /// Bytes of one packed block (eight rows').
+    pub const fn packed_bytes(self) -> usize {
+        match self {
+            Layout::Q4K => 1440,
+            other => GROUP * other.block_bytes(),
+        }
+    }
+
+    /// Bytes of one activation block: Q8_1 for Q4_1 weights, Q8_K for Q4_K, Q8_0 otherwise.
     pub const fn activation_bytes(self) -> usize {
         match self {
             Layout::Q4_1 => 36,
             Layout::Q5_0 | Layout::Q8_0 => 34,
+            Layout::Q4K => 292,
         }
     }
 
-    /// Whether the kernel wants each activation block's integer sum (Q5_0's −16 offset).
-    pub const fn needs_sums(self) -> bool {
-        matches!(self, Layout::Q5_0)
+    /// Integer words per activation block the kernel wants alongside it ([`block_sums`]): Q5_0's
+    /// −16 offset needs each block's sum, Q4_K's mins the sums of its 32-value sub-blocks.
+    pub const fn sums_per_block(self) -> usize {
+        match self {
+            Layout::Q5_0 => 1,
+            Layout::Q4K => 4,
+            Layout::Q4_1 | Layout::Q8_0 => 0,
+        }
     }
 }
 
-/// Repacks GGUF rows of `blocks` blocks each into `out` (as many rows as `out` holds, a multiple
-/// of [`GROUP`]).
+/// Repacks GGUF rows of `blocks` blocks each into `out` (as many groups of [`GROUP`] rows as
+/// `out` holds).
 pub fn pack(layout: Layout, raw: &[u8], blocks: usize, out: &mut [u8]) {
-    let bb = layout.block_bytes();
-    let rows = out.len() / (blocks * bb);
-    assert!(rows.is_multiple_of(GROUP) && out.len() == rows * blocks * bb);
-    assert!(raw.len() >= out.len());
-    for (gi, group) in out.chunks_exact_mut(GROUP * blocks * bb).enumerate() {
-        for (b, dst) in group.chunks_exact_mut(GROUP * bb).enumerate() {
+    let (bb, pb) = (layout.block_bytes(), layout.packed_bytes());
+    let groups = out.len() / (blocks * pb);
+    assert!(out.len() == groups * blocks * pb && raw.len() >= groups * GROUP * blocks * bb);
+    for (gi, group) in out.chunks_exact_mut(blocks * pb).enumerate() {
+        for (b, dst) in group.chunks_exact_mut(pb).enumerate() {
             for r in 0..GROUP {
                 let src = &raw[((gi * GROUP + r) * blocks + b) * bb..][..bb];
                 dst[2 * r..2 * r + 2].copy_from_slice(&src[..2]);
@@ -98,6 +128,21 @@ pub fn pack(layout: Layout, raw: &[u8], blocks: usize, out: &mut [u8]) {
                         (&src[6..], 48)
                     }
                     Layout::Q8_0 => (&src[2..], 16),
+                    Layout::Q4K => {
+                        dst[16 + 2 * r..18 + 2 * r].copy_from_slice(&src[2..4]);
+                        let sm = q4_k_scales(src);
+                        for (j, &scale) in sm[..8].iter().enumerate() {
+                            let at = 32 + 32 * j + 4 * r;
+                            let pair = u32::from(scale) * 0x1_0001;
+                            dst[at..at + 4].copy_from_slice(&pair.to_le_bytes());
+                        }
+                        for k in 0..4 {
+                            let at = 288 + 32 * k + 4 * r;
+                            let pair = u32::from(sm[8 + 2 * k]) | u32::from(sm[9 + 2 * k]) << 16;
+                            dst[at..at + 4].copy_from_slice(&pair.to_le_bytes());
+                        }
+                        (&src[16..], 416)
+                    }
                 };
                 for (g, four) in quants.chunks_exact(4).enumerate() {
                     let at = words + 32 * g + 4 * r;
@@ -106,6 +151,16 @@ pub fn pack(layout: Layout, raw: &[u8], blocks: usize, out: &mut [u8]) {
             }
         }
     }
+}
+
+/// A Q4_K block's eight 6-bit scales, then its eight mins.
+fn q4_k_scales(block: &[u8]) -> [u8; 16] {
+    let mut sm = [0u8; 16];
+    let words = crate::kernels::q4_k_scales_mins(&block[4..16]);
+    for (c, w) in sm.chunks_exact_mut(4).zip(words) {
+        c.copy_from_slice(&w.to_le_bytes());
+    }
+    sm
 }
 
 /// Q5_0's fifth bits (bit `k` for value `k`) rearranged as the module doc describes.
@@ -124,10 +179,27 @@ fn fifth_bits(qh: u32) -> u32 {
     out
 }
 
-/// Integer sum of each Q8_0 activation block's quants, for [`Layout::needs_sums`].
-pub fn block_sums(q8_0: &[u8], out: &mut [i32]) {
-    for (block, s) in q8_0.chunks_exact(34).zip(out) {
-        *s = block[2..].iter().map(|&q| i32::from(q as i8)).sum();
+/// The words [`Layout::sums_per_block`] asks for, for activation blocks `act` of `layout`'s
+/// activation type: Q5_0, each Q8_0 block's sum of quants; Q4_K, for each Q8_K block, the sums
+/// of its 32-value sub-blocks `2k` and `2k + 1` as an i16 pair per word.
+pub fn block_sums(layout: Layout, act: &[u8], out: &mut [i32]) {
+    let per = layout.sums_per_block().max(1);
+    for (block, s) in act
+        .chunks_exact(layout.activation_bytes())
+        .zip(out.chunks_exact_mut(per))
+    {
+        match layout {
+            Layout::Q5_0 => s[0] = block[2..].iter().map(|&q| i32::from(q as i8)).sum(),
+            Layout::Q4K => {
+                let bsum = |i: usize| i16::from_le_bytes([block[260 + 2 * i], block[261 + 2 * i]]);
+                for (k, word) in s.iter_mut().enumerate() {
+                    let lo = bsum(4 * k) + bsum(4 * k + 1);
+                    let hi = bsum(4 * k + 2) + bsum(4 * k + 3);
+                    *word = (u32::from(lo as u16) | u32::from(hi as u16) << 16) as i32;
+                }
+            }
+            Layout::Q4_1 | Layout::Q8_0 => {}
+        }
     }
 }
 
@@ -143,13 +215,12 @@ pub fn group_dot(
     out: &mut [[f32; GROUP]],
 ) {
     assert!(!ys.is_empty() && ys.len() <= MAX_ROWS && out.len() >= ys.len());
-    assert!(w.len() >= blocks * GROUP * layout.block_bytes());
+    assert!(w.len() >= blocks * layout.packed_bytes());
     assert!(ys
         .iter()
         .all(|y| y.len() >= blocks * layout.activation_bytes()));
-    assert!(
-        !layout.needs_sums() || (sums.len() >= ys.len() && sums.iter().all(|s| s.len() >= blocks))
-    );
+    let per = layout.sums_per_block();
+    assert!(per == 0 || (sums.len() >= ys.len() && sums.iter().all(|s| s.len() >= blocks * per)));
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::has_avx2() {
         macro_rules! rows {
@@ -166,6 +237,10 @@ pub fn group_dot(
                             avx2::q5_0::<$t>(w, ys, sums, blocks, out)
                         }
                         Layout::Q8_0 => avx2::q8_0::<$t>(w, ys, blocks, out),
+                        Layout::Q4K => {
+                            let sums: [&[i32]; $t] = sums[..$t].try_into().expect("length matched");
+                            avx2::q4_k::<$t>(w, ys, sums, blocks, out)
+                        }
                     }
                 }
             }};
@@ -194,7 +269,10 @@ pub fn group_dot_portable(
     blocks: usize,
     out: &mut [[f32; GROUP]],
 ) {
-    let (gb, ab) = (GROUP * layout.block_bytes(), layout.activation_bytes());
+    if layout == Layout::Q4K {
+        return q4_k_portable(w, ys, sums, blocks, out);
+    }
+    let (gb, ab) = (layout.packed_bytes(), layout.activation_bytes());
     for (t, (y, o)) in ys.iter().zip(out.iter_mut()).enumerate() {
         let mut acc = [0.0f32; GROUP];
         let mut macc = [0.0f32; GROUP];
@@ -232,6 +310,7 @@ pub fn group_dot_portable(
                             i32::from(lane(g, 16)[i] as i8) * i32::from(yb[2 + 4 * g + i] as i8)
                         })
                         .sum(),
+                    Layout::Q4K => unreachable!("handled above"),
                 };
                 acc[r] = (isum as f32).mul_add(f16_at(wb, 2 * r) * dy, acc[r]);
                 if layout == Layout::Q4_1 {
@@ -245,6 +324,46 @@ pub fn group_dot_portable(
             } else {
                 acc[r]
             };
+        }
+    }
+}
+
+/// Portable Q4_K [`group_dot`].
+fn q4_k_portable(w: &[u8], ys: &[&[u8]], sums: &[&[i32]], blocks: usize, out: &mut [[f32; GROUP]]) {
+    let i16_at = |b: &[u8], at: usize| i32::from(i16::from_le_bytes([b[at], b[at + 1]]));
+    for (t, (y, o)) in ys.iter().zip(out.iter_mut()).enumerate() {
+        let mut acc = [0.0f32; GROUP];
+        let mut macc = [0.0f32; GROUP];
+        for b in 0..blocks {
+            let (wb, yb) = (&w[b * 1440..(b + 1) * 1440], &y[b * 292..(b + 1) * 292]);
+            let dy = f32::from_le_bytes(yb[..4].try_into().expect("4 bytes"));
+            for r in 0..GROUP {
+                let mut isum = 0i32;
+                for j in 0..8 {
+                    let (c, high) = (j / 2, j % 2 == 1);
+                    let part: i32 = (0..32)
+                        .map(|l| {
+                            let byte = wb[416 + 32 * (8 * c + l / 4) + 4 * r + l % 4];
+                            let q = if high { byte >> 4 } else { byte & 0x0F };
+                            i32::from(q) * i32::from(yb[4 + 32 * j + l] as i8)
+                        })
+                        .sum();
+                    isum += i16_at(wb, 32 + 32 * j + 4 * r) * part;
+                }
+                let imin: i32 = (0..4)
+                    .map(|k| {
+                        let word = sums[t][4 * b + k];
+                        let (lo, hi) = (i32::from(word as i16), i32::from((word >> 16) as i16));
+                        let at = 288 + 32 * k + 4 * r;
+                        i16_at(wb, at) * lo + i16_at(wb, at + 2) * hi
+                    })
+                    .sum();
+                acc[r] = (isum as f32).mul_add(f16_at(wb, 2 * r) * dy, acc[r]);
+                macc[r] = (imin as f32).mul_add(f16_at(wb, 16 + 2 * r) * dy, macc[r]);
+            }
+        }
+        for r in 0..GROUP {
+            o[r] = acc[r] - macc[r];
         }
     }
 }
@@ -439,12 +558,77 @@ mod avx2 {
             };
         }
     }
+
+    /// # Safety
+    /// Needs AVX2, FMA and F16C; `w` holds `blocks` packed Q4_K blocks, each `ys[t]` `blocks`
+    /// Q8_K blocks and each `sums[t]` their `4 × blocks` sub-block sum pairs.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q4_k<const T: usize>(
+        w: &[u8],
+        ys: [&[u8]; T],
+        sums: [&[i32]; T],
+        blocks: usize,
+        out: &mut [[f32; GROUP]; T],
+    ) {
+        assert!(w.len() >= blocks * 1440 && ys.iter().all(|y| y.len() >= blocks * 292));
+        assert!(sums.iter().all(|s| s.len() >= blocks * 4));
+        let low = _mm256_set1_epi8(0x0F);
+        let mut acc = [_mm256_setzero_ps(); T];
+        let mut macc = [_mm256_setzero_ps(); T];
+        for b in 0..blocks {
+            // SAFETY: block `b` is in bounds of `w`, of every `ys[t]` and `sums[t]` (asserted).
+            unsafe {
+                let wp = w.as_ptr().add(b * 1440);
+                let mut isum = [_mm256_setzero_si256(); T];
+                for j in 0..8 {
+                    let (c, high) = (j / 2, j % 2 == 1);
+                    // Per lane: 16 products of at most 15 × 127: fits i16.
+                    let mut s = [_mm256_setzero_si256(); T];
+                    for g in 0..8 {
+                        let p = _mm256_loadu_si256(wp.add(416 + 32 * (8 * c + g)).cast());
+                        let v = if high {
+                            _mm256_and_si256(_mm256_srli_epi16(p, 4), low)
+                        } else {
+                            _mm256_and_si256(p, low)
+                        };
+                        for t in 0..T {
+                            let y = four_all(ys[t].as_ptr().add(b * 292 + 4 + 32 * j + 4 * g));
+                            s[t] = _mm256_add_epi16(s[t], _mm256_maddubs_epi16(v, y));
+                        }
+                    }
+                    let sc = _mm256_loadu_si256(wp.add(32 + 32 * j).cast());
+                    for t in 0..T {
+                        isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s[t], sc));
+                    }
+                }
+                let (d, dmin) = (f16x8(wp), f16x8(wp.add(16)));
+                for t in 0..T {
+                    let mut imin = _mm256_setzero_si256();
+                    for k in 0..4 {
+                        let mins = _mm256_loadu_si256(wp.add(288 + 32 * k).cast());
+                        let ysum = _mm256_set1_epi32(*sums[t].get_unchecked(4 * b + k));
+                        imin = _mm256_add_epi32(imin, _mm256_madd_epi16(mins, ysum));
+                    }
+                    let yp = ys[t].as_ptr().add(b * 292);
+                    let dy = _mm256_set1_ps(yp.cast::<f32>().read_unaligned());
+                    let isum = _mm256_cvtepi32_ps(isum[t]);
+                    acc[t] = _mm256_fmadd_ps(isum, _mm256_mul_ps(d, dy), acc[t]);
+                    let imin = _mm256_cvtepi32_ps(imin);
+                    macc[t] = _mm256_fmadd_ps(imin, _mm256_mul_ps(dmin, dy), macc[t]);
+                }
+            }
+        }
+        for t in 0..T {
+            // SAFETY: `out[t]` holds eight floats.
+            unsafe { _mm256_storeu_ps(out[t].as_mut_ptr(), _mm256_sub_ps(acc[t], macc[t])) };
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::activation::{quantize_q8_0, quantize_q8_1};
+    use crate::activation::{quantize_q8_0, quantize_q8_1, quantize_q8_k};
     use crate::kernels;
 
     fn floats(n: usize, seed: u64) -> Vec<f32> {
@@ -472,7 +656,7 @@ mod tests {
         for (i, block) in raw.chunks_exact_mut(bb).enumerate() {
             let d = f16::from_f32(0.002 + (i % 17) as f32 * 0.001);
             block[..2].copy_from_slice(&d.to_le_bytes());
-            if layout == Layout::Q4_1 {
+            if matches!(layout, Layout::Q4_1 | Layout::Q4K) {
                 let m = f16::from_f32(-0.01 - (i % 5) as f32 * 0.003);
                 block[2..4].copy_from_slice(&m.to_le_bytes());
             }
@@ -484,9 +668,10 @@ mod tests {
         (0..n)
             .map(|t| {
                 let x = floats(cols, 7 + t as u64);
-                let mut q = vec![0u8; cols / 32 * layout.activation_bytes()];
+                let mut q = vec![0u8; cols / layout.block_values() * layout.activation_bytes()];
                 match layout {
                     Layout::Q4_1 => quantize_q8_1(&x, &mut q),
+                    Layout::Q4K => quantize_q8_k(&x, &mut q),
                     _ => quantize_q8_0(&x, &mut q),
                 }
                 q
@@ -500,31 +685,30 @@ mod tests {
             Layout::Q4_1 => kernels::dot_q4_1_q8_1_portable(x, y, blocks),
             Layout::Q5_0 => kernels::dot_q5_0_q8_0_portable(x, y, blocks),
             Layout::Q8_0 => kernels::dot_q8_0_q8_0_portable(x, y, blocks),
+            Layout::Q4K => kernels::dot_q4_k_q8_k_portable(x, y, blocks),
         }
     }
 
     #[test]
     fn packed_products_agree_with_row_kernels_and_do_not_depend_on_the_batch() {
-        for layout in [Layout::Q4_1, Layout::Q5_0, Layout::Q8_0] {
+        for layout in [Layout::Q4_1, Layout::Q5_0, Layout::Q8_0, Layout::Q4K] {
             for blocks in [1, 3, 18, 64] {
-                let (rows, cols) = (16, blocks * 32);
+                let (rows, cols) = (16, blocks * layout.block_values());
                 let raw = weights(layout, rows, blocks, blocks as u64 * 31 + layout as u64);
-                let mut packed = vec![0; raw.len()];
+                let mut packed = vec![0; rows / GROUP * blocks * layout.packed_bytes()];
                 pack(layout, &raw, blocks, &mut packed);
                 let ys = activations(layout, 4, cols);
                 let sums: Vec<Vec<i32>> = ys
                     .iter()
                     .map(|y| {
-                        let mut s = vec![0; blocks];
-                        if layout.needs_sums() {
-                            block_sums(y, &mut s);
-                        }
+                        let mut s = vec![0; blocks * layout.sums_per_block()];
+                        block_sums(layout, y, &mut s);
                         s
                     })
                     .collect();
                 let y_refs: Vec<&[u8]> = ys.iter().map(|y| y.as_slice()).collect();
                 let s_refs: Vec<&[i32]> = sums.iter().map(|s| s.as_slice()).collect();
-                let gb = GROUP * blocks * layout.block_bytes();
+                let gb = blocks * layout.packed_bytes();
                 for g in 0..rows / GROUP {
                     let w = &packed[g * gb..(g + 1) * gb];
                     let mut four = [[0.0; GROUP]; 4];

@@ -343,13 +343,16 @@ impl QMatrix {
             if self.rows.is_multiple_of(GROUP) && self.packed.is_none() {
                 // A few MiB at a time, each released once packed: the file pages and the packed
                 // copy of a large matrix (Gemma 3's 178 MB output head) are never both resident.
-                let chunk =
-                    (4 << 20) / (GROUP * self.len / self.rows) * GROUP * self.len / self.rows;
-                let chunk = chunk.max(GROUP * self.len / self.rows);
-                let mut bytes = vec![0u8; self.len];
-                for (i, out) in bytes.chunks_mut(chunk).enumerate() {
-                    packed::pack(layout, &self.raw()[i * chunk..], self.cols / 32, out);
-                    self.bytes.release(self.offset + i * chunk, out.len());
+                let blocks = self.cols / layout.block_values();
+                let raw_group = GROUP * blocks * layout.block_bytes();
+                let packed_group = blocks * layout.packed_bytes();
+                let per_chunk = ((4 << 20) / raw_group).max(1);
+                let mut bytes = vec![0u8; self.rows / GROUP * packed_group];
+                for (i, out) in bytes.chunks_mut(per_chunk * packed_group).enumerate() {
+                    let at = i * per_chunk * raw_group;
+                    packed::pack(layout, &self.raw()[at..], blocks, out);
+                    self.bytes
+                        .release(self.offset + at, out.len() / packed_group * raw_group);
                 }
                 self.packed = Some((layout, Arc::new(bytes)));
             }
@@ -632,9 +635,12 @@ fn matmul_packed(
     scratch: &mut QuantScratch,
 ) {
     let n = xs.len() / cols;
-    let blocks = cols / 32;
+    let blocks = cols / layout.block_values();
     let row_bytes = blocks * layout.activation_bytes();
     match layout {
+        Layout::Q4K => scratch.quantize(GgmlDType::Q8K, row_bytes, xs, cols, |x, q| {
+            activation::quantize_q8_k(x, q)
+        }),
         Layout::Q4_1 => scratch.quantize(GgmlDType::Q8_1, row_bytes, xs, cols, |x, q| {
             activation::quantize_q8_1(x, q)
         }),
@@ -652,13 +658,14 @@ fn matmul_packed(
     } = scratch;
     // SAFETY: u64 storage viewed as bytes; `quantize` sized it to at least this length.
     let q = unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), n * row_bytes) };
-    if layout.needs_sums() && !*has_sums {
-        sums.resize(n * blocks, 0);
-        packed::block_sums(q, sums);
+    let per = layout.sums_per_block();
+    if per > 0 && !*has_sums {
+        sums.resize(n * blocks * per, 0);
+        packed::block_sums(layout, q, sums);
         *has_sums = true;
     }
     let sums: &[i32] = sums;
-    let group_bytes = GROUP * blocks * layout.block_bytes();
+    let group_bytes = blocks * layout.packed_bytes();
     let per_task = ROWS_PER_TASK / GROUP;
     let bands = |t: &PackedTarget| (t.rows / GROUP).div_ceil(per_task);
     let total: usize = targets.iter().map(bands).sum();
@@ -689,7 +696,8 @@ fn matmul_packed(
                 });
                 let ss: [&[i32]; MAX_ROWS] = std::array::from_fn(|i| {
                     let t = (t0 + i).min(n - 1);
-                    sums.get(t * blocks..(t + 1) * blocks).unwrap_or(&[])
+                    sums.get(t * blocks * per..(t + 1) * blocks * per)
+                        .unwrap_or(&[])
                 });
                 for g in band_groups.clone() {
                     let w = &packed[g * group_bytes..(g + 1) * group_bytes];
