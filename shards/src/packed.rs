@@ -23,12 +23,12 @@
 //!   bit under each nibble), then 4 nibble registers as for Q4_1.
 //! - Q8_0 (272 bytes): 8 × f16 d, then 8 registers; register `g`, lane `r` = the row's quants
 //!   `4g..4g + 4`.
-//! - Q4_K (1440 bytes per 256-value super-block): 8 × f16 d, 8 × f16 dmin, then for each of the 8
-//!   sub-blocks a register of the rows' 6-bit scales as i16 pairs (scale, scale), then 4 registers
-//!   of the rows' mins as i16 pairs (sub-blocks 2k, 2k + 1), then 32 nibble registers; register
-//!   `8c + g`, lane `r` = the row's nibble bytes `32c + 4g..` (low nibbles: sub-block `2c`, high:
-//!   `2c + 1`). The scales take more room than in the file (+25 % for these matrices) so that one
-//!   `madd` applies them.
+//! - Q4_K (1184 bytes per 256-value super-block): 8 × f16 d, 8 × f16 dmin, the rows' 6-bit
+//!   scales as bytes (sub-block `j`: 8 bytes, one per row), their mins as bytes (sub-blocks `2k`
+//!   and `2k + 1`: 16 bytes, a pair per row), then 32 nibble registers; register `8c + g`, lane
+//!   `r` = the row's nibble bytes `32c + 4g..` (low nibbles: sub-block `2c`, high: `2c + 1`).
+//!   Unpacked scales would save the kernel three instructions a sub-block but cost a quarter more
+//!   bytes, which decoding (bound by memory) pays for: 9.4 against 11.0 GB/s streamed.
 
 use half::f16;
 
@@ -81,7 +81,7 @@ impl Layout {
     /// Bytes of one packed block (eight rows').
     pub const fn packed_bytes(self) -> usize {
         match self {
-            Layout::Q4K => 1440,
+            Layout::Q4K => 1184,
             other => GROUP * other.block_bytes(),
         }
     }
@@ -132,16 +132,13 @@ pub fn pack(layout: Layout, raw: &[u8], blocks: usize, out: &mut [u8]) {
                         dst[16 + 2 * r..18 + 2 * r].copy_from_slice(&src[2..4]);
                         let sm = q4_k_scales(src);
                         for (j, &scale) in sm[..8].iter().enumerate() {
-                            let at = 32 + 32 * j + 4 * r;
-                            let pair = u32::from(scale) * 0x1_0001;
-                            dst[at..at + 4].copy_from_slice(&pair.to_le_bytes());
+                            dst[32 + 8 * j + r] = scale;
                         }
                         for k in 0..4 {
-                            let at = 288 + 32 * k + 4 * r;
-                            let pair = u32::from(sm[8 + 2 * k]) | u32::from(sm[9 + 2 * k]) << 16;
-                            dst[at..at + 4].copy_from_slice(&pair.to_le_bytes());
+                            let at = 96 + 16 * k + 2 * r;
+                            dst[at..at + 2].copy_from_slice(&sm[8 + 2 * k..10 + 2 * k]);
                         }
-                        (&src[16..], 416)
+                        (&src[16..], 160)
                     }
                 };
                 for (g, four) in quants.chunks_exact(4).enumerate() {
@@ -330,12 +327,11 @@ pub fn group_dot_portable(
 
 /// Portable Q4_K [`group_dot`].
 fn q4_k_portable(w: &[u8], ys: &[&[u8]], sums: &[&[i32]], blocks: usize, out: &mut [[f32; GROUP]]) {
-    let i16_at = |b: &[u8], at: usize| i32::from(i16::from_le_bytes([b[at], b[at + 1]]));
     for (t, (y, o)) in ys.iter().zip(out.iter_mut()).enumerate() {
         let mut acc = [0.0f32; GROUP];
         let mut macc = [0.0f32; GROUP];
         for b in 0..blocks {
-            let (wb, yb) = (&w[b * 1440..(b + 1) * 1440], &y[b * 292..(b + 1) * 292]);
+            let (wb, yb) = (&w[b * 1184..(b + 1) * 1184], &y[b * 292..(b + 1) * 292]);
             let dy = f32::from_le_bytes(yb[..4].try_into().expect("4 bytes"));
             for r in 0..GROUP {
                 let mut isum = 0i32;
@@ -343,19 +339,19 @@ fn q4_k_portable(w: &[u8], ys: &[&[u8]], sums: &[&[i32]], blocks: usize, out: &m
                     let (c, high) = (j / 2, j % 2 == 1);
                     let part: i32 = (0..32)
                         .map(|l| {
-                            let byte = wb[416 + 32 * (8 * c + l / 4) + 4 * r + l % 4];
+                            let byte = wb[160 + 32 * (8 * c + l / 4) + 4 * r + l % 4];
                             let q = if high { byte >> 4 } else { byte & 0x0F };
                             i32::from(q) * i32::from(yb[4 + 32 * j + l] as i8)
                         })
                         .sum();
-                    isum += i16_at(wb, 32 + 32 * j + 4 * r) * part;
+                    isum += i32::from(wb[32 + 8 * j + r]) * part;
                 }
                 let imin: i32 = (0..4)
                     .map(|k| {
                         let word = sums[t][4 * b + k];
                         let (lo, hi) = (i32::from(word as i16), i32::from((word >> 16) as i16));
-                        let at = 288 + 32 * k + 4 * r;
-                        i16_at(wb, at) * lo + i16_at(wb, at + 2) * hi
+                        let at = 96 + 16 * k + 2 * r;
+                        i32::from(wb[at]) * lo + i32::from(wb[at + 1]) * hi
                     })
                     .sum();
                 acc[r] = (isum as f32).mul_add(f16_at(wb, 2 * r) * dy, acc[r]);
@@ -570,7 +566,7 @@ mod avx2 {
         blocks: usize,
         out: &mut [[f32; GROUP]; T],
     ) {
-        assert!(w.len() >= blocks * 1440 && ys.iter().all(|y| y.len() >= blocks * 292));
+        assert!(w.len() >= blocks * 1184 && ys.iter().all(|y| y.len() >= blocks * 292));
         assert!(sums.iter().all(|s| s.len() >= blocks * 4));
         let low = _mm256_set1_epi8(0x0F);
         let mut acc = [_mm256_setzero_ps(); T];
@@ -578,14 +574,14 @@ mod avx2 {
         for b in 0..blocks {
             // SAFETY: block `b` is in bounds of `w`, of every `ys[t]` and `sums[t]` (asserted).
             unsafe {
-                let wp = w.as_ptr().add(b * 1440);
+                let wp = w.as_ptr().add(b * 1184);
                 let mut isum = [_mm256_setzero_si256(); T];
                 for j in 0..8 {
                     let (c, high) = (j / 2, j % 2 == 1);
                     // Per lane: 16 products of at most 15 × 127: fits i16.
                     let mut s = [_mm256_setzero_si256(); T];
                     for g in 0..8 {
-                        let p = _mm256_loadu_si256(wp.add(416 + 32 * (8 * c + g)).cast());
+                        let p = _mm256_loadu_si256(wp.add(160 + 32 * (8 * c + g)).cast());
                         let v = if high {
                             _mm256_and_si256(_mm256_srli_epi16(p, 4), low)
                         } else {
@@ -596,7 +592,9 @@ mod avx2 {
                             s[t] = _mm256_add_epi16(s[t], _mm256_maddubs_epi16(v, y));
                         }
                     }
-                    let sc = _mm256_loadu_si256(wp.add(32 + 32 * j).cast());
+                    // Row r's scale in both halves of lane r, for one madd.
+                    let sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(wp.add(32 + 8 * j).cast()));
+                    let sc = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));
                     for t in 0..T {
                         isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s[t], sc));
                     }
@@ -605,7 +603,8 @@ mod avx2 {
                 for t in 0..T {
                     let mut imin = _mm256_setzero_si256();
                     for k in 0..4 {
-                        let mins = _mm256_loadu_si256(wp.add(288 + 32 * k).cast());
+                        let mins =
+                            _mm256_cvtepu8_epi16(_mm_loadu_si128(wp.add(96 + 16 * k).cast()));
                         let ysum = _mm256_set1_epi32(*sums[t].get_unchecked(4 * b + k));
                         imin = _mm256_add_epi32(imin, _mm256_madd_epi16(mins, ysum));
                     }
