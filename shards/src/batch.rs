@@ -9,13 +9,14 @@
 //! they stay in step instead of splitting into groups that take turns.
 
 use std::collections::HashMap;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Longest a step waits for sessions in their decoding loop that have not handed in a token.
 pub const GATHER: Duration = Duration::from_millis(3);
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::stage::{Stage, StageInput};
 
@@ -131,7 +132,25 @@ impl DecodeBatcher {
             state.running = true;
             drop(state);
             let rows = batch.len() as u64;
-            let results = self.step(batch);
+            let tickets: Vec<u64> = batch.iter().map(|r| r.ticket).collect();
+            let results = match catch_unwind(AssertUnwindSafe(|| self.step(batch))) {
+                Ok(results) => results,
+                Err(panic) => {
+                    // The sessions' caches went down with the step: their threads get an error
+                    // instead of waiting forever, and the next step can run.
+                    let mut state = self.state.lock().expect("batcher lock");
+                    state.running = false;
+                    for t in tickets {
+                        let lost = Error::BadStageInput("the decoding step failed".into());
+                        state
+                            .done
+                            .insert(t, (KvCache::new(0, 0, 0), Vec::new(), Err(lost)));
+                    }
+                    self.stepped.notify_all();
+                    drop(state);
+                    resume_unwind(panic);
+                }
+            };
             state = self.state.lock().expect("batcher lock");
             state.running = false;
             state.steps += 1;

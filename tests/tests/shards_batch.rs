@@ -95,3 +95,52 @@ fn batched_decoding_refuses_what_it_cannot_do() {
     let mut c = half.new_cache(4);
     assert!(half.decode_batch(&mut [&mut c], &[1], &mut logits).is_err());
 }
+
+#[test]
+fn generators_on_separate_threads_meet_in_batched_steps_and_decode_as_alone() {
+    use hearth_shards::{DecodeBatcher, GenerateParams, Generator, SamplingParams};
+    use std::sync::Arc;
+    let model = TestModel::SmolLm2.open(2);
+    let stage = Arc::new(model.full_stage().unwrap());
+    let tok = model.tokenizer().clone();
+    let params = GenerateParams {
+        sampling: SamplingParams::greedy(),
+        max_tokens: 24,
+        stop: Vec::new(),
+    };
+    let prompts = [
+        "The river",
+        "My favourite book",
+        "Bread is made",
+        "At night the",
+    ];
+    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode(p, true, false)).collect();
+    let alone: Vec<Vec<u32>> = ids
+        .iter()
+        .map(|p| {
+            let mut g = Generator::new(stage.clone(), tok.clone(), 64);
+            g.generate(p, &params, |_| true).unwrap().tokens
+        })
+        .collect();
+    let batcher = Arc::new(DecodeBatcher::new(stage.clone()));
+    let together: Vec<Vec<u32>> = std::thread::scope(|s| {
+        let handles: Vec<_> = ids
+            .iter()
+            .map(|p| {
+                let (batcher, tok, params) = (batcher.clone(), tok.clone(), &params);
+                s.spawn(move || {
+                    let mut g = Generator::batched(batcher, tok, 64);
+                    g.generate(p, params, |_| true).unwrap().tokens
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(alone, together);
+    let stats = batcher.stats();
+    assert_eq!(stats.rows, 4 * 23, "{stats:?}");
+    assert!(
+        stats.steps < stats.rows,
+        "no step served two sessions: {stats:?}"
+    );
+}
