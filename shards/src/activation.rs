@@ -2,7 +2,21 @@
 //! byte for byte as ggml writes them (round half to even, scales computed in f32), so products
 //! round the way llama.cpp's do.
 
+use candle_core::quantized::GgmlDType;
 use half::f16;
+
+/// Quantizes one row of activations into blocks.
+pub type Quantize = fn(&[f32], &mut [u8]);
+
+/// hearth's quantizer for activations of block type `dtype` (Q8_0, Q8_1, Q8_K), if it has one.
+pub fn quantizer(dtype: GgmlDType) -> Option<Quantize> {
+    match dtype {
+        GgmlDType::Q8_0 => Some(quantize_q8_0),
+        GgmlDType::Q8_1 => Some(quantize_q8_1),
+        GgmlDType::Q8K => Some(quantize_q8_k),
+        _ => None,
+    }
+}
 
 /// Q8_0: 32 values → f16 scale + 32 × i8.
 pub fn quantize_q8_0(xs: &[f32], out: &mut [u8]) {

@@ -821,10 +821,11 @@ mod avx2 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn bytes(n: usize, seed: u64) -> Vec<u8> {
+    /// Pseudo-random bytes (also the packed kernels' test data).
+    pub(crate) fn bytes(n: usize, seed: u64) -> Vec<u8> {
         let mut s = seed;
         (0..n)
             .map(|_| {

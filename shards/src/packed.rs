@@ -30,6 +30,7 @@
 //!   Unpacked scales would save the kernel three instructions a sub-block but cost a quarter more
 //!   bytes, which decoding (bound by memory) pays for: 9.4 against 11.0 GB/s streamed.
 
+use candle_core::quantized::GgmlDType;
 use half::f16;
 
 use crate::quant::GgmlType;
@@ -83,6 +84,15 @@ impl Layout {
         match self {
             Layout::Q4K => 1184,
             other => GROUP * other.block_bytes(),
+        }
+    }
+
+    /// The block type activations are quantized to for this layout's kernel.
+    pub const fn activation_type(self) -> GgmlDType {
+        match self {
+            Layout::Q4_1 => GgmlDType::Q8_1,
+            Layout::Q5_0 | Layout::Q8_0 => GgmlDType::Q8_0,
+            Layout::Q4K => GgmlDType::Q8K,
         }
     }
 
@@ -269,6 +279,7 @@ pub fn group_dot_portable(
     if layout == Layout::Q4K {
         return q4_k_portable(w, ys, sums, blocks, out);
     }
+    // The 32-value layouts.
     let (gb, ab) = (layout.packed_bytes(), layout.activation_bytes());
     for (t, (y, o)) in ys.iter().zip(out.iter_mut()).enumerate() {
         let mut acc = [0.0f32; GROUP];
@@ -394,6 +405,37 @@ mod avx2 {
         _mm256_set1_epi32(unsafe { p.cast::<i32>().read_unaligned() })
     }
 
+    /// A nibble register's low nibbles and high nibbles, as bytes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn nibbles(p: __m256i) -> (__m256i, __m256i) {
+        let low = _mm256_set1_epi8(0x0F);
+        (
+            _mm256_and_si256(p, low),
+            _mm256_and_si256(_mm256_srli_epi16(p, 4), low),
+        )
+    }
+
+    /// Pair sums of `lo` against the activation bytes at `yp` plus `hi` against those 16 further
+    /// on (a 32-value block's values `4g..` and `16 + 4g..`), as i16 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn lo_hi_products(lo: __m256i, hi: __m256i, yp: *const u8) -> __m256i {
+        // SAFETY: the caller passes a pointer to 20 readable bytes.
+        let (ylo, yhi) = unsafe { (four_all(yp), four_all(yp.add(16))) };
+        _mm256_add_epi16(_mm256_maddubs_epi16(lo, ylo), _mm256_maddubs_epi16(hi, yhi))
+    }
+
+    /// Stores each activation row's eight results.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn store<const T: usize>(out: &mut [[f32; GROUP]; T], acc: [__m256; T]) {
+        for (o, a) in out.iter_mut().zip(acc) {
+            // SAFETY: `o` holds eight floats.
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), a) };
+        }
+    }
+
     /// # Safety
     /// Needs AVX2, FMA and F16C; `w` holds `blocks` packed Q4_1 blocks and each `ys[t]` `blocks`
     /// Q8_1 blocks.
@@ -405,7 +447,6 @@ mod avx2 {
         out: &mut [[f32; GROUP]; T],
     ) {
         assert!(w.len() >= blocks * 160 && ys.iter().all(|y| y.len() >= blocks * 36));
-        let low = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); T];
         // The offsets' products (m × s) sum apart from the quants', as ggml sums them.
@@ -417,14 +458,10 @@ mod avx2 {
                 // Per lane: 8 products of at most 15 × 127 per pair sum: fits i16.
                 let mut s = [_mm256_setzero_si256(); T];
                 for g in 0..4 {
-                    let p = _mm256_loadu_si256(wp.add(32 + 32 * g).cast());
-                    let lo = _mm256_and_si256(p, low);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), low);
+                    let (lo, hi) = nibbles(_mm256_loadu_si256(wp.add(32 + 32 * g).cast()));
                     for t in 0..T {
                         let yp = ys[t].as_ptr().add(b * 36 + 4 + 4 * g);
-                        let a = _mm256_maddubs_epi16(lo, four_all(yp));
-                        let c = _mm256_maddubs_epi16(hi, four_all(yp.add(16)));
-                        s[t] = _mm256_add_epi16(s[t], _mm256_add_epi16(a, c));
+                        s[t] = _mm256_add_epi16(s[t], lo_hi_products(lo, hi, yp));
                     }
                 }
                 let (d, m) = (f16x8(wp), f16x8(wp.add(16)));
@@ -436,10 +473,7 @@ mod avx2 {
                 }
             }
         }
-        for t in 0..T {
-            // SAFETY: `out[t]` holds eight floats.
-            unsafe { _mm256_storeu_ps(out[t].as_mut_ptr(), _mm256_add_ps(acc[t], macc[t])) };
-        }
+        store(out, std::array::from_fn(|t| _mm256_add_ps(acc[t], macc[t])));
     }
 
     /// # Safety
@@ -455,7 +489,6 @@ mod avx2 {
     ) {
         assert!(w.len() >= blocks * 176 && ys.iter().all(|y| y.len() >= blocks * 34));
         assert!(sums.iter().all(|s| s.len() >= blocks));
-        let low = _mm256_set1_epi8(0x0F);
         let bit = _mm256_set1_epi8(0x10);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); T];
@@ -468,19 +501,14 @@ mod avx2 {
                 // 2 × 31 × 127, so an i16 lane takes two registers' worth before widening.
                 let mut s = [[_mm256_setzero_si256(); 2]; T];
                 for g in 0..4 {
-                    let p = _mm256_loadu_si256(wp.add(48 + 32 * g).cast());
+                    let (lo, hi) = nibbles(_mm256_loadu_si256(wp.add(48 + 32 * g).cast()));
                     let hlo = _mm256_sllv_epi32(qh, _mm256_set1_epi32(4 - g as i32));
                     let hhi = _mm256_srlv_epi32(qh, _mm256_set1_epi32(g as i32));
-                    let lo = _mm256_or_si256(_mm256_and_si256(p, low), _mm256_and_si256(hlo, bit));
-                    let hi = _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16(p, 4), low),
-                        _mm256_and_si256(hhi, bit),
-                    );
+                    let lo = _mm256_or_si256(lo, _mm256_and_si256(hlo, bit));
+                    let hi = _mm256_or_si256(hi, _mm256_and_si256(hhi, bit));
                     for t in 0..T {
                         let yp = ys[t].as_ptr().add(b * 34 + 2 + 4 * g);
-                        let a = _mm256_maddubs_epi16(lo, four_all(yp));
-                        let c = _mm256_maddubs_epi16(hi, four_all(yp.add(16)));
-                        s[t][g / 2] = _mm256_add_epi16(s[t][g / 2], _mm256_add_epi16(a, c));
+                        s[t][g / 2] = _mm256_add_epi16(s[t][g / 2], lo_hi_products(lo, hi, yp));
                     }
                 }
                 let d = f16x8(wp);
@@ -496,15 +524,7 @@ mod avx2 {
                 }
             }
         }
-        for t in 0..T {
-            // SAFETY: `out[t]` holds eight floats.
-            unsafe {
-                _mm256_storeu_ps(
-                    out[t].as_mut_ptr(),
-                    _mm256_add_ps(acc[t], _mm256_setzero_ps()),
-                )
-            };
-        }
+        store(out, acc);
     }
 
     /// # Safety
@@ -544,15 +564,7 @@ mod avx2 {
                 }
             }
         }
-        for t in 0..T {
-            // SAFETY: `out[t]` holds eight floats.
-            unsafe {
-                _mm256_storeu_ps(
-                    out[t].as_mut_ptr(),
-                    _mm256_add_ps(acc[t], _mm256_setzero_ps()),
-                )
-            };
-        }
+        store(out, acc);
     }
 
     /// # Safety
@@ -568,7 +580,6 @@ mod avx2 {
     ) {
         assert!(w.len() >= blocks * 1184 && ys.iter().all(|y| y.len() >= blocks * 292));
         assert!(sums.iter().all(|s| s.len() >= blocks * 4));
-        let low = _mm256_set1_epi8(0x0F);
         let mut acc = [_mm256_setzero_ps(); T];
         let mut macc = [_mm256_setzero_ps(); T];
         for b in 0..blocks {
@@ -582,11 +593,7 @@ mod avx2 {
                     let mut s = [_mm256_setzero_si256(); T];
                     for g in 0..8 {
                         let p = _mm256_loadu_si256(wp.add(160 + 32 * (8 * c + g)).cast());
-                        let v = if high {
-                            _mm256_and_si256(_mm256_srli_epi16(p, 4), low)
-                        } else {
-                            _mm256_and_si256(p, low)
-                        };
+                        let v = if high { nibbles(p).1 } else { nibbles(p).0 };
                         for t in 0..T {
                             let y = four_all(ys[t].as_ptr().add(b * 292 + 4 + 32 * j + 4 * g));
                             s[t] = _mm256_add_epi16(s[t], _mm256_maddubs_epi16(v, y));
@@ -617,41 +624,28 @@ mod avx2 {
                 }
             }
         }
-        for t in 0..T {
-            // SAFETY: `out[t]` holds eight floats.
-            unsafe { _mm256_storeu_ps(out[t].as_mut_ptr(), _mm256_sub_ps(acc[t], macc[t])) };
-        }
+        store(out, std::array::from_fn(|t| _mm256_sub_ps(acc[t], macc[t])));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::activation::{quantize_q8_0, quantize_q8_1, quantize_q8_k};
-    use crate::kernels;
+    use crate::activation::quantizer;
+    use crate::kernels::{self, tests::bytes};
 
+    /// Pseudo-random values in −2..2.
     fn floats(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
-            })
+        bytes(n, seed)
+            .into_iter()
+            .map(|b| (f32::from(b) / 255.0 - 0.5) * 4.0)
             .collect()
     }
 
     /// `rows` GGUF rows of random quants with sane f16 scales (and Q4_1 mins).
     fn weights(layout: Layout, rows: usize, blocks: usize, seed: u64) -> Vec<u8> {
         let bb = layout.block_bytes();
-        let mut s = seed;
-        let mut raw: Vec<u8> = (0..rows * blocks * bb)
-            .map(|_| {
-                s = s.wrapping_mul(2862933555777941757).wrapping_add(3037000493);
-                (s >> 56) as u8
-            })
-            .collect();
+        let mut raw = bytes(rows * blocks * bb, seed);
         for (i, block) in raw.chunks_exact_mut(bb).enumerate() {
             let d = f16::from_f32(0.002 + (i % 17) as f32 * 0.001);
             block[..2].copy_from_slice(&d.to_le_bytes());
@@ -668,11 +662,8 @@ mod tests {
             .map(|t| {
                 let x = floats(cols, 7 + t as u64);
                 let mut q = vec![0u8; cols / layout.block_values() * layout.activation_bytes()];
-                match layout {
-                    Layout::Q4_1 => quantize_q8_1(&x, &mut q),
-                    Layout::Q4K => quantize_q8_k(&x, &mut q),
-                    _ => quantize_q8_0(&x, &mut q),
-                }
+                let quantize = quantizer(layout.activation_type()).expect("Q8 activations");
+                quantize(&x, &mut q);
                 q
             })
             .collect()

@@ -175,7 +175,8 @@ pub struct QuantScratch {
     words: Vec<u64>,
     /// The block type of the activations now in `words`, while [`matmul_shared`] may reuse them.
     holds: Option<GgmlDType>,
-    /// Integer sums of the Q8_0 activation blocks in `words`, when a packed Q5_0 weight wanted them.
+    /// Integer sums of the activation blocks in `words`, once a packed weight wanted them
+    /// (`packed::block_sums`; the block type in `holds` tells which layout's sums they are).
     sums: Vec<i32>,
     has_sums: bool,
 }
@@ -556,18 +557,12 @@ fn matmul_with<T: Block>(
     let dot_block = std::mem::size_of::<T::VecDotType>();
     let dot_per_row = cols / T::VecDotType::BLCK_SIZE;
     let row_bytes = dot_per_row * dot_block;
-    scratch.quantize(
-        T::VecDotType::DTYPE,
-        row_bytes,
-        xs,
-        cols,
-        |xt, qt| match T::VecDotType::DTYPE {
-            GgmlDType::Q8_0 => activation::quantize_q8_0(xt, qt),
-            GgmlDType::Q8_1 => activation::quantize_q8_1(xt, qt),
-            GgmlDType::Q8K => activation::quantize_q8_k(xt, qt),
-            _ => T::VecDotType::from_float(xt, as_blocks_mut::<T::VecDotType>(qt)),
-        },
-    );
+    let dtype = T::VecDotType::DTYPE;
+    let own = activation::quantizer(dtype);
+    scratch.quantize(dtype, row_bytes, xs, cols, |xt, qt| match own {
+        Some(quantize) => quantize(xt, qt),
+        None => T::VecDotType::from_float(xt, as_blocks_mut::<T::VecDotType>(qt)),
+    });
     let q: &[T::VecDotType] = as_blocks::<T::VecDotType>(scratch.bytes(n * row_bytes));
     let w = as_blocks::<T>(w);
     if n == 1 {
@@ -637,19 +632,9 @@ fn matmul_packed(
     let n = xs.len() / cols;
     let blocks = cols / layout.block_values();
     let row_bytes = blocks * layout.activation_bytes();
-    match layout {
-        Layout::Q4K => scratch.quantize(GgmlDType::Q8K, row_bytes, xs, cols, |x, q| {
-            activation::quantize_q8_k(x, q)
-        }),
-        Layout::Q4_1 => scratch.quantize(GgmlDType::Q8_1, row_bytes, xs, cols, |x, q| {
-            activation::quantize_q8_1(x, q)
-        }),
-        Layout::Q5_0 | Layout::Q8_0 => {
-            scratch.quantize(GgmlDType::Q8_0, row_bytes, xs, cols, |x, q| {
-                activation::quantize_q8_0(x, q)
-            })
-        }
-    }
+    let dtype = layout.activation_type();
+    let quantize = activation::quantizer(dtype).expect("packed layouts take Q8 activations");
+    scratch.quantize(dtype, row_bytes, xs, cols, quantize);
     let QuantScratch {
         words,
         sums,
