@@ -38,7 +38,7 @@ struct State {
     /// Sessions waiting for the next step.
     waiting: Vec<Request>,
     /// Sessions stepped, by ticket, until their threads collect them.
-    done: HashMap<u64, (KvCache, Vec<f32>, Result<()>)>,
+    done: HashMap<u64, Stepped>,
     running: bool,
     /// Sessions in their decoding loop.
     active: usize,
@@ -47,6 +47,9 @@ struct State {
     steps: u64,
     rows: u64,
 }
+
+/// A stepped session handed back: its cache, its logits, and whether the step ran.
+type Stepped = (KvCache, Vec<f32>, Result<()>);
 
 struct Request {
     ticket: u64,
@@ -162,45 +165,43 @@ impl DecodeBatcher {
 
     /// One step for `batch`; a session whose step cannot run (its cache is full) gets its own
     /// error without failing the others.
-    #[allow(clippy::type_complexity)]
-    fn step(&self, mut batch: Vec<Request>) -> Vec<(u64, (KvCache, Vec<f32>, Result<()>))> {
+    fn step(&self, mut batch: Vec<Request>) -> Vec<(u64, Stepped)> {
         let vocab = self.stage.spec().vocab;
         let tokens: Vec<u32> = batch.iter().map(|r| r.token).collect();
+        // The first session's buffer takes every row, then keeps its own.
         let mut all = std::mem::take(&mut batch[0].logits);
         let together = {
             let mut caches: Vec<&mut KvCache> = batch.iter_mut().map(|r| &mut r.cache).collect();
             self.stage.decode_batch(&mut caches, &tokens, &mut all)
         };
-        match together {
+        let results: Vec<Result<()>> = match together {
             Ok(()) => {
-                let mut out = Vec::with_capacity(batch.len());
-                for (i, mut r) in batch.into_iter().enumerate().rev() {
-                    let row = &all[i * vocab..(i + 1) * vocab];
-                    if i == 0 {
-                        all.truncate(vocab);
-                        r.logits = std::mem::take(&mut all);
-                    } else {
-                        r.logits.clear();
-                        r.logits.extend_from_slice(row);
-                    }
-                    out.push((r.ticket, (r.cache, r.logits, Ok(()))));
+                for (r, row) in batch.iter_mut().zip(all.chunks_exact(vocab)).skip(1) {
+                    r.logits.clear();
+                    r.logits.extend_from_slice(row);
                 }
-                out
+                all.truncate(vocab);
+                batch[0].logits = all;
+                batch.iter().map(|_| Ok(())).collect()
             }
             Err(_) => {
                 batch[0].logits = all;
                 batch
-                    .into_iter()
-                    .map(|mut r| {
-                        let result = self
-                            .stage
-                            .forward(&mut r.cache, StageInput::Tokens(&[r.token]), &mut r.logits)
-                            .map(|_| ());
-                        (r.ticket, (r.cache, r.logits, result))
+                    .iter_mut()
+                    .map(|r| {
+                        let input = StageInput::Tokens(std::slice::from_ref(&r.token));
+                        self.stage
+                            .forward(&mut r.cache, input, &mut r.logits)
+                            .map(|_| ())
                     })
                     .collect()
             }
-        }
+        };
+        batch
+            .into_iter()
+            .zip(results)
+            .map(|(r, result)| (r.ticket, (r.cache, r.logits, result)))
+            .collect()
     }
 }
 
