@@ -82,6 +82,16 @@ fn layouts(ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Vec<(&'stati
     }
 }
 
+/// A separate copy of `m` (its own bytes), in the same layout.
+fn copy_of(m: &QMatrix, bytes: &[u8]) -> QMatrix {
+    let copy = qmatrix(m.ty(), m.rows(), m.cols(), bytes);
+    if m.is_packed() {
+        copy.pack()
+    } else {
+        copy
+    }
+}
+
 fn memory_bandwidth(c: &mut Criterion) {
     let buf = vec![1u64; BANDWIDTH_BYTES / 8];
     let mut group = c.benchmark_group("memory_read");
@@ -107,13 +117,7 @@ fn decode(c: &mut Criterion) {
         let bytes = matrix(ty, rows, cols);
         for (layout, m) in layouts(ty, rows, cols, &bytes) {
             let copies: Vec<QMatrix> = (0..STREAM_BYTES.div_ceil(bytes.len()))
-                .map(|_| {
-                    if m.is_packed() {
-                        qmatrix(ty, rows, cols, &bytes).pack()
-                    } else {
-                        qmatrix(ty, rows, cols, &bytes)
-                    }
-                })
+                .map(|_| copy_of(&m, &bytes))
                 .collect();
             group.throughput(Throughput::BytesDecimal(bytes.len() as u64));
             let xs: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).cos()).collect();
