@@ -64,9 +64,11 @@ fn concurrent_chats_share_decoding_steps_and_get_the_replies_they_get_alone() {
     let served = node.metric("hearth_decode_step_sessions_total") - served_alone;
     assert_eq!(served, served_alone, "the same tokens were decoded");
     eprintln!("{served} session-steps in {steps} shared steps");
-    // Prefills start at different moments, so not every step holds all four; most do.
+    // Unbatched, every step would serve one reply (1.0). The four prefills share the two cores
+    // and end at different moments, and the first reply decodes alone meanwhile, so fewer than
+    // four share a step on average: 2.2–3.8 measured, lowest under CI.
     assert!(
-        served / steps > 2.5,
+        served / steps > 1.8,
         "{served} session-steps in {steps} steps: replies were not batched\n{}",
         node.log()
     );
