@@ -14,8 +14,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::daemon::Node;
 use crate::metrics::Metrics;
+use crate::node::Node;
+
+/// The error code of a prompt longer than the model's context (OpenAI's, which clients know).
+pub const CONTEXT_LENGTH_EXCEEDED: &str = "context_length_exceeded";
 
 /// The API's routes over `node`.
 pub fn router(node: Arc<Node>) -> Router {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::daemon::RuntimeInfo;
 use crate::data_dir::DataDir;
+use crate::runtime_file::RuntimeInfo;
 
 /// A node running on this machine, answering on its API.
 #[derive(Debug)]
@@ -37,6 +37,21 @@ pub struct NodeError {
     pub status: u16,
     pub code: String,
     pub message: String,
+}
+
+impl NodeError {
+    /// The error in an API answer's body (`{"error": {"code", "message"}}`), with the status
+    /// it came with.
+    fn from_body(status: u16, body: &Value) -> Self {
+        let err = &body["error"];
+        NodeError {
+            status,
+            code: err["code"].as_str().unwrap_or("").to_owned(),
+            message: err["message"]
+                .as_str()
+                .map_or_else(|| format!("the node answered {status}"), str::to_owned),
+        }
+    }
 }
 
 impl LocalNode {
@@ -85,15 +100,7 @@ impl LocalNode {
         }
         let status = response.status().as_u16();
         let body: Value = response.json().unwrap_or(Value::Null);
-        let err = &body["error"];
-        Err(NodeError {
-            status,
-            code: err["code"].as_str().unwrap_or("").to_owned(),
-            message: err["message"]
-                .as_str()
-                .map_or_else(|| format!("the node answered {status}"), str::to_owned),
-        }
-        .into())
+        Err(NodeError::from_body(status, &body).into())
     }
 
     /// `GET path` as JSON.
@@ -133,6 +140,7 @@ impl LocalNode {
             .send()
             .with_context(|| format!("cannot reach the node at {}", self.base))?;
         let r = Self::checked(r)?;
+        let status = r.status().as_u16();
         let mut out = Streamed::default();
         for line in BufReader::new(r).lines() {
             let line = line.context("the reply stream broke")?;
@@ -143,8 +151,8 @@ impl LocalNode {
                 return Ok(out);
             }
             let v: Value = serde_json::from_str(data).context("the node sent a bad event")?;
-            if let Some(err) = v.get("error") {
-                bail!("{}", err["message"].as_str().unwrap_or("the reply failed"));
+            if v.get("error").is_some() {
+                return Err(NodeError::from_body(status, &v).into());
             }
             if let Some(n) = v["hearth"]["node"].as_str() {
                 if out.nodes.last().map(String::as_str) != Some(n) {

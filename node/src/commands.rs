@@ -14,7 +14,7 @@ use hearth_shards::{default_threads, Model};
 
 use crate::cli::{Cli, Command, ModelArgs};
 use crate::data_dir::DataDir;
-use crate::model_cache::ModelCache;
+use crate::models::ModelCache;
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use hearth_protocol::HouseholdSecret;
+use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
 use crate::durable;
@@ -24,8 +25,8 @@ struct Stored {
 pub struct Household {
     path: PathBuf,
     pub secret: HouseholdSecret,
-    /// Peer ids refused even though they may still hold the secret.
-    pub revoked: BTreeSet<String>,
+    /// Peers refused even though they may still hold the secret.
+    pub revoked: BTreeSet<PeerId>,
 }
 
 /// What to tell a user whose node is in no household.
@@ -49,10 +50,22 @@ impl Household {
             toml::from_str(&text).with_context(|| format!("{} is damaged", path.display()))?;
         let secret = HouseholdSecret::from_join_code(&stored.code)
             .with_context(|| format!("{} holds a bad join code", path.display()))?;
+        let revoked = stored
+            .revoked
+            .iter()
+            .map(|p| {
+                p.parse().with_context(|| {
+                    format!(
+                        "{} lists {p:?} as revoked, which is not a peer id",
+                        path.display()
+                    )
+                })
+            })
+            .collect::<Result<_>>()?;
         Ok(Some(Household {
             path: path.to_owned(),
             secret,
-            revoked: stored.revoked,
+            revoked,
         }))
     }
 
@@ -84,12 +97,11 @@ impl Household {
         Ok(household)
     }
 
-    /// Adds revoked peer ids; returns those that were new. Saves when anything changed.
-    pub fn revoke<'a>(&mut self, peers: impl IntoIterator<Item = &'a str>) -> Result<Vec<String>> {
-        let added: Vec<String> = peers
+    /// Adds revoked peers; returns those that were new. Saves when anything changed.
+    pub fn revoke(&mut self, peers: impl IntoIterator<Item = PeerId>) -> Result<Vec<PeerId>> {
+        let added: Vec<PeerId> = peers
             .into_iter()
-            .filter(|p| self.revoked.insert((*p).to_owned()))
-            .map(str::to_owned)
+            .filter(|p| self.revoked.insert(*p))
             .collect();
         if !added.is_empty() {
             self.save()?;
@@ -100,7 +112,7 @@ impl Household {
     fn save(&self) -> Result<()> {
         let stored = Stored {
             code: self.secret.join_code(),
-            revoked: self.revoked.clone(),
+            revoked: self.revoked.iter().map(PeerId::to_string).collect(),
         };
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)
@@ -127,11 +139,12 @@ mod tests {
             .contains("household init"));
         let a = HouseholdSecret::from_bytes([1; 32]);
         let mut h = Household::create(&p, a.clone(), false).unwrap();
-        assert_eq!(h.revoke(["peer1", "peer2"]).unwrap().len(), 2);
-        assert_eq!(h.revoke(["peer1"]).unwrap().len(), 0);
+        let (p1, p2) = (PeerId::random(), PeerId::random());
+        assert_eq!(h.revoke([p1, p2]).unwrap().len(), 2);
+        assert_eq!(h.revoke([p1]).unwrap().len(), 0);
         let again = Household::load(&p).unwrap().unwrap();
         assert_eq!(again.secret, a);
-        assert_eq!(again.revoked.len(), 2);
+        assert_eq!(again.revoked, [p1, p2].into_iter().collect());
         // Joining another household needs --force.
         let b = HouseholdSecret::from_bytes([2; 32]);
         assert!(Household::create(&p, b.clone(), false).is_err());

@@ -1,7 +1,12 @@
 //! hearth's node: the `hearth` command line, the data directory, the model cache, and the mesh
-//! daemon (identity, household admission, discovery, capability cards, routing, jobs, HTTP API).
+//! daemon. Grouped by capability: `mesh` (transport, discovery, peers, streams per protocol),
+//! `cards` and `jobs` (protocols over the mesh), `chat` (the one path from a request to a reply:
+//! members, routing, dispatch), `models` (the cache), `api` (HTTP shapes), `daemon` (the
+//! composition root), `commands` (the CLI).
 
 pub mod api;
+pub mod cards;
+pub mod chat;
 pub mod cli;
 pub mod client;
 pub mod commands;
@@ -9,13 +14,14 @@ pub mod config;
 pub mod daemon;
 pub mod data_dir;
 pub mod devices;
-pub mod dispatch;
+pub mod drain;
 pub mod durable;
-pub mod engine;
-pub mod fair_queue;
 pub mod household;
 pub mod identity;
+pub mod jobs;
+pub mod logs;
 pub mod mesh;
 pub mod metrics;
-pub mod model_cache;
-pub mod routing;
+pub mod models;
+pub mod node;
+pub mod runtime_file;

@@ -1,20 +1,20 @@
 //! The household mesh over libp2p: TCP, then the household's private-network key (a peer without
 //! the household secret fails here, before any hearth protocol), then noise and yamux. Peers come
-//! from mDNS and `--peer`; capability cards and jobs travel on their own stream protocols.
+//! from mDNS and `--peer`. The mesh knows nothing of what peers say to each other: each protocol
+//! (cards, jobs, ...) registers its name with [`Mesh::accept`] and opens streams with
+//! [`Mesh::open`] or [`Mesh::ask`].
 
-mod cards;
 pub mod discovery;
-mod jobs;
 pub mod peers;
-mod wire;
+pub mod wire;
 
 use std::collections::HashSet;
+use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
-use hearth_protocol::{Card, JobEvent, JobRequest, CARD_PROTOCOL, JOB_PROTOCOL};
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::Boxed;
 use libp2p::core::upgrade::Version;
@@ -24,14 +24,17 @@ use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{allow_block_list, identity::Keypair, noise, ping, tcp, yamux};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, Transport};
+use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, Swarm, Transport};
+use libp2p_stream::IncomingStreams;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::Engine;
 use crate::household::Household;
 use crate::metrics::Metrics;
 use discovery::{Discovered, Discovery};
-use peers::{PeerTable, PeerView};
+use peers::{PeerLink, PeerTable};
+use wire::{read_frame, write_frame};
 
 /// How often peers are pinged (for latency, and as a second check that they are alive; the card
 /// poll drops a silent peer first, see `cards`).
@@ -39,6 +42,10 @@ const PING_INTERVAL: Duration = Duration::from_secs(2);
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often `--peer` addresses that are not connected are dialled again.
 const REDIAL: Duration = Duration::from_secs(3);
+/// Longest wait for a stream to open.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams [`Mesh::ask`] opens before giving up on a first answer.
+const ASK_ATTEMPTS: u32 = 5;
 
 /// Mesh settings.
 #[derive(Debug, Clone)]
@@ -49,9 +56,6 @@ pub struct MeshConfig {
     /// Announce and browse over mDNS.
     pub mdns: bool,
 }
-
-/// Builds this node's card on demand.
-pub type CardSource = Arc<dyn Fn(&Mesh) -> Card + Send + Sync>;
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
@@ -90,13 +94,11 @@ impl std::fmt::Debug for Mesh {
 }
 
 impl Mesh {
-    /// Starts listening, discovery and the card and job protocols.
+    /// Starts listening and discovery. Protocols are registered afterwards with [`Mesh::accept`].
     pub async fn start(
         key: Keypair,
         household: Household,
         config: MeshConfig,
-        card: CardSource,
-        engine: Arc<Engine>,
         metrics: Arc<Metrics>,
     ) -> Result<Mesh> {
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
@@ -120,21 +122,13 @@ impl Mesh {
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(365 * 86400)))
             .build();
         for peer in &household.revoked {
-            if let Ok(id) = peer.parse() {
-                swarm.behaviour_mut().blocked.block_peer(id);
-            }
+            swarm.behaviour_mut().blocked.block_peer(*peer);
         }
         swarm
             .listen_on(config.listen.clone())
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let me = *swarm.local_peer_id();
-        let mut control = swarm.behaviour().streams.new_control();
-        let card_streams = control
-            .accept(StreamProtocol::new(CARD_PROTOCOL))
-            .expect("registered once");
-        let job_streams = control
-            .accept(StreamProtocol::new(JOB_PROTOCOL))
-            .expect("registered once");
+        let control = swarm.behaviour().streams.new_control();
         let (commands, command_rx) = mpsc::channel(64);
         let shared = Arc::new(Shared {
             peers: Mutex::new(PeerTable::default()),
@@ -143,16 +137,12 @@ impl Mesh {
             metrics,
             commands,
         });
-        let mesh = Mesh {
+        tokio::spawn(run(swarm, config, command_rx, shared.clone()));
+        Ok(Mesh {
             me,
             control,
             shared,
-        };
-        tokio::spawn(cards::serve(card_streams, card, mesh.clone()));
-        tokio::spawn(jobs::serve(job_streams, engine));
-        tokio::spawn(cards::poll(mesh.clone()));
-        tokio::spawn(run(swarm, config, command_rx, mesh.shared.clone()));
-        Ok(mesh)
+        })
     }
 
     /// This node's peer id.
@@ -165,46 +155,97 @@ impl Mesh {
         self.shared.listen.lock().expect("listen lock").clone()
     }
 
-    /// Connected peers with their cards.
-    pub fn peers(&self) -> Vec<PeerView> {
-        self.shared.peers.lock().expect("peers lock").views()
+    /// Connected peers, by peer id.
+    pub fn peers(&self) -> Vec<PeerLink> {
+        self.shared.peers.lock().expect("peers lock").links()
     }
 
     /// Peer ids the household has revoked.
-    pub fn revoked(&self) -> Vec<String> {
+    pub fn revoked(&self) -> Vec<PeerId> {
         let h = self.shared.household.lock().expect("household lock");
-        h.revoked.iter().cloned().collect()
+        h.revoked.iter().copied().collect()
     }
 
-    /// Revokes `peers` (saving them in the household file) and drops their connections.
-    pub async fn revoke(&self, peers: &[String]) -> Result<Vec<String>> {
+    /// Revokes `peers` (saving them in the household file) and drops their connections; returns
+    /// those that were not revoked before.
+    pub async fn revoke(&self, peers: &[PeerId]) -> Result<Vec<PeerId>> {
         let added = {
             let mut h = self.shared.household.lock().expect("household lock");
-            h.revoke(peers.iter().map(String::as_str))?
+            h.revoke(peers.iter().copied())?
         };
-        for p in &added {
-            match p.parse::<PeerId>() {
-                Ok(id) if id == self.me => {
-                    tracing::error!(
-                        "this device was removed from the household; it will not be served"
-                    )
-                }
-                Ok(id) => {
-                    tracing::warn!(peer = %id, "peer revoked from the household");
-                    let _ = self.shared.commands.send(Command::Block(id)).await;
-                }
-                Err(_) => {
-                    tracing::warn!(peer = %p, "ignoring a revoked peer id that does not parse")
-                }
+        for &id in &added {
+            if id == self.me {
+                tracing::error!(
+                    "this device was removed from the household; it will not be served"
+                );
+            } else {
+                tracing::warn!(peer = %id, "peer revoked from the household");
+                let _ = self.shared.commands.send(Command::Block(id)).await;
             }
         }
         Ok(added)
     }
 
-    /// Runs `request` on `peer`; events (ending with `Done`, `Busy` or `Failed`) arrive on the
-    /// channel, which closes early if the peer or the connection fails.
-    pub fn open_job(&self, peer: PeerId, request: JobRequest) -> mpsc::Receiver<JobEvent> {
-        jobs::open(self.control.clone(), peer, request)
+    /// Forgets `peer` now and closes its connections: it stopped answering.
+    pub async fn drop_peer(&self, peer: PeerId) {
+        self.shared.peers.lock().expect("peers lock").gone(&peer);
+        let _ = self.shared.commands.send(Command::Disconnect(peer)).await;
+    }
+
+    /// Registers `protocol`: peers' streams for it arrive on the returned stream. Each protocol
+    /// is registered once, by the module that serves it.
+    pub fn accept(&self, protocol: &'static str) -> Result<IncomingStreams> {
+        self.control
+            .clone()
+            .accept(StreamProtocol::new(protocol))
+            .map_err(|_| anyhow::anyhow!("protocol {protocol} is registered twice"))
+    }
+
+    /// Opens a stream to `peer` for `protocol`, waiting at most 10 s.
+    pub async fn open(&self, peer: PeerId, protocol: &'static str) -> io::Result<Stream> {
+        let mut control = self.control.clone();
+        match tokio::time::timeout(
+            OPEN_TIMEOUT,
+            control.open_stream(peer, StreamProtocol::new(protocol)),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(io::Error::other(format!(
+                "cannot open a {protocol} stream: {e}"
+            ))),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no {protocol} stream opened within {OPEN_TIMEOUT:?}"),
+            )),
+        }
+    }
+
+    /// Opens a stream for `protocol`, sends `request` and reads the first answer; the stream
+    /// stays open for whatever follows. A stream that closes before any answer never reached
+    /// the peer's server (libp2p-stream drops inbound streams that arrive while the server's
+    /// accept channel is full), so another is opened, up to 5 in all: every request/answer
+    /// protocol gets this care by asking through here.
+    pub async fn ask<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        peer: PeerId,
+        protocol: &'static str,
+        request: &Q,
+    ) -> io::Result<(Stream, A)> {
+        for attempt in 1..=ASK_ATTEMPTS {
+            let mut stream = self.open(peer, protocol).await?;
+            if write_frame(&mut stream, request).await.is_ok() {
+                if let Ok(Some(first)) = read_frame::<_, A>(&mut stream).await {
+                    return Ok((stream, first));
+                }
+            }
+            tracing::debug!(%peer, attempt, protocol, "stream closed before an answer; opening another");
+            tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+        }
+        Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            format!("the peer closed {ASK_ATTEMPTS} {protocol} streams before answering"),
+        ))
     }
 
     /// Closes every connection and stops announcing this node.

@@ -3,9 +3,14 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Most prompt tokens a resumed job may carry (bounded by the frame size anyway; this makes the
-/// limit explicit).
+/// Most tokens a job's prompt may hold, resumed tokens included (bounded by the frame size
+/// anyway; this makes the limit explicit, and nodes enforce it).
 pub const MAX_PROMPT_TOKENS: usize = 1 << 17;
+
+/// Whether `s` is a model digest as jobs name models: 64 lowercase hex digits (SHA-256).
+pub fn is_digest(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
 
 /// A generation request. The first frame on a job stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -18,6 +23,26 @@ pub struct JobRequest {
     pub params: JobParams,
     /// Tokens another peer already produced for this reply, when failing over.
     pub resume: Resume,
+}
+
+impl JobRequest {
+    /// What a node checks before touching a model: the model is named by its full digest (never
+    /// a name, prefix or path) and the resumed tokens fit [`MAX_PROMPT_TOKENS`].
+    pub fn check(&self) -> Result<(), String> {
+        if !is_digest(&self.model) {
+            return Err(format!(
+                "jobs name their model by its full SHA-256 digest (64 lowercase hex digits), not {:?}",
+                self.model
+            ));
+        }
+        if self.resume.tokens.len() > MAX_PROMPT_TOKENS {
+            return Err(format!(
+                "the reply to resume is {} tokens; a job takes at most {MAX_PROMPT_TOKENS}",
+                self.resume.tokens.len()
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What to continue.
@@ -34,6 +59,16 @@ pub enum Prompt {
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+}
+
+impl ChatMessage {
+    /// A message with `role` and `content`.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
 }
 
 /// Sampling and stopping settings.
@@ -97,6 +132,8 @@ pub enum Finish {
 pub enum FailCode {
     /// The request is wrong (bad parameters, prompt too long): no peer will do better.
     BadRequest,
+    /// The prompt does not fit the serving node's context: no peer will do better.
+    ContextOverflow,
     /// The node lacks the model.
     NoModel,
     /// Another protocol version.
@@ -109,5 +146,45 @@ impl FailCode {
     /// Whether another peer could succeed where this one failed.
     pub fn retryable(self) -> bool {
         matches!(self, FailCode::NoModel | FailCode::Internal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_name_models_by_full_digest_and_bound_resumed_tokens() {
+        let digest = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+        let mut r = JobRequest {
+            version: crate::PROTOCOL_VERSION,
+            model: digest.into(),
+            prompt: Prompt::Text("hi".into()),
+            params: JobParams {
+                temperature: 0.0,
+                top_k: 1,
+                top_p: 1.0,
+                repeat_penalty: 1.0,
+                seed: 0,
+                max_tokens: 1,
+                stop: Vec::new(),
+            },
+            resume: Resume::default(),
+        };
+        assert_eq!(r.check(), Ok(()));
+        for bad in [
+            "b179",
+            "/etc/passwd",
+            "smollm2-135m",
+            &digest.to_uppercase(),
+            "",
+        ] {
+            r.model = bad.into();
+            assert!(r.check().unwrap_err().contains("digest"), "{bad}");
+        }
+        r.model = digest.into();
+        r.resume.tokens = vec![0; MAX_PROMPT_TOKENS + 1];
+        assert!(r.check().is_err());
+        assert!(!FailCode::ContextOverflow.retryable());
     }
 }

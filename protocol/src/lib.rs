@@ -10,12 +10,13 @@ pub use card::{Card, CardReply, CardRequest, Device, DeviceKind, ModelInfo, Mode
 pub use frame::{decode, encode, FrameBuffer, FrameError, MAX_FRAME};
 pub use household::{HouseholdSecret, JoinCodeError};
 pub use job::{
-    ChatMessage, FailCode, Finish, JobEvent, JobParams, JobRequest, Prompt, Resume, Usage,
-    MAX_PROMPT_TOKENS,
+    is_digest, ChatMessage, FailCode, Finish, JobEvent, JobParams, JobRequest, Prompt, Resume,
+    Usage, MAX_PROMPT_TOKENS,
 };
 
 /// Version of the hearth protocol spoken by this build; peers with another version are refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// (2: jobs name models by full digest only; `FailCode::ContextOverflow`.)
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// libp2p protocol name of the capability-card exchange.
 pub const CARD_PROTOCOL: &str = "/hearth/card/1";

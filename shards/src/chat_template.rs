@@ -1,29 +1,12 @@
 //! Chat templates: the model's own Jinja template from `tokenizer.chat_template`, rendered with
 //! minijinja under the same settings transformers uses, or a plain transcript for base models.
 
+pub use hearth_protocol::ChatMessage;
 use minijinja::{Environment, ErrorKind};
-use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::tokenizer::Tokenizer;
-
-/// One chat message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
-}
-
-impl ChatMessage {
-    /// A message with `role` and `content`.
-    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage {
-            role: role.into(),
-            content: content.into(),
-        }
-    }
-}
 
 /// Template used for models that ship none: a plain transcript a base model can continue.
 const PLAIN_TRANSCRIPT: &str =

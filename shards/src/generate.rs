@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use hearth_protocol::{Finish, Resume};
+
 use crate::batch::DecodeBatcher;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
@@ -31,23 +33,12 @@ impl Default for GenerateParams {
     }
 }
 
-/// Why generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    /// A stop token or stop string.
-    Stop,
-    /// `max_tokens` reached, or the context is full.
-    Length,
-    /// The caller asked to stop.
-    Cancelled,
-}
-
 /// The result of one generation.
 #[derive(Debug, Clone)]
 pub struct Completion {
     pub text: String,
     pub tokens: Vec<u32>,
-    pub finish: FinishReason,
+    pub finish: Finish,
     pub prompt_tokens: usize,
     /// Prompt tokens whose keys and values were already cached from the previous turn.
     pub reused_tokens: usize,
@@ -73,34 +64,52 @@ impl std::fmt::Debug for Generator {
 }
 
 impl Generator {
-    /// A generator over `stage`, which must hold the whole model.
-    pub fn new(stage: Arc<Stage>, tokenizer: Arc<Tokenizer>, context: usize) -> Self {
-        assert!(
-            stage.is_first() && stage.is_last(),
-            "a generator needs the whole model"
-        );
+    /// A generator over `stage`, which must hold the whole model (a pipeline stage is an
+    /// error: generation needs the embedding, every layer and the output head).
+    pub fn new(stage: Arc<Stage>, tokenizer: Arc<Tokenizer>, context: usize) -> Result<Self> {
+        if !(stage.is_first() && stage.is_last()) {
+            return Err(Error::BadStageInput(format!(
+                "generation needs the whole model, not layers {:?}",
+                stage.layers()
+            )));
+        }
         let cache = stage.new_cache(context);
-        Generator {
+        Ok(Generator {
             stage,
             tokenizer,
             cache,
             cached: Vec::new(),
             logits: Vec::new(),
             batcher: None,
-        }
+        })
     }
 
     /// A generator whose decoding steps join those of the other sessions decoding through
     /// `batcher` at the same time (one batched step for all; same tokens as decoding alone).
-    pub fn batched(batcher: Arc<DecodeBatcher>, tokenizer: Arc<Tokenizer>, context: usize) -> Self {
-        let mut g = Generator::new(batcher.stage().clone(), tokenizer, context);
+    pub fn batched(
+        batcher: Arc<DecodeBatcher>,
+        tokenizer: Arc<Tokenizer>,
+        context: usize,
+    ) -> Result<Self> {
+        let mut g = Generator::new(batcher.stage().clone(), tokenizer, context)?;
         g.batcher = Some(batcher);
-        g
+        Ok(g)
     }
 
     /// Positions the context holds.
     pub fn context(&self) -> usize {
         self.cache.capacity()
+    }
+
+    /// Whether a prompt of `tokens` tokens leaves room in the context for at least one more.
+    pub fn check_fits(&self, tokens: usize) -> Result<()> {
+        if tokens >= self.cache.capacity() {
+            return Err(Error::ContextOverflow {
+                prompt: tokens,
+                context: self.cache.capacity(),
+            });
+        }
+        Ok(())
     }
 
     /// How many leading tokens of `tokens` the cache already holds.
@@ -148,12 +157,7 @@ impl Generator {
             return Err(Error::BadParameter("the prompt is empty".into()));
         }
         let full: Vec<u32> = prompt.iter().chain(&resume.tokens).copied().collect();
-        if full.len() >= self.cache.capacity() {
-            return Err(Error::ContextOverflow {
-                prompt: full.len(),
-                context: self.cache.capacity(),
-            });
-        }
+        self.check_fits(full.len())?;
         let mut reused = self.cached_prefix(&full);
         if reused == full.len() {
             // The last prompt token must run again to produce the next token's logits.
@@ -187,9 +191,9 @@ impl Generator {
             .to_owned();
         let mut tokens = resume.tokens.clone();
         let mut finish = if stopped {
-            FinishReason::Stop
+            Finish::Stop
         } else {
-            FinishReason::Length
+            Finish::Length
         };
         let full_context = |cache: &KvCache| cache.len() + 1 >= cache.capacity();
         // Batched steps wait for this session's tokens while it is in the loop below.
@@ -198,7 +202,7 @@ impl Generator {
         while more {
             let token = sampler.sample(&mut self.logits, &self.cached);
             if self.tokenizer.stop_tokens().contains(&token) {
-                finish = FinishReason::Stop;
+                finish = Finish::Stop;
                 break;
             }
             tokens.push(token);
@@ -208,12 +212,12 @@ impl Generator {
                 id: token,
                 text: &backlog,
             }) {
-                finish = FinishReason::Cancelled;
+                finish = Finish::Cancelled;
                 break;
             }
             backlog.clear();
             if stopped {
-                finish = FinishReason::Stop;
+                finish = Finish::Stop;
                 break;
             }
             more = tokens.len() < params.max_tokens && !full_context(&self.cache);
@@ -231,7 +235,7 @@ impl Generator {
                 self.cached.push(token);
             }
         }
-        if finish != FinishReason::Cancelled {
+        if finish != Finish::Cancelled {
             let (rest, _) = stops.push(&decoder.finish());
             backlog.push_str(&stops.flush(rest));
             if !backlog.is_empty() {
@@ -248,15 +252,6 @@ impl Generator {
             decode_time: start.elapsed(),
         })
     }
-}
-
-/// Where a failed-over reply picks up.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Resume {
-    /// Tokens already generated.
-    pub tokens: Vec<u32>,
-    /// Bytes of reply text already delivered.
-    pub emitted_bytes: u64,
 }
 
 /// What generation hands its caller as it goes.

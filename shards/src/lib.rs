@@ -23,7 +23,7 @@ pub mod tokenizer;
 pub use batch::{BatchStats, DecodeBatcher};
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use error::{Error, Result};
-pub use generate::{Completion, FinishReason, GenerateParams, Generator, Piece, Resume};
+pub use generate::{Completion, Finish, GenerateParams, Generator, Piece, Resume};
 pub use gguf::Gguf;
 pub use kv_cache::KvCache;
 pub use model::{default_threads, thread_pool, Model, ModelSummary};

@@ -208,10 +208,6 @@ impl Model {
         } else {
             context.min(self.spec.context)
         };
-        Ok(Generator::new(
-            Arc::new(self.full_stage()?),
-            self.tokenizer.clone(),
-            ctx,
-        ))
+        Generator::new(Arc::new(self.full_stage()?), self.tokenizer.clone(), ctx)
     }
 }

@@ -118,7 +118,7 @@ fn generators_on_separate_threads_meet_in_batched_steps_and_decode_as_alone() {
     let alone: Vec<Vec<u32>> = ids
         .iter()
         .map(|p| {
-            let mut g = Generator::new(stage.clone(), tok.clone(), 64);
+            let mut g = Generator::new(stage.clone(), tok.clone(), 64).unwrap();
             g.generate(p, &params, |_| true).unwrap().tokens
         })
         .collect();
@@ -129,7 +129,7 @@ fn generators_on_separate_threads_meet_in_batched_steps_and_decode_as_alone() {
             .map(|p| {
                 let (batcher, tok, params) = (batcher.clone(), tok.clone(), &params);
                 s.spawn(move || {
-                    let mut g = Generator::batched(batcher, tok, 64);
+                    let mut g = Generator::batched(batcher, tok, 64).unwrap();
                     g.generate(p, params, |_| true).unwrap().tokens
                 })
             })

@@ -1,9 +1,7 @@
 //! Generation as a user meets it: streaming, reuse of the cached conversation, stop strings,
 //! seeds, and clear errors for prompts that do not fit.
 
-use hearth_shards::{
-    ChatMessage, Error, FinishReason, GenerateParams, Piece, Resume, SamplingParams,
-};
+use hearth_shards::{ChatMessage, Error, Finish, GenerateParams, Piece, Resume, SamplingParams};
 use hearth_tests::TestModel;
 
 fn greedy(max_tokens: usize) -> GenerateParams {
@@ -82,7 +80,7 @@ fn stop_strings_end_the_reply_before_them() {
         ..greedy(24)
     };
     let stopped = g.generate(&prompt, &params, |_| true).unwrap();
-    assert_eq!(stopped.finish, FinishReason::Stop);
+    assert_eq!(stopped.finish, Finish::Stop);
     assert!(!stopped.text.contains(" 9"));
     assert!(free.text.starts_with(&stopped.text));
 }
@@ -127,7 +125,7 @@ fn cancelling_stops_generation() {
             pieces < 3
         })
         .unwrap();
-    assert_eq!(c.finish, FinishReason::Cancelled);
+    assert_eq!(c.finish, Finish::Cancelled);
     assert!(c.tokens.len() < 10);
 }
 
@@ -158,7 +156,7 @@ fn generation_stops_when_the_context_is_full() {
         .unwrap()
         .generate(&prompt, &greedy(100), |_| true)
         .unwrap();
-    assert_eq!(c.finish, FinishReason::Length);
+    assert_eq!(c.finish, Finish::Length);
     assert!(prompt.len() + c.tokens.len() <= 24);
 }
 

@@ -1,7 +1,7 @@
 //! A model split into 2 or 3 layer-range stages, run one after another, gives exactly the logits
 //! of the whole model as one stage — for the prompt and for every decoded token after it.
 
-use hearth_shards::{Stage, StageInput, StageOutput};
+use hearth_shards::{Error, Generator, Stage, StageInput, StageOutput};
 use hearth_tests::TestModel;
 
 /// Runs the prompt then `steps` greedy decode steps through `stages`; returns every logits row.
@@ -92,4 +92,19 @@ fn stages_refuse_input_they_cannot_take() {
     assert!(model.stage(5..5).is_err());
     // A first stage holds only its layers' tensors: the rest of the file is never read.
     assert!(first.is_first() && !first.is_last() && middle.layers() == (10..20));
+}
+
+#[test]
+fn a_generator_over_part_of_a_model_is_an_error_not_a_panic() {
+    let model = TestModel::SmolLm2.open(1);
+    let n = model.spec().n_layers();
+    for range in [0..n / 2, n / 2..n] {
+        let stage = std::sync::Arc::new(model.stage(range.clone()).unwrap());
+        match Generator::new(stage, model.tokenizer().clone(), 64) {
+            Err(Error::BadStageInput(message)) => {
+                assert!(message.contains("whole model"), "{message}")
+            }
+            other => panic!("layers {range:?}: {:?}", other.map(|_| ())),
+        }
+    }
 }

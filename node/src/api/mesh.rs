@@ -12,12 +12,12 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::ApiError;
-use crate::daemon::Node;
+use crate::node::Node;
 
 /// `GET /healthz`.
 pub async fn healthz(State(node): State<Arc<Node>>) -> impl IntoResponse {
     Json(json!({
-        "status": if node.is_draining() { "draining" } else { "ok" },
+        "status": if node.drain.is_draining() { "draining" } else { "ok" },
         "node": node.name,
         "peer_id": node.mesh.peer_id().to_string(),
         "version": PROTOCOL_VERSION,
@@ -46,7 +46,7 @@ pub async fn route(
     let members = node.members();
     let model = members
         .find_model(&query)
-        .map_err(|m| ApiError::new(StatusCode::NOT_FOUND, "model_not_found", m))?;
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "model_not_found", e.to_string()))?;
     let route = members.route(&model.info.digest, q.node.as_deref());
     Ok(Json(json!({
         "model": model,
@@ -72,8 +72,8 @@ pub async fn revoke(
     let mut ids = Vec::new();
     for p in &body.peers {
         match (members.named(p), p.parse::<libp2p::PeerId>()) {
-            (Some(m), _) => ids.push(m.peer_id.clone()),
-            (None, Ok(id)) => ids.push(id.to_string()),
+            (Some(m), _) => ids.push(m.peer_id),
+            (None, Ok(id)) => ids.push(id),
             (None, Err(_)) => {
                 return Err(ApiError::bad_param(
                     "peers",
@@ -82,7 +82,7 @@ pub async fn revoke(
             }
         }
     }
-    if ids.iter().any(|id| *id == node.mesh.peer_id().to_string()) {
+    if ids.contains(&node.mesh.peer_id()) {
         return Err(ApiError::bad_param(
             "peers",
             "a node cannot revoke itself; run this on another household device",
@@ -95,7 +95,8 @@ pub async fn revoke(
             format!("{e:#}"),
         )
     })?;
-    Ok(Json(json!({ "revoked": ids, "new": added })))
+    let text = |v: &[libp2p::PeerId]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+    Ok(Json(json!({ "revoked": text(&ids), "new": text(&added) })))
 }
 
 /// `GET /metrics` in Prometheus' text format.

@@ -12,17 +12,15 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::Stream;
-use hearth_protocol::{
-    ChatMessage, Finish, JobParams, JobRequest, Prompt, Resume, Usage, PROTOCOL_VERSION,
-};
+use hearth_protocol::{ChatMessage, Finish, JobParams, Prompt, Usage};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::ApiError;
-use crate::daemon::Node;
-use crate::dispatch::{self, FailKind, Reply};
-use crate::model_cache::DEFAULT_MODEL;
+use super::{ApiError, CONTEXT_LENGTH_EXCEEDED};
+use crate::chat::{self, FailKind, Reply, ReplyError, ReplyRequest};
+use crate::jobs;
+use crate::node::Node;
 
 /// Sampling fields shared by both endpoints (OpenAI's names, plus `top_k` and
 /// `repeat_penalty`); fields hearth does not use are ignored, as OpenAI clients send many.
@@ -203,7 +201,7 @@ fn job_params(s: Sampling) -> Result<JobParams, ApiError> {
         stop: s.stop.map(OneOrMany::into_vec).unwrap_or_default(),
     };
     // The same checks the engine makes, so that mistakes are a 400 here, not a failed job.
-    crate::engine::generate_params(&params)
+    jobs::generate_params(&params)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_value", e.to_string()))?;
     Ok(params)
 }
@@ -224,12 +222,35 @@ fn finish_reason(f: Finish) -> &'static str {
 fn failure(kind: FailKind, message: String) -> ApiError {
     match kind {
         FailKind::BadRequest => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message),
+        FailKind::ContextOverflow => {
+            ApiError::new(StatusCode::BAD_REQUEST, CONTEXT_LENGTH_EXCEEDED, message)
+                .with_param("messages")
+        }
         FailKind::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message),
         FailKind::Unavailable => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "no_node_available",
             message,
         ),
+    }
+}
+
+fn not_started(e: ReplyError) -> ApiError {
+    let message = e.to_string();
+    match e {
+        ReplyError::ShuttingDown(_) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
+        }
+        ReplyError::UnknownModel(_) => {
+            ApiError::new(StatusCode::NOT_FOUND, "model_not_found", message).with_param("model")
+        }
+        ReplyError::UnknownNode(_) => ApiError::bad_param("hearth.node", message),
+        ReplyError::NoRoute { .. } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_node_available",
+            message,
+        ),
+        ReplyError::Failed { kind, message } => failure(kind, message),
     }
 }
 
@@ -245,62 +266,15 @@ async fn respond(
         sampling,
         hearth: HearthOptions { node: pin },
     } = common;
-    if node.is_draining() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            format!(
-                "{} is shutting down; send the request to another node",
-                node.name
-            ),
-        ));
-    }
-    let params = job_params(sampling)?;
-    let query = model.unwrap_or_else(|| DEFAULT_MODEL.to_owned());
-    let members = node.members();
-    let model = members.find_model(&query).map_err(|m| {
-        ApiError::new(StatusCode::NOT_FOUND, "model_not_found", m).with_param("model")
-    })?;
-    let route = members.route(&model.info.digest, pin.as_deref());
-    if route.ranked.is_empty() {
-        let why: Vec<String> = route
-            .rejected
-            .iter()
-            .map(|r| format!("{} {}", r.node, r.reason))
-            .collect();
-        if let Some(pin) = &pin {
-            if members.named(pin).is_none() {
-                return Err(ApiError::bad_param(
-                    "hearth.node",
-                    format!("no node named {pin} is in the mesh"),
-                ));
-            }
-        }
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_node_available",
-            format!("no node can serve {}: {}", model.info.name, why.join("; ")),
-        ));
-    }
-    let request = JobRequest {
-        version: PROTOCOL_VERSION,
-        model: model.info.digest.clone(),
+    let request = ReplyRequest {
+        model,
         prompt,
-        params,
-        resume: Resume::default(),
+        params: job_params(sampling)?,
+        pin,
     };
-    let mut replies = dispatch::start(node.clone(), route.ranked, request);
-    let serving = match replies.recv().await {
-        Some(Reply::Started { node, .. }) => node,
-        Some(Reply::Failed { kind, message }) => return Err(failure(kind, message)),
-        other => {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("the reply ended before it started ({other:?})"),
-            ))
-        }
-    };
+    let started = chat::start_reply(&node, request)
+        .await
+        .map_err(not_started)?;
     let meta = Meta {
         id: format!(
             "{}-{:016x}",
@@ -312,15 +286,18 @@ async fn respond(
             rand::random::<u64>()
         ),
         created: now(),
-        model: model.info.name.clone(),
+        model: started.model.name.clone(),
         shape,
     };
+    let serving = started.node;
     let mut response = if stream {
-        Sse::new(sse_stream(replies, meta, serving.clone()))
+        Sse::new(sse_stream(started.replies, meta, serving.clone()))
             .keep_alive(KeepAlive::default())
             .into_response()
     } else {
-        whole(replies, &meta, &serving).await?.into_response()
+        whole(started.replies, &meta, &serving)
+            .await?
+            .into_response()
     };
     if let Ok(v) = HeaderValue::from_str(&serving) {
         response.headers_mut().insert("x-hearth-node", v);

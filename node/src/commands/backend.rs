@@ -8,10 +8,11 @@ use hearth_shards::{
 use serde_json::{json, Value};
 
 use super::open_model;
+use crate::api::CONTEXT_LENGTH_EXCEEDED;
 use crate::cli::ModelArgs;
 use crate::client::{LocalNode, NodeError};
 use crate::data_dir::DataDir;
-use crate::model_cache::{ModelCache, DEFAULT_MODEL};
+use crate::models::{ModelCache, DEFAULT_MODEL};
 
 /// A reply, wherever it was made.
 pub(super) struct Reply {
@@ -132,7 +133,7 @@ impl Backend {
                 match node.stream("/v1/chat/completions", body, on_text) {
                     Ok(s) => Ok(Turn::Reply(node_reply(s))),
                     Err(e) => match e.downcast_ref::<NodeError>() {
-                        Some(ne) if ne.message.contains("context") => {
+                        Some(ne) if ne.code == CONTEXT_LENGTH_EXCEEDED => {
                             Ok(Turn::TooLong(ne.message.clone()))
                         }
                         _ => Err(e),

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use hearth_shards::{default_threads, Model, Stage, StageInput};
 
 use crate::cli::BenchArgs;
-use crate::model_cache::ModelCache;
+use crate::models::ModelCache;
 
 pub(super) fn bench(cache: &ModelCache, args: BenchArgs) -> Result<()> {
     let resolved = cache.resolve(&args.model)?;

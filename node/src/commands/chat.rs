@@ -8,7 +8,7 @@ use hearth_shards::ChatMessage;
 use super::backend::{Backend, Turn};
 use crate::cli::ChatArgs;
 use crate::data_dir::DataDir;
-use crate::model_cache::ModelCache;
+use crate::models::ModelCache;
 
 const HELP: &str =
     "type a message and press Enter; /reset starts a new conversation, /quit (or Ctrl-D) leaves";

@@ -55,13 +55,18 @@ pub(super) fn household(data: &DataDir, cmd: HouseholdCommand) -> Result<()> {
                 return Ok(());
             }
             let mut h = Household::require(&path)?;
-            for p in &peers {
-                if p.parse::<libp2p::PeerId>().is_err() {
-                    bail!("{p} is not a peer id; start `hearth node` to remove devices by name");
-                }
-            }
-            h.revoke(peers.iter().map(String::as_str))?;
-            for p in &peers {
+            let ids = peers
+                .iter()
+                .map(|p| {
+                    p.parse::<libp2p::PeerId>().map_err(|_| {
+                        anyhow::anyhow!(
+                            "{p} is not a peer id; start `hearth node` to remove devices by name"
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            h.revoke(ids.iter().copied())?;
+            for p in &ids {
                 println!("revoked {p} (other devices learn it when this node next runs)");
             }
         }

@@ -4,7 +4,7 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::ModelsCommand;
-use crate::model_cache::{Imported, ModelCache};
+use crate::models::{Imported, ModelCache};
 
 pub(super) fn models(cache: &ModelCache, cmd: ModelsCommand) -> Result<()> {
     match cmd {

@@ -8,7 +8,7 @@ use hearth_shards::ChatMessage;
 use super::backend::{text_or_stdin, Backend, Turn};
 use crate::cli::RunArgs;
 use crate::data_dir::DataDir;
-use crate::model_cache::ModelCache;
+use crate::models::ModelCache;
 
 pub(super) fn run(data: &DataDir, cache: &ModelCache, args: RunArgs) -> Result<()> {
     let params = args.sampling.params()?;

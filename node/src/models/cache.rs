@@ -184,7 +184,14 @@ impl ModelCache {
         Ok(entry)
     }
 
-    /// Finds a model by name (case-insensitive), digest prefix, or path to a GGUF file.
+    /// The cached model with exactly `digest` (as jobs name models: never a name, prefix or
+    /// path); `None` when the cache has none.
+    pub fn by_digest(&self, digest: &str) -> Result<Option<CachedModel>> {
+        Ok(self.list()?.into_iter().find(|m| m.digest == digest))
+    }
+
+    /// Finds a model by name (case-insensitive), digest prefix, or path to a GGUF file. For the
+    /// command line and local settings only: requests from the network use [`Self::by_digest`].
     pub fn resolve(&self, query: &str) -> Result<Resolved> {
         let models = self.list()?;
         match find(&models, query) {

@@ -3,7 +3,10 @@
 
 use std::cmp::Ordering;
 
+use libp2p::PeerId;
 use serde::Serialize;
+
+use crate::mesh::peers::optional_peer_id_text;
 
 /// What routing knows about one node for one model.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -11,7 +14,8 @@ pub struct Candidate {
     /// The node's name.
     pub node: String,
     /// Its peer id; `None` for this node.
-    pub peer_id: Option<String>,
+    #[serde(serialize_with = "optional_peer_id_text")]
+    pub peer_id: Option<PeerId>,
     /// The model is in memory.
     pub loaded: bool,
     /// The model is in the node's cache.
@@ -135,7 +139,7 @@ mod tests {
     fn node(name: &str) -> Candidate {
         Candidate {
             node: name.into(),
-            peer_id: Some(format!("id-{name}")),
+            peer_id: Some(PeerId::random()),
             loaded: false,
             cached: true,
             free_memory: 8 << 30,

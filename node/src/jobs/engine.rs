@@ -1,0 +1,628 @@
+//! Runs generation jobs on this node, for its own API and for peers: loads models on first use
+//! (and keeps them), runs up to `max_jobs` at once on worker threads, queues the rest fairly up to
+//! a bound, and answers "busy" beyond it. Jobs decoding the same model at the same time share
+//! each decoding step (one batched step reads the weights once for all of them). Events stream
+//! back through a channel; when its receiver is dropped the job stops at the next token.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hearth_protocol::{
+    FailCode, Finish, JobEvent, JobParams, JobRequest, Prompt, Usage, MAX_PROMPT_TOKENS,
+};
+use hearth_shards::{
+    BatchStats, DecodeBatcher, Error as EngineError, GenerateParams, Generator, Model, Piece,
+    SamplingParams,
+};
+use tokio::sync::mpsc;
+
+use super::fair_queue::FairQueue;
+use crate::drain::{Drain, InFlight};
+use crate::metrics::Metrics;
+use crate::models::ModelCache;
+
+/// Events buffered per job before generation waits for the reader.
+const EVENT_BUFFER: usize = 64;
+/// Finished jobs' generators (KV caches) kept for reuse: a follow-up turn of a conversation
+/// finds the one holding its history and only computes the new tokens. Each can hold up to a
+/// context's worth of keys and values (94 MB for SmolLM2 at 4096 tokens).
+const IDLE_GENERATORS: usize = 4;
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Name reported in `Started` events.
+    pub node: String,
+    pub threads: usize,
+    /// Context length per job (capped at the model's).
+    pub context: usize,
+    pub max_jobs: usize,
+    pub max_queue: usize,
+    /// Extra time every model load takes: zero but in tests that need a slow load
+    /// (`HEARTH_TEST_LOAD_DELAY_MS`).
+    pub load_delay: Duration,
+}
+
+/// Why a job failed, as the engine knows it; each API maps it to its own status and shape.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// The request is wrong; no node will do better.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The prompt does not fit the context.
+    #[error("{0}")]
+    ContextOverflow(String),
+    /// This node's cache has no model with that digest.
+    #[error("this node has no model with digest {0}")]
+    NoModel(String),
+    /// Something broke here; another node may succeed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl JobError {
+    /// The wire code for a peer.
+    pub fn code(&self) -> FailCode {
+        match self {
+            JobError::BadRequest(_) => FailCode::BadRequest,
+            JobError::ContextOverflow(_) => FailCode::ContextOverflow,
+            JobError::NoModel(_) => FailCode::NoModel,
+            JobError::Internal(_) => FailCode::Internal,
+        }
+    }
+}
+
+impl From<EngineError> for JobError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::ContextOverflow { .. } => JobError::ContextOverflow(e.to_string()),
+            EngineError::BadParameter(_) | EngineError::Template(_) => {
+                JobError::BadRequest(e.to_string())
+            }
+            other => JobError::Internal(other.to_string()),
+        }
+    }
+}
+
+struct Loaded {
+    model: Model,
+    /// Every job's decoding steps on this model go through it.
+    batcher: Arc<DecodeBatcher>,
+}
+
+struct Pending {
+    request: JobRequest,
+    events: mpsc::Sender<JobEvent>,
+    /// Counts the job for shutdown until it ends.
+    _in_flight: InFlight,
+}
+
+/// Jobs waiting for a slot, and how many run.
+struct Slots {
+    waiting: FairQueue<Pending>,
+    running: usize,
+}
+
+/// The local job runner.
+pub struct Engine {
+    config: EngineConfig,
+    cache: ModelCache,
+    metrics: Arc<Metrics>,
+    drain: Arc<Drain>,
+    slots: Mutex<Slots>,
+    /// Models ready to serve, by digest. Locked only to look up or insert, never during a load,
+    /// so cards and the API never wait on one.
+    loaded: Mutex<HashMap<String, Arc<Loaded>>>,
+    /// A gate per model being loaded: jobs that want the same model wait for one load of it.
+    loading: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    speeds: Mutex<HashMap<String, f32>>,
+    /// (model digest, generator), least recently used first.
+    idle: Mutex<Vec<(String, Generator)>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Engine({})", self.config.node)
+    }
+}
+
+/// Jobs waiting for a slot and jobs running, for the card and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Occupancy {
+    pub waiting: u32,
+    pub running: u32,
+}
+
+impl Engine {
+    /// An engine serving models from `cache`; it stops taking jobs when `drain` starts.
+    pub fn new(
+        config: EngineConfig,
+        cache: ModelCache,
+        metrics: Arc<Metrics>,
+        drain: Arc<Drain>,
+    ) -> Arc<Self> {
+        Arc::new(Engine {
+            slots: Mutex::new(Slots {
+                waiting: FairQueue::new(config.max_queue),
+                running: 0,
+            }),
+            config,
+            cache,
+            metrics,
+            drain,
+            loaded: Mutex::new(HashMap::new()),
+            loading: Mutex::new(HashMap::new()),
+            speeds: Mutex::new(HashMap::new()),
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The model cache this engine serves from.
+    pub fn cache(&self) -> &ModelCache {
+        &self.cache
+    }
+
+    /// Most jobs run at once.
+    pub fn max_jobs(&self) -> usize {
+        self.config.max_jobs
+    }
+
+    /// Jobs waiting and running.
+    pub fn occupancy(&self) -> Occupancy {
+        let s = self.slots.lock().expect("slots lock");
+        Occupancy {
+            waiting: s.waiting.len() as u32,
+            running: s.running as u32,
+        }
+    }
+
+    /// Decoding steps run and the session-steps they served, over every loaded model.
+    pub fn batch_stats(&self) -> BatchStats {
+        let loaded = self.loaded.lock().expect("loaded lock");
+        loaded.values().fold(BatchStats::default(), |acc, m| {
+            let s = m.batcher.stats();
+            BatchStats {
+                steps: acc.steps + s.steps,
+                rows: acc.rows + s.rows,
+            }
+        })
+    }
+
+    /// Digests of the models loaded and ready (not those still loading).
+    pub fn loaded(&self) -> Vec<String> {
+        self.loaded
+            .lock()
+            .expect("loaded lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Measured decode tokens/s per digest.
+    pub fn speeds(&self) -> Vec<(String, f32)> {
+        self.speeds
+            .lock()
+            .expect("speeds lock")
+            .iter()
+            .map(|(d, t)| (d.clone(), *t))
+            .collect()
+    }
+
+    /// Whether the engine has stopped taking jobs.
+    pub fn is_draining(&self) -> bool {
+        self.drain.is_draining()
+    }
+
+    /// Loads the model with `digest` now (and measures its speed), instead of at its first job.
+    /// Blocks: call it off the async runtime.
+    pub fn preload(&self, digest: &str) -> Result<(), JobError> {
+        self.model(digest).map(|_| ())
+    }
+
+    /// Queues a job for `requester`; its events arrive on the returned channel.
+    pub fn submit(
+        self: &Arc<Self>,
+        requester: &str,
+        request: JobRequest,
+    ) -> mpsc::Receiver<JobEvent> {
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        if self.is_draining() {
+            let _ = tx.try_send(JobEvent::Busy {
+                reason: format!("{} is shutting down", self.config.node),
+            });
+            return rx;
+        }
+        let pending = Pending {
+            request,
+            events: tx,
+            _in_flight: self.drain.enter(),
+        };
+        let refused = {
+            let mut s = self.slots.lock().expect("slots lock");
+            s.waiting.push(requester, pending).err()
+        };
+        if let Some(p) = refused {
+            let _ = p.events.try_send(JobEvent::Busy {
+                reason: format!(
+                    "{} has {} jobs waiting, its limit",
+                    self.config.node, self.config.max_queue
+                ),
+            });
+            return rx;
+        }
+        self.pump();
+        rx
+    }
+
+    /// Starts waiting jobs while slots are free.
+    fn pump(self: &Arc<Self>) {
+        loop {
+            let next = {
+                let mut s = self.slots.lock().expect("slots lock");
+                if s.running >= self.config.max_jobs {
+                    return;
+                }
+                let Some((_, job)) = s.waiting.pop() else {
+                    return;
+                };
+                s.running += 1;
+                job
+            };
+            let engine = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("hearth-job".into())
+                .spawn(move || {
+                    engine.run(next);
+                    engine.slots.lock().expect("slots lock").running -= 1;
+                    engine.pump();
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a job thread");
+                self.slots.lock().expect("slots lock").running -= 1;
+                return;
+            }
+        }
+    }
+
+    /// The loaded model with `digest`, loading it first if needed. Only full digests of models in
+    /// this node's cache are accepted: never names, prefixes or paths, whoever asks.
+    fn model(&self, digest: &str) -> Result<Arc<Loaded>, JobError> {
+        if let Some(m) = self.loaded.lock().expect("loaded lock").get(digest) {
+            return Ok(m.clone());
+        }
+        let entry = self
+            .cache
+            .by_digest(digest)
+            .map_err(|e| JobError::Internal(format!("{e:#}")))?
+            .ok_or_else(|| JobError::NoModel(digest.to_owned()))?;
+        let gate = self
+            .loading
+            .lock()
+            .expect("loading lock")
+            .entry(entry.digest.clone())
+            .or_default()
+            .clone();
+        let _one_load = gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(m) = self.loaded.lock().expect("loaded lock").get(digest) {
+            return Ok(m.clone());
+        }
+        std::thread::sleep(self.config.load_delay);
+        let path = self.cache.file_path(&entry.digest);
+        let opened = Model::open(&path, self.config.threads)
+            .and_then(|model| {
+                let stage = model.full_stage()?;
+                Ok(Loaded {
+                    batcher: Arc::new(DecodeBatcher::new(Arc::new(stage))),
+                    model,
+                })
+            })
+            .map_err(|e| JobError::Internal(format!("cannot load {}: {e}", entry.name)));
+        let m = match opened {
+            Ok(m) => Arc::new(m),
+            Err(e) => {
+                self.loading.lock().expect("loading lock").remove(digest);
+                return Err(e);
+            }
+        };
+        tracing::info!(model = %entry.name, digest, "model loaded");
+        self.self_benchmark(digest, &m);
+        self.loaded
+            .lock()
+            .expect("loaded lock")
+            .insert(entry.digest, m.clone());
+        self.loading.lock().expect("loading lock").remove(digest);
+        Ok(m)
+    }
+
+    /// A short greedy run right after loading, so routing has a speed before real traffic.
+    fn self_benchmark(&self, digest: &str, m: &Loaded) {
+        let tok = m.model.tokenizer();
+        let prompt = tok.encode("The house", true, false);
+        let Ok(mut g) = Generator::new(m.batcher.stage().clone(), tok.clone(), 64) else {
+            return;
+        };
+        let params = GenerateParams {
+            sampling: SamplingParams::greedy(),
+            max_tokens: 16,
+            stop: Vec::new(),
+        };
+        if let Ok(c) = g.generate(&prompt, &params, |_| true) {
+            self.record_speed(digest, c.tokens.len(), c.decode_time);
+        }
+    }
+
+    fn record_speed(&self, digest: &str, tokens: usize, time: Duration) {
+        if tokens < 4 || time.is_zero() {
+            return;
+        }
+        let now = (tokens as f64 / time.as_secs_f64()) as f32;
+        let mut speeds = self.speeds.lock().expect("speeds lock");
+        let s = speeds.entry(digest.to_owned()).or_insert(now);
+        *s = 0.7 * *s + 0.3 * now;
+    }
+
+    fn run(&self, job: Pending) {
+        let Pending {
+            request, events, ..
+        } = job;
+        if events.is_closed() {
+            return;
+        }
+        Metrics::inc(&self.metrics.jobs_served);
+        let event = match self.generate(&request, &events) {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!(model = %request.model, error = %e, "job failed");
+                JobEvent::Failed {
+                    code: e.code(),
+                    message: e.to_string(),
+                }
+            }
+        };
+        let _ = events.blocking_send(event);
+    }
+
+    fn generate(
+        &self,
+        request: &JobRequest,
+        events: &mpsc::Sender<JobEvent>,
+    ) -> Result<JobEvent, JobError> {
+        request.check().map_err(JobError::BadRequest)?;
+        let mut params = generate_params(&request.params)?;
+        let loaded = self.model(&request.model)?;
+        let model = &loaded.model;
+        let prompt = match &request.prompt {
+            Prompt::Chat(messages) => {
+                params
+                    .stop
+                    .extend(model.chat_template().stop_strings().iter().cloned());
+                model
+                    .chat_prompt(messages)
+                    .map_err(|e| JobError::BadRequest(e.to_string()))?
+            }
+            Prompt::Text(text) => model.tokenizer().encode(text, true, false),
+        };
+        let full: Vec<u32> = prompt
+            .iter()
+            .chain(&request.resume.tokens)
+            .copied()
+            .collect();
+        if full.len() > MAX_PROMPT_TOKENS {
+            return Err(JobError::BadRequest(format!(
+                "the prompt is {} tokens; a job takes at most {MAX_PROMPT_TOKENS}",
+                full.len()
+            )));
+        }
+        let mut generator = self.take_generator(&request.model, &loaded, &full)?;
+        // Before `Started`, so that a prompt too long is an error the API can still answer
+        // with a status rather than in the middle of a stream.
+        if let Err(e) = generator.check_fits(full.len()) {
+            self.put_generator(&request.model, generator);
+            return Err(e.into());
+        }
+        let started = JobEvent::Started {
+            node: self.config.node.clone(),
+            prompt_tokens: prompt.len() as u32,
+        };
+        if events.blocking_send(started).is_err() {
+            return Ok(JobEvent::Done {
+                finish: Finish::Cancelled,
+                usage: Usage {
+                    prompt_tokens: prompt.len() as u32,
+                    ..Usage::default()
+                },
+            });
+        }
+        let completion = generator.resume(&prompt, &request.resume, &params, |piece| {
+            let event = match piece {
+                Piece::Token { id, text } => {
+                    Metrics::inc(&self.metrics.tokens_generated);
+                    JobEvent::Token {
+                        id,
+                        text: text.to_owned(),
+                    }
+                }
+                Piece::Tail(text) => JobEvent::Tail {
+                    text: text.to_owned(),
+                },
+            };
+            events.blocking_send(event).is_ok()
+        })?;
+        let fresh = completion.tokens.len() - request.resume.tokens.len();
+        self.record_speed(&request.model, fresh, completion.decode_time);
+        self.put_generator(&request.model, generator);
+        Ok(JobEvent::Done {
+            finish: completion.finish,
+            usage: Usage {
+                prompt_tokens: completion.prompt_tokens as u32,
+                completion_tokens: completion.tokens.len() as u32,
+                cached_tokens: completion.reused_tokens as u32,
+            },
+        })
+    }
+
+    /// The idle generator whose cache shares the longest prefix with `tokens`, or a new one.
+    fn take_generator(
+        &self,
+        digest: &str,
+        loaded: &Loaded,
+        tokens: &[u32],
+    ) -> Result<Generator, JobError> {
+        let mut idle = self.idle.lock().expect("idle lock");
+        let best = idle
+            .iter()
+            .enumerate()
+            .filter(|(_, (d, _))| d == digest)
+            .max_by_key(|(i, (_, g))| (g.cached_prefix(tokens), *i))
+            .map(|(i, _)| i);
+        match best {
+            Some(i) => Ok(idle.remove(i).1),
+            None => Ok(Generator::batched(
+                loaded.batcher.clone(),
+                loaded.model.tokenizer().clone(),
+                self.config.context.min(loaded.model.spec().context),
+            )?),
+        }
+    }
+
+    /// Keeps a finished job's generator for reuse, dropping the least recently used beyond the cap.
+    fn put_generator(&self, digest: &str, generator: Generator) {
+        let mut idle = self.idle.lock().expect("idle lock");
+        idle.push((digest.to_owned(), generator));
+        if idle.len() > IDLE_GENERATORS {
+            idle.remove(0);
+        }
+    }
+}
+
+/// The engine's generation settings for a job's parameters, validated.
+pub fn generate_params(p: &JobParams) -> Result<GenerateParams, JobError> {
+    let sampling = SamplingParams {
+        temperature: p.temperature,
+        top_k: p.top_k as usize,
+        top_p: p.top_p,
+        repeat_penalty: p.repeat_penalty,
+        repeat_last_n: SamplingParams::default().repeat_last_n,
+        seed: p.seed,
+    };
+    sampling
+        .validate()
+        .map_err(|e| JobError::BadRequest(e.to_string()))?;
+    Ok(GenerateParams {
+        sampling,
+        max_tokens: p.max_tokens as usize,
+        stop: p.stop.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_protocol::{Resume, PROTOCOL_VERSION};
+
+    fn engine(cache: ModelCache) -> Arc<Engine> {
+        engine_draining_with(cache, Drain::new())
+    }
+
+    fn engine_draining_with(cache: ModelCache, drain: Arc<Drain>) -> Arc<Engine> {
+        Engine::new(
+            EngineConfig {
+                node: "test".into(),
+                threads: 1,
+                context: 256,
+                max_jobs: 1,
+                max_queue: 2,
+                load_delay: Duration::ZERO,
+            },
+            cache,
+            Arc::new(Metrics::default()),
+            drain,
+        )
+    }
+
+    fn request(model: &str) -> JobRequest {
+        JobRequest {
+            version: PROTOCOL_VERSION,
+            model: model.into(),
+            prompt: Prompt::Text("hello".into()),
+            params: JobParams {
+                temperature: 0.0,
+                top_k: 40,
+                top_p: 0.95,
+                repeat_penalty: 1.0,
+                seed: 1,
+                max_tokens: 4,
+                stop: Vec::new(),
+            },
+            resume: Resume::default(),
+        }
+    }
+
+    fn last_event(engine: &Arc<Engine>, request: JobRequest) -> JobEvent {
+        let mut events = engine.submit("test", request);
+        let mut last = None;
+        while let Some(e) = events.blocking_recv() {
+            last = Some(e);
+        }
+        last.expect("the job ends with an event")
+    }
+
+    #[test]
+    fn jobs_name_models_by_full_digest_never_by_path_or_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file that exists, as a path a peer could name: not opened, not even looked at.
+        let file = dir.path().join("secret.gguf");
+        std::fs::write(&file, b"GGUF").unwrap();
+        let engine = engine(ModelCache::new(dir.path().join("models")));
+        for model in [file.to_str().unwrap(), "b179", "smollm2-135m", ""] {
+            match last_event(&engine, request(model)) {
+                JobEvent::Failed {
+                    code: FailCode::BadRequest,
+                    message,
+                } => assert!(message.contains("digest"), "{model}: {message}"),
+                other => panic!("{model}: {other:?}"),
+            }
+        }
+        let absent = "ab".repeat(32);
+        match last_event(&engine, request(&absent)) {
+            JobEvent::Failed {
+                code: FailCode::NoModel,
+                message,
+            } => assert!(message.contains(&absent), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(engine.loaded().is_empty());
+    }
+
+    #[test]
+    fn resumed_replies_longer_than_the_limit_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine(ModelCache::new(dir.path().to_owned()));
+        let mut r = request(&"ab".repeat(32));
+        r.resume.tokens = vec![1; MAX_PROMPT_TOKENS + 1];
+        match last_event(&engine, r) {
+            JobEvent::Failed {
+                code: FailCode::BadRequest,
+                message,
+            } => assert!(
+                message.contains(&MAX_PROMPT_TOKENS.to_string()),
+                "{message}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_draining_engine_answers_busy_and_counts_nothing_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let drain = Drain::new();
+        let engine = engine_draining_with(ModelCache::new(dir.path().to_owned()), drain.clone());
+        drain.start();
+        assert!(matches!(
+            last_event(&engine, request(&"ab".repeat(32))),
+            JobEvent::Busy { .. }
+        ));
+        assert_eq!(drain.in_flight(), 0);
+    }
+}

@@ -1,0 +1,83 @@
+//! A running node's shared state: what the API, the chat path and the protocols share.
+
+use std::sync::Arc;
+
+use crate::cards::{CardSource, Cards};
+use crate::chat::{Member, Members};
+use crate::drain::Drain;
+use crate::jobs::Engine;
+use crate::mesh::Mesh;
+use crate::metrics::{Gauges, Metrics};
+
+/// A running node.
+pub struct Node {
+    pub name: String,
+    pub engine: Arc<Engine>,
+    pub mesh: Mesh,
+    /// Peers' latest cards.
+    pub cards: Cards,
+    /// Builds this node's card.
+    pub card: CardSource,
+    pub metrics: Arc<Metrics>,
+    pub api_token: Option<String>,
+    /// Whether the node is shutting down, and what is still in flight.
+    pub drain: Arc<Drain>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Node({})", self.name)
+    }
+}
+
+impl Node {
+    /// This node and every connected peer with a card, this node first: one snapshot, taken
+    /// once per request (building this node's card reads /proc and the model index).
+    pub fn members(&self) -> Members {
+        let mut all = vec![Member {
+            peer_id: self.mesh.peer_id(),
+            addr: self.mesh.listen_addrs().first().map(ToString::to_string),
+            latency_ms: Some(0.0),
+            this_node: true,
+            card: (self.card)(),
+        }];
+        for link in self.mesh.peers() {
+            if let Some(card) = self.cards.get(&link.peer) {
+                all.push(Member {
+                    peer_id: link.peer,
+                    addr: Some(link.addr.to_string()),
+                    latency_ms: link.rtt.map(|d| d.as_secs_f32() * 1000.0),
+                    this_node: false,
+                    card,
+                });
+            }
+        }
+        Members(all)
+    }
+
+    /// Gauges for `/metrics`.
+    pub fn gauges(&self) -> Gauges {
+        let occupancy = self.engine.occupancy();
+        let names = self.engine.cache().list().unwrap_or_default();
+        let batches = self.engine.batch_stats();
+        Gauges {
+            queue_depth: u64::from(occupancy.waiting),
+            active_jobs: u64::from(occupancy.running),
+            peers: self.mesh.peers().len() as u64,
+            decode_steps: batches.steps,
+            decode_step_sessions: batches.rows,
+            speeds: self
+                .engine
+                .speeds()
+                .into_iter()
+                .map(|(d, t)| {
+                    let name = names
+                        .iter()
+                        .find(|m| m.digest == d)
+                        .map_or(d, |m| m.name.clone());
+                    (name, t)
+                })
+                .collect(),
+        }
+    }
+}
