@@ -1,12 +1,9 @@
-//! Command-line arguments of `hearth` and dispatch to the commands.
+//! Command-line arguments of `hearth`.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use hearth_shards::{GenerateParams, SamplingParams};
-
-use crate::commands;
 
 /// hearth: a private inference mesh for the home. Runs GGUF chat models on this machine;
 /// nodes on the same LAN will share them.
@@ -280,16 +277,4 @@ pub enum ModelsCommand {
         /// Name or digest prefix.
         model: String,
     },
-}
-
-/// Parses arguments, runs the command, and turns errors into one line on stderr.
-pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match commands::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("hearth: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
 }

@@ -9,12 +9,27 @@ mod node;
 mod peers;
 mod run;
 
+use std::process::ExitCode;
+
 use anyhow::{Context, Result};
+use clap::Parser;
 use hearth_shards::{default_threads, Model};
 
 use crate::cli::{Cli, Command, ModelArgs};
 use crate::data_dir::DataDir;
 use crate::models::ModelCache;
+
+/// Parses the command line, runs it, and reports an error the way a user reads it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hearth: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {

@@ -1,5 +1,5 @@
 //! The `hearth` command: parses arguments and hands over to the library.
 
 fn main() -> std::process::ExitCode {
-    hearth_node::cli::main()
+    hearth_node::commands::main()
 }

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use crate::cards::{CardSource, Cards};
-use crate::chat::{Member, Members};
 use crate::drain::Drain;
 use crate::jobs::Engine;
 use crate::mesh::Mesh;
@@ -31,30 +30,6 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
-    /// This node and every connected peer with a card, this node first: one snapshot, taken
-    /// once per request (building this node's card reads /proc and the model index).
-    pub fn members(&self) -> Members {
-        let mut all = vec![Member {
-            peer_id: self.mesh.peer_id(),
-            addr: self.mesh.listen_addrs().first().map(ToString::to_string),
-            latency_ms: Some(0.0),
-            this_node: true,
-            card: (self.card)(),
-        }];
-        for link in self.mesh.peers() {
-            if let Some(card) = self.cards.get(&link.peer) {
-                all.push(Member {
-                    peer_id: link.peer,
-                    addr: Some(link.addr.to_string()),
-                    latency_ms: link.rtt.map(|d| d.as_secs_f32() * 1000.0),
-                    this_node: false,
-                    card,
-                });
-            }
-        }
-        Members(all)
-    }
-
     /// Gauges for `/metrics`.
     pub fn gauges(&self) -> Gauges {
         let occupancy = self.engine.occupancy();

@@ -53,6 +53,8 @@ pub struct NodeOptions {
     pub args: Vec<String>,
     /// Run inside this network namespace (`ip netns exec NS`), with mDNS and default ports.
     pub netns: Option<String>,
+    /// More environment variables for the node process.
+    pub env: Vec<(String, String)>,
 }
 
 impl NodeOptions {
@@ -70,6 +72,12 @@ impl NodeOptions {
             peers: peers.iter().map(|p| p.listen.clone()).collect(),
             ..Default::default()
         }
+    }
+
+    /// These options plus an environment variable for the node process.
+    pub fn with_env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
     }
 
     /// These options plus `hearth node` arguments.
@@ -189,6 +197,7 @@ impl TestNode {
             .args(["--threads", "1"])
             .env("HEARTH_DATA_DIR", dir.path())
             .env("HEARTH_LOG", "info,hearth_node=debug,libp2p=warn")
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("node.log")).expect("log file"));

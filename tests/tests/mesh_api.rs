@@ -78,18 +78,21 @@ fn mistakes_get_openai_errors_with_the_right_status() {
     );
     let (s, b) = post(&node, "/v1/completions", r#"{"prompt": ""}"#);
     assert_openai_error(s, &b, 400, "invalid_value");
-    // A prompt longer than the context: a 400 that says so, from the engine.
+    // A prompt longer than the context: a 400 with OpenAI's code for it, from the engine, typed
+    // all the way (streamed or not: the engine checks before the reply starts).
     let long = "word ".repeat(6000);
-    let (s, b) = post(
-        &node,
-        "/v1/completions",
-        json!({"prompt": long, "max_tokens": 2}).to_string(),
-    );
-    assert_openai_error(s, &b, 400, "invalid_request");
-    assert!(
-        b["error"]["message"].as_str().unwrap().contains("context"),
-        "{b}"
-    );
+    for stream in [false, true] {
+        let (s, b) = post(
+            &node,
+            "/v1/completions",
+            json!({"prompt": long, "max_tokens": 2, "stream": stream}).to_string(),
+        );
+        assert_openai_error(s, &b, 400, "context_length_exceeded");
+        assert!(
+            b["error"]["message"].as_str().unwrap().contains("context"),
+            "{b}"
+        );
+    }
     // Oversized bodies are refused, not buffered.
     let huge = vec![b'a'; 8 << 20];
     match http().post(node.url(chat)).body(huge).send() {

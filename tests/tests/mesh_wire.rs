@@ -8,7 +8,8 @@ use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use hearth_protocol::frame::{body_len, HEADER};
 use hearth_protocol::{
     decode, encode, CardReply, CardRequest, FailCode, HouseholdSecret, JobEvent, JobParams,
-    JobRequest, Prompt, Resume, Usage, CARD_PROTOCOL, JOB_PROTOCOL, PROTOCOL_VERSION,
+    JobRequest, Prompt, Resume, Usage, CARD_PROTOCOL, JOB_PROTOCOL, MAX_PROMPT_TOKENS,
+    PROTOCOL_VERSION,
 };
 use hearth_tests::mesh::{wait_for, Household, NodeOptions, TestNode};
 use hearth_tests::TestModel;
@@ -50,10 +51,8 @@ fn request(version: u32) -> JobRequest {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_frames_from_a_household_peer_get_refusals_or_closed_streams() {
-    let household = Household::new();
-    let node = TestNode::start("wire", &household, NodeOptions::holding(TestModel::SmolLm2));
+/// A household peer's libp2p client (the household key, a fresh identity) connected to `node`.
+async fn connect(household: &Household, node: &TestNode) -> (libp2p_stream::Control, PeerId) {
     let key = HouseholdSecret::from_join_code(&household.code)
         .unwrap()
         .network_key();
@@ -88,6 +87,14 @@ async fn bad_frames_from_a_household_peer_get_refusals_or_closed_streams() {
             swarm.select_next_some().await;
         }
     });
+    (control, peer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_from_a_household_peer_get_refusals_or_closed_streams() {
+    let household = Household::new();
+    let node = TestNode::start("wire", &household, NodeOptions::holding(TestModel::SmolLm2));
+    let (control, peer) = connect(&household, &node).await;
     let job = StreamProtocol::new(JOB_PROTOCOL);
     let open = |p: StreamProtocol| {
         let mut c = control.clone();
@@ -136,14 +143,7 @@ async fn bad_frames_from_a_household_peer_get_refusals_or_closed_streams() {
     s.write_all(&encode(&request(PROTOCOL_VERSION)).unwrap())
         .await
         .unwrap();
-    let mut events = Vec::new();
-    while let Some(e) = read_event::<JobEvent>(&mut s).await {
-        let last = matches!(e, JobEvent::Done { .. });
-        events.push(e);
-        if last {
-            break;
-        }
-    }
+    let events = job_events(&mut s).await;
     assert!(
         matches!(events.first(), Some(JobEvent::Started { .. })),
         "{events:?}"
@@ -166,4 +166,82 @@ async fn bad_frames_from_a_household_peer_get_refusals_or_closed_streams() {
     });
     assert!(logged.is_some(), "{}", node.log());
     assert_eq!(node.get("/healthz")["status"], "ok");
+}
+
+/// Reads a job's events until its last one (bounded by the node closing the stream).
+async fn job_events(s: &mut libp2p::Stream) -> Vec<JobEvent> {
+    let mut events = Vec::new();
+    while let Some(e) = read_event::<JobEvent>(s).await {
+        let last = matches!(
+            e,
+            JobEvent::Done { .. } | JobEvent::Failed { .. } | JobEvent::Busy { .. }
+        );
+        events.push(e);
+        if last {
+            break;
+        }
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_names_models_by_full_digest_only_never_by_path_or_prefix() {
+    let household = Household::new();
+    let node = TestNode::start("wire", &household, NodeOptions::holding(TestModel::SmolLm2));
+    let (control, peer) = connect(&household, &node).await;
+    let digest = request(PROTOCOL_VERSION).model;
+    let cached_file = node.data().join("models").join(format!("{digest}.gguf"));
+    assert!(cached_file.is_file());
+    let gemma = TestModel::Gemma3.path();
+    for model in [
+        cached_file.to_str().unwrap(),
+        gemma.to_str().unwrap(),
+        "/no/such/file.gguf",
+        &digest[..4],
+        &digest[..12],
+        "smollm2-135m",
+    ] {
+        let mut s = control
+            .clone()
+            .open_stream(peer, StreamProtocol::new(JOB_PROTOCOL))
+            .await
+            .expect("stream opens");
+        let mut r = request(PROTOCOL_VERSION);
+        r.model = model.to_owned();
+        s.write_all(&encode(&r).unwrap()).await.unwrap();
+        let events = job_events(&mut s).await;
+        match events.as_slice() {
+            [JobEvent::Failed {
+                code: FailCode::BadRequest,
+                message,
+            }] => assert!(
+                message.contains("full SHA-256 digest"),
+                "{model}: {message}"
+            ),
+            other => panic!("{model}: {other:?}"),
+        }
+    }
+    // Nothing was opened: an existing file and a missing one get the same answer, and no model
+    // was loaded.
+    assert!(!node.log().contains("model loaded"), "{}", node.log());
+    // Resumed tokens beyond the protocol's limit are refused before any work.
+    let mut s = control
+        .clone()
+        .open_stream(peer, StreamProtocol::new(JOB_PROTOCOL))
+        .await
+        .expect("stream opens");
+    let mut r = request(PROTOCOL_VERSION);
+    r.resume.tokens = vec![1; MAX_PROMPT_TOKENS + 1];
+    s.write_all(&encode(&r).unwrap()).await.unwrap();
+    match job_events(&mut s).await.as_slice() {
+        [JobEvent::Failed {
+            code: FailCode::BadRequest,
+            message,
+        }] => assert!(
+            message.contains(&MAX_PROMPT_TOKENS.to_string()),
+            "{message}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(!node.log().contains("model loaded"), "{}", node.log());
 }

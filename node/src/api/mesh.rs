@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::ApiError;
+use crate::chat::Members;
 use crate::node::Node;
 
 /// `GET /healthz`.
@@ -26,7 +27,7 @@ pub async fn healthz(State(node): State<Arc<Node>>) -> impl IntoResponse {
 
 /// `GET /api/peers`: this node and every connected peer, with cards.
 pub async fn peers(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    Json(node.members())
+    Json(Members::of(&node))
 }
 
 #[derive(Debug, Deserialize)]
@@ -43,7 +44,7 @@ pub async fn route(
     let query = q
         .model
         .ok_or_else(|| ApiError::bad_param("model", "say which model: /api/route?model=NAME"))?;
-    let members = node.members();
+    let members = Members::of(&node);
     let model = members
         .find_model(&query)
         .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "model_not_found", e.to_string()))?;
@@ -68,7 +69,7 @@ pub async fn revoke(
     let body: RevokeBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_param("peers", format!("expected {{\"peers\": [PEER, ...]}}: {e}"))
     })?;
-    let members = node.members();
+    let members = Members::of(&node);
     let mut ids = Vec::new();
     for p in &body.peers {
         match (members.named(p), p.parse::<libp2p::PeerId>()) {

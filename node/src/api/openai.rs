@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::{ApiError, CONTEXT_LENGTH_EXCEEDED};
-use crate::chat::{self, FailKind, Reply, ReplyError, ReplyRequest};
+use crate::chat::{self, FailKind, Members, Reply, ReplyError, ReplyRequest};
 use crate::jobs;
 use crate::node::Node;
 
@@ -455,8 +455,7 @@ fn sse_stream(
 
 /// `GET /v1/models`: every model on any node of the household, with where it lives.
 pub async fn models(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    let data: Vec<Value> = node
-        .members()
+    let data: Vec<Value> = Members::of(&node)
         .models()
         .into_iter()
         .map(|m| {

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::routing::{self, Candidate, Route};
 use crate::mesh::peers::peer_id_text;
+use crate::node::Node;
 
 /// One household node with its card, as `/api/peers` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -53,6 +54,30 @@ fn available_hint(available: &[String]) -> String {
 pub struct Members(pub Vec<Member>);
 
 impl Members {
+    /// `node` and every connected peer with a card, `node` first: one snapshot, taken once per
+    /// request (building this node's card reads /proc and the model index).
+    pub fn of(node: &Node) -> Members {
+        let mut all = vec![Member {
+            peer_id: node.mesh.peer_id(),
+            addr: node.mesh.listen_addrs().first().map(ToString::to_string),
+            latency_ms: Some(0.0),
+            this_node: true,
+            card: (node.card)(),
+        }];
+        for link in node.mesh.peers() {
+            if let Some(card) = node.cards.get(&link.peer) {
+                all.push(Member {
+                    peer_id: link.peer,
+                    addr: Some(link.addr.to_string()),
+                    latency_ms: link.rtt.map(|d| d.as_secs_f32() * 1000.0),
+                    this_node: false,
+                    card,
+                });
+            }
+        }
+        Members(all)
+    }
+
     /// The member named `name`.
     pub fn named(&self, name: &str) -> Option<&Member> {
         self.0.iter().find(|m| m.card.name == name)
