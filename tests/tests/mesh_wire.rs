@@ -184,6 +184,21 @@ async fn job_events(s: &mut libp2p::Stream) -> Vec<JobEvent> {
     events
 }
 
+/// Sends `request` on a new job stream and reads the events it gets.
+async fn send_job(
+    control: &libp2p_stream::Control,
+    peer: PeerId,
+    request: &JobRequest,
+) -> Vec<JobEvent> {
+    let mut s = control
+        .clone()
+        .open_stream(peer, StreamProtocol::new(JOB_PROTOCOL))
+        .await
+        .expect("stream opens");
+    s.write_all(&encode(request).unwrap()).await.unwrap();
+    job_events(&mut s).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_names_models_by_full_digest_only_never_by_path_or_prefix() {
     let household = Household::new();
@@ -201,16 +216,9 @@ async fn a_peer_names_models_by_full_digest_only_never_by_path_or_prefix() {
         &digest[..12],
         "smollm2-135m",
     ] {
-        let mut s = control
-            .clone()
-            .open_stream(peer, StreamProtocol::new(JOB_PROTOCOL))
-            .await
-            .expect("stream opens");
         let mut r = request(PROTOCOL_VERSION);
         r.model = model.to_owned();
-        s.write_all(&encode(&r).unwrap()).await.unwrap();
-        let events = job_events(&mut s).await;
-        match events.as_slice() {
+        match send_job(&control, peer, &r).await.as_slice() {
             [JobEvent::Failed {
                 code: FailCode::BadRequest,
                 message,
@@ -225,15 +233,9 @@ async fn a_peer_names_models_by_full_digest_only_never_by_path_or_prefix() {
     // was loaded.
     assert!(!node.log().contains("model loaded"), "{}", node.log());
     // Resumed tokens beyond the protocol's limit are refused before any work.
-    let mut s = control
-        .clone()
-        .open_stream(peer, StreamProtocol::new(JOB_PROTOCOL))
-        .await
-        .expect("stream opens");
     let mut r = request(PROTOCOL_VERSION);
     r.resume.tokens = vec![1; MAX_PROMPT_TOKENS + 1];
-    s.write_all(&encode(&r).unwrap()).await.unwrap();
-    match job_events(&mut s).await.as_slice() {
+    match send_job(&control, peer, &r).await.as_slice() {
         [JobEvent::Failed {
             code: FailCode::BadRequest,
             message,
