@@ -3,12 +3,15 @@
 
 pub mod card;
 pub mod frame;
+pub mod history;
 pub mod household;
 pub mod job;
+pub mod sync;
 
 pub use card::{Card, CardReply, CardRequest, Device, DeviceKind, ModelInfo, ModelSpeed};
 pub use frame::{decode, encode, FrameBuffer, FrameError, MAX_FRAME};
 pub use household::{HouseholdSecret, JoinCodeError};
+pub use sync::SyncFrame;
 pub use job::{
     is_digest, ChatMessage, FailCode, Finish, JobEvent, JobParams, JobRequest, Prompt, Resume,
     Usage, MAX_PROMPT_TOKENS,
@@ -23,3 +26,6 @@ pub const CARD_PROTOCOL: &str = "/hearth/card/1";
 
 /// libp2p protocol name of remote jobs.
 pub const JOB_PROTOCOL: &str = "/hearth/job/1";
+
+/// libp2p protocol name of history sync.
+pub const SYNC_PROTOCOL: &str = "/hearth/sync/1";
