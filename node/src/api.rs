@@ -1,6 +1,7 @@
-//! The HTTP API (axum): OpenAI-compatible `/v1/*`, the mesh's `/api/*`, `/healthz` and
+//! The HTTP API (axum): OpenAI-compatible `/v1/*`, the mesh's and the history's `/api/*`, `/healthz` and
 //! `/metrics`. Loopback-only unless a bearer token guards it; errors use OpenAI's JSON shape.
 
+mod history;
 mod mesh;
 mod openai;
 
@@ -10,7 +11,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -29,6 +30,22 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/peers", get(mesh::peers))
         .route("/api/route", get(mesh::route))
         .route("/api/revoke", post(mesh::revoke))
+        .route(
+            "/api/conversations",
+            get(history::list).post(history::create),
+        )
+        .route("/api/conversations/events", get(history::events))
+        .route(
+            "/api/conversations/{id}",
+            get(history::get)
+                .patch(history::rename)
+                .delete(history::delete),
+        )
+        .route(
+            "/api/conversations/{id}/messages/{message}",
+            patch(history::edit_message),
+        )
+        .route("/api/conversations/{id}/export", get(history::export))
         .route("/healthz", get(mesh::healthz))
         .route("/metrics", get(mesh::metrics))
         .fallback(not_found)

@@ -8,12 +8,14 @@ pub mod routing;
 
 use std::sync::Arc;
 
+use hearth_protocol::history::Id;
 use hearth_protocol::{JobParams, JobRequest, ModelInfo, Prompt, Resume, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 
 pub use dispatch::{FailKind, Reply};
 pub use members::{Member, Members, MeshModel, UnknownModel};
 
+use crate::history::{record, ConversationRef, HistoryError};
 use crate::jobs;
 use crate::models::DEFAULT_MODEL;
 use crate::node::Node;
@@ -28,6 +30,8 @@ pub struct ReplyRequest {
     pub params: JobParams,
     /// Serve on this node only.
     pub pin: Option<String>,
+    /// Record the request and its reply in this conversation.
+    pub conversation: Option<ConversationRef>,
 }
 
 /// A reply that has started on a node.
@@ -38,10 +42,12 @@ pub struct ReplyStream {
     pub node: String,
     /// The rest of the reply. Dropping it cancels the reply.
     pub replies: mpsc::Receiver<Reply>,
+    /// The conversation it is recorded in.
+    pub conversation: Option<Id>,
 }
 
 /// Why a reply did not start.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ReplyError {
     #[error("{0} is shutting down; send the request to another node")]
     ShuttingDown(String),
@@ -53,6 +59,8 @@ pub enum ReplyError {
     NoRoute { model: String, reasons: String },
     #[error("{message}")]
     Failed { kind: FailKind, message: String },
+    #[error(transparent)]
+    History(#[from] HistoryError),
 }
 
 /// Resolves the model, routes, and starts the reply on the best node; returns once a node has
@@ -82,6 +90,24 @@ pub async fn start_reply(
             reasons: reasons.join("; "),
         });
     }
+    let slot = match (request.conversation, &request.prompt) {
+        (None, _) => None,
+        (Some(c), Prompt::Chat(messages)) => {
+            let (history, messages) = (node.history.clone(), messages.clone());
+            let name = model.info.name.clone();
+            let slot =
+                tokio::task::spawn_blocking(move || history.begin_reply(c, &messages, &name))
+                    .await
+                    .map_err(|e| HistoryError::Storage(e.into()))??;
+            Some(slot)
+        }
+        (Some(_), Prompt::Text(_)) => {
+            return Err(HistoryError::BadRequest(
+                "conversations record chat completions; raw completions are not recorded".into(),
+            )
+            .into())
+        }
+    };
     let job = JobRequest {
         version: PROTOCOL_VERSION,
         model: model.info.digest.clone(),
@@ -99,16 +125,40 @@ pub async fn start_reply(
         };
         dispatch::drive(&route.ranked, job, open, &serving.metrics, tx).await;
     });
-    match replies.recv().await {
-        Some(Reply::Started { node, .. }) => Ok(ReplyStream {
+    let first = replies.recv().await;
+    if let Some(Reply::Started { node: serving, .. }) = first {
+        let replies = match slot {
+            Some(slot) => record::record(node.history.clone(), slot, serving.clone(), replies),
+            None => replies,
+        };
+        return Ok(ReplyStream {
             model: model.info,
-            node,
+            node: serving,
             replies,
-        }),
-        Some(Reply::Failed { kind, message }) => Err(ReplyError::Failed { kind, message }),
-        other => Err(ReplyError::Failed {
-            kind: FailKind::Unavailable,
-            message: format!("the reply ended before it started ({other:?})"),
-        }),
+            conversation: slot.map(|s| s.conversation),
+        });
     }
+    let (kind, message) = match first {
+        Some(Reply::Failed { kind, message }) => (kind, message),
+        other => (
+            FailKind::Unavailable,
+            format!("the reply ended before it started ({other:?})"),
+        ),
+    };
+    if let Some(slot) = slot {
+        let (history, message) = (node.history.clone(), message.clone());
+        let outcome = hearth_protocol::history::Outcome {
+            status: hearth_protocol::history::Status::Error,
+            nodes: Vec::new(),
+            tokens: 0,
+            tokens_per_s: 0.0,
+            error: message,
+        };
+        let written =
+            tokio::task::spawn_blocking(move || history.finish_reply(slot, "", &outcome)).await;
+        if let Ok(Err(e)) = written {
+            tracing::warn!(error = %e, "cannot record a reply that did not start");
+        }
+    }
+    Err(ReplyError::Failed { kind, message })
 }

@@ -1,5 +1,5 @@
 //! `hearth node`: the composition root. Starts the engine, the mesh and each protocol over it
-//! (cards, jobs), then the HTTP API; records where it listens; and on SIGINT/SIGTERM stops taking
+//! (cards, jobs, history sync), then the HTTP API; records where it listens; and on SIGINT/SIGTERM stops taking
 //! work, lets in-flight replies finish, tells peers and exits.
 
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use crate::cards::{self, CardSource};
 use crate::config::NodeConfig;
 use crate::data_dir::DataDir;
 use crate::drain::Drain;
+use crate::history::{self, History};
 use crate::household::Household;
 use crate::jobs::{self, Engine, EngineConfig};
 use crate::mesh::{Mesh, MeshConfig};
@@ -101,6 +102,12 @@ async fn serve(
     };
     let cards = cards::start(&mesh, card.clone())?;
     jobs::serve(&mesh, engine.clone())?;
+    let history_dir = data.root().join("history");
+    let device = mesh.peer_id().to_string();
+    let history = tokio::task::spawn_blocking(move || History::open(&history_dir, &device))
+        .await
+        .context("loading the history failed")??;
+    history::sync::start(&mesh, history.clone())?;
     let node = Arc::new(Node {
         name: config.name.clone(),
         engine: engine.clone(),
@@ -110,6 +117,7 @@ async fn serve(
         metrics,
         api_token: config.api_token.clone(),
         drain: drain.clone(),
+        history,
     });
 
     // Wait (briefly) for the listen addresses so the runtime file has them.

@@ -1,7 +1,8 @@
 //! hearth's node: the `hearth` command line, the data directory, the model cache, and the mesh
 //! daemon. Grouped by capability: `mesh` (transport, discovery, peers, streams per protocol),
 //! `cards` and `jobs` (protocols over the mesh), `chat` (the one path from a request to a reply:
-//! members, routing, dispatch), `models` (the cache), `api` (HTTP shapes), `daemon` (the
+//! members, routing, dispatch), `history` (conversations as Automerge documents: store, recording,
+//! sync), `models` (the cache), `api` (HTTP shapes), `daemon` (the
 //! composition root), `commands` (the CLI).
 
 pub mod api;
@@ -16,6 +17,7 @@ pub mod data_dir;
 pub mod devices;
 pub mod drain;
 pub mod durable;
+pub mod history;
 pub mod household;
 pub mod identity;
 pub mod jobs;

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::cards::{CardSource, Cards};
 use crate::drain::Drain;
+use crate::history::History;
 use crate::jobs::Engine;
 use crate::mesh::Mesh;
 use crate::metrics::{Gauges, Metrics};
@@ -21,6 +22,8 @@ pub struct Node {
     pub api_token: Option<String>,
     /// Whether the node is shutting down, and what is still in flight.
     pub drain: Arc<Drain>,
+    /// The household's conversations.
+    pub history: Arc<History>,
 }
 
 impl std::fmt::Debug for Node {

@@ -630,7 +630,10 @@ mod tests {
         }
         assert_eq!("index".parse::<DocId>().unwrap(), DocId::Index);
         assert_eq!(
-            DocId::Conversation(id).to_string().parse::<DocId>().unwrap(),
+            DocId::Conversation(id)
+                .to_string()
+                .parse::<DocId>()
+                .unwrap(),
             DocId::Conversation(id)
         );
         assert_ne!(Id::random(), Id::random());
@@ -723,7 +726,9 @@ mod tests {
         ));
         let mut d = new_conversation(id);
         let map = messages_map(&d).unwrap();
-        let bad = d.put_object(&map, Id::random().to_string(), ObjType::Map).unwrap();
+        let bad = d
+            .put_object(&map, Id::random().to_string(), ObjType::Map)
+            .unwrap();
         d.put(&bad, "role", 7).unwrap();
         assert!(check_conversation(&d, id).is_err());
         // Readers skip what they cannot read.

@@ -11,11 +11,11 @@ pub mod sync;
 pub use card::{Card, CardReply, CardRequest, Device, DeviceKind, ModelInfo, ModelSpeed};
 pub use frame::{decode, encode, FrameBuffer, FrameError, MAX_FRAME};
 pub use household::{HouseholdSecret, JoinCodeError};
-pub use sync::SyncFrame;
 pub use job::{
     is_digest, ChatMessage, FailCode, Finish, JobEvent, JobParams, JobRequest, Prompt, Resume,
     Usage, MAX_PROMPT_TOKENS,
 };
+pub use sync::SyncFrame;
 
 /// Version of the hearth protocol spoken by this build; peers with another version are refused.
 /// (2: jobs name models by full digest only; `FailCode::ContextOverflow`.)

@@ -126,7 +126,9 @@ mod tests {
             Err(SyncFrameError::Interleaved { .. })
         ));
         let mut r = Reassembler::default();
-        assert!(r.push("a".into(), vec![0; MAX_SYNC_PART + 1], true).is_err());
+        assert!(r
+            .push("a".into(), vec![0; MAX_SYNC_PART + 1], true)
+            .is_err());
         let mut r = Reassembler::default();
         let part = vec![0; MAX_SYNC_PART];
         let mut refused = false;

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use super::{ApiError, CONTEXT_LENGTH_EXCEEDED};
 use crate::chat::{self, FailKind, Members, Reply, ReplyError, ReplyRequest};
+use crate::history::ConversationRef;
 use crate::jobs;
 use crate::node::Node;
 
@@ -53,10 +54,12 @@ impl OneOrMany {
     }
 }
 
-/// hearth's own request options: `"hearth": {"node": NAME}` pins the serving node.
+/// hearth's own request options: `"hearth": {"node": NAME}` pins the serving node;
+/// `"conversation": ID` (or `"new"`) records the request and its reply in the history.
 #[derive(Debug, Default, Deserialize)]
 struct HearthOptions {
     node: Option<String>,
+    conversation: Option<String>,
 }
 
 /// Fields both endpoints take besides their input.
@@ -251,6 +254,7 @@ fn not_started(e: ReplyError) -> ApiError {
             message,
         ),
         ReplyError::Failed { kind, message } => failure(kind, message),
+        ReplyError::History(e) => super::history::error(e),
     }
 }
 
@@ -264,17 +268,31 @@ async fn respond(
         model,
         stream,
         sampling,
-        hearth: HearthOptions { node: pin },
+        hearth: HearthOptions {
+            node: pin,
+            conversation,
+        },
     } = common;
+    let conversation = conversation
+        .map(|c| c.parse::<ConversationRef>())
+        .transpose()
+        .map_err(|e| {
+            ApiError::bad_param(
+                "hearth.conversation",
+                format!("{e}; use a conversation's id, or \"new\""),
+            )
+        })?;
     let request = ReplyRequest {
         model,
         prompt,
         params: job_params(sampling)?,
         pin,
+        conversation,
     };
     let started = chat::start_reply(&node, request)
         .await
         .map_err(not_started)?;
+    let conversation = started.conversation.map(|c| c.to_string());
     let meta = Meta {
         id: format!(
             "{}-{:016x}",
@@ -288,6 +306,7 @@ async fn respond(
         created: now(),
         model: started.model.name.clone(),
         shape,
+        conversation: conversation.clone(),
     };
     let serving = started.node;
     let mut response = if stream {
@@ -302,6 +321,9 @@ async fn respond(
     if let Ok(v) = HeaderValue::from_str(&serving) {
         response.headers_mut().insert("x-hearth-node", v);
     }
+    if let Some(v) = conversation.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        response.headers_mut().insert("x-hearth-conversation", v);
+    }
     Ok(response)
 }
 
@@ -309,6 +331,8 @@ struct Meta {
     id: String,
     created: u64,
     model: String,
+    /// The conversation the reply is recorded in.
+    conversation: Option<String>,
     shape: Shape,
 }
 
@@ -353,7 +377,7 @@ async fn whole(
                     "model": meta.model,
                     "choices": [choice],
                     "usage": usage(&u),
-                    "hearth": {"nodes": nodes},
+                    "hearth": {"nodes": nodes, "conversation": meta.conversation},
                 })));
             }
         }
@@ -380,7 +404,7 @@ fn chunk(meta: &Meta, node: &str, delta: Value, finish: Option<&str>) -> Value {
         "created": meta.created,
         "model": meta.model,
         "choices": [choice],
-        "hearth": {"node": node},
+        "hearth": {"node": node, "conversation": meta.conversation},
     })
 }
 

@@ -1,0 +1,514 @@
+//! The household's conversation history: Automerge documents (schema in
+//! `hearth_protocol::history`) kept under `<data-dir>/history/`, written durably, recorded as
+//! replies stream, and synced with every household peer.
+
+mod export;
+pub mod record;
+mod store;
+pub mod sync;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use automerge::AutoCommit;
+use hearth_protocol::history::{
+    self as schema, DocId, Id, Message, NewMessage, Outcome, SchemaError, Status, Summary,
+};
+use hearth_protocol::ChatMessage;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+pub use export::Format;
+use store::StoredDoc;
+
+/// Most documents a node keeps (a peer cannot make it create more).
+const MAX_DOCS: usize = 200_000;
+/// What a reply left streaming by a node that stopped is marked with at its next start.
+const INTERRUPTED: &str = "the node stopped before the reply finished";
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Why a history operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("no conversation {0}")]
+    NoConversation(Id),
+    #[error("no message {message} in conversation {conversation}")]
+    NoMessage { conversation: Id, message: Id },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the document does not follow the history schema: {0}")]
+    Schema(SchemaError),
+    #[error("{0:#}")]
+    Storage(#[from] anyhow::Error),
+}
+
+type Result<T, E = HistoryError> = std::result::Result<T, E>;
+
+/// A conversation with its messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conversation {
+    #[serde(flatten)]
+    pub summary: Summary,
+    /// Every message, ordered by (created, id).
+    pub messages: Vec<Message>,
+    /// Ids of the messages on the newest branch, first to last.
+    pub branch: Vec<Id>,
+}
+
+/// Which conversation a chat request records into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConversationRef {
+    /// A new one, titled after the first user message.
+    New,
+    Existing(Id),
+}
+
+impl std::str::FromStr for ConversationRef {
+    type Err = hearth_protocol::history::BadId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "new" {
+            Ok(ConversationRef::New)
+        } else {
+            s.parse().map(ConversationRef::Existing)
+        }
+    }
+}
+
+/// Where a reply being recorded lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplySlot {
+    pub conversation: Id,
+    pub message: Id,
+}
+
+/// The history of this node: every document, and who wants to hear of changes.
+pub struct History {
+    dir: PathBuf,
+    /// This device's id, recorded as the author of what it writes.
+    device: String,
+    docs: Mutex<HashMap<DocId, StoredDoc>>,
+    changes: broadcast::Sender<DocId>,
+}
+
+impl std::fmt::Debug for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "History({})", self.dir.display())
+    }
+}
+
+fn schema_error(conversation: Id) -> impl Fn(SchemaError) -> HistoryError {
+    move |e| match e {
+        SchemaError::NoConversation(id) => HistoryError::NoConversation(id),
+        SchemaError::NoMessage(message) => HistoryError::NoMessage {
+            conversation,
+            message,
+        },
+        other => HistoryError::Schema(other),
+    }
+}
+
+impl History {
+    /// Loads every document in `dir` (creating it), moving unreadable files to `quarantine/`,
+    /// and marks replies this device left unfinished.
+    pub fn open(dir: &Path, device: &str) -> anyhow::Result<Arc<History>> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut docs = HashMap::new();
+        let entries =
+            std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+        for entry in entries {
+            let path = entry?.path();
+            let Some(id) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".automerge"))
+                .and_then(|n| n.parse::<DocId>().ok())
+            else {
+                continue;
+            };
+            let loaded = StoredDoc::load(&path)
+                .and_then(|d| {
+                    schema::check(&d.doc, id).map_err(anyhow::Error::from)?;
+                    Ok(d)
+                })
+                .or_else(|e| {
+                    let moved = store::quarantine(&path)?;
+                    tracing::warn!(
+                        file = %path.display(),
+                        to = %moved.display(),
+                        error = %format!("{e:#}"),
+                        "unreadable history file quarantined; the rest of the history loads"
+                    );
+                    Err(e)
+                });
+            if let Ok(d) = loaded {
+                docs.insert(id, d);
+            }
+        }
+        if !docs.contains_key(&DocId::Index) {
+            docs.insert(
+                DocId::Index,
+                StoredDoc::create(dir, DocId::Index, schema::new_index())?,
+            );
+        }
+        for (id, d) in docs.iter_mut() {
+            if matches!(id, DocId::Conversation(_)) {
+                let n = schema::interrupt(&mut d.doc, device, INTERRUPTED)
+                    .map_err(anyhow::Error::from)?;
+                if n > 0 {
+                    d.persist()?;
+                    tracing::info!(conversation = %id, replies = n, "marked unfinished replies");
+                }
+            }
+        }
+        tracing::info!(documents = docs.len(), "history loaded");
+        let (changes, _) = broadcast::channel(1024);
+        Ok(Arc::new(History {
+            dir: dir.to_owned(),
+            device: device.to_owned(),
+            docs: Mutex::new(docs),
+            changes,
+        }))
+    }
+
+    /// Document ids changed by anyone (this node's API, recording, or a peer through sync).
+    pub fn subscribe(&self) -> broadcast::Receiver<DocId> {
+        self.changes.subscribe()
+    }
+
+    /// This device's id.
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    /// Reads document `id` (an empty new one if this node has none yet).
+    fn read<T>(&self, id: DocId, f: impl FnOnce(&AutoCommit) -> T) -> T {
+        let docs = self.docs.lock().expect("history lock");
+        match docs.get(&id) {
+            Some(d) => f(&d.doc),
+            None => f(&schema::new_doc(id)),
+        }
+    }
+
+    /// Changes document `id` with `f` as one Automerge change, written durably before this
+    /// returns; nothing is kept if `f` fails.
+    fn write<T>(
+        &self,
+        id: DocId,
+        f: impl FnOnce(&mut AutoCommit) -> Result<T, SchemaError>,
+    ) -> Result<T> {
+        let conversation = match id {
+            DocId::Conversation(c) => c,
+            DocId::Index => Id::random(),
+        };
+        let mut docs = self.docs.lock().expect("history lock");
+        let d = match docs.get_mut(&id) {
+            Some(d) => d,
+            None => {
+                let created = StoredDoc::create(&self.dir, id, schema::new_doc(id))?;
+                docs.entry(id).or_insert(created)
+            }
+        };
+        let out = match f(&mut d.doc) {
+            Ok(out) => out,
+            Err(e) => {
+                d.doc.rollback();
+                return Err(schema_error(conversation)(e));
+            }
+        };
+        d.doc.commit();
+        let changed = d.persist()?;
+        drop(docs);
+        if changed {
+            let _ = self.changes.send(id);
+        }
+        Ok(out)
+    }
+
+    /// Conversations newest first, without deleted ones; with `query`, only those whose title
+    /// or messages contain it (case-insensitive).
+    pub fn list(&self, query: Option<&str>) -> Vec<Summary> {
+        let all: Vec<Summary> = self
+            .read(DocId::Index, schema::summaries)
+            .into_iter()
+            .filter(|s| !s.deleted)
+            .collect();
+        let Some(q) = query.map(str::to_lowercase).filter(|q| !q.is_empty()) else {
+            return all;
+        };
+        all.into_iter()
+            .filter(|s| {
+                s.title.to_lowercase().contains(&q)
+                    || self
+                        .read(DocId::Conversation(s.id), schema::messages)
+                        .iter()
+                        .any(|m| m.text.to_lowercase().contains(&q))
+            })
+            .collect()
+    }
+
+    /// A new, empty conversation.
+    pub fn create(&self, title: &str) -> Result<Summary> {
+        self.ensure_room()?;
+        let id = Id::random();
+        let now = now_ms();
+        let summary = self.write(DocId::Index, |d| {
+            schema::add_conversation(d, id, title, now)
+        })?;
+        self.write(DocId::Conversation(id), |_| Ok(()))?;
+        Ok(summary)
+    }
+
+    fn ensure_room(&self) -> Result<()> {
+        if self.docs.lock().expect("history lock").len() >= MAX_DOCS {
+            return Err(HistoryError::BadRequest(format!(
+                "the history holds {MAX_DOCS} documents, its limit; delete some conversations"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Conversation `id`'s index entry, if it is there and not deleted.
+    fn summary(&self, id: Id) -> Result<Summary> {
+        self.read(DocId::Index, |d| schema::conversation(d, id))
+            .ok()
+            .filter(|s| !s.deleted)
+            .ok_or(HistoryError::NoConversation(id))
+    }
+
+    /// Renames conversation `id`.
+    pub fn rename(&self, id: Id, title: &str) -> Result<Summary> {
+        self.summary(id)?;
+        self.write(DocId::Index, |d| schema::rename(d, id, title, now_ms()))?;
+        self.summary(id)
+    }
+
+    /// Deletes conversation `id` (a tombstone in the index, synced like any change).
+    pub fn delete(&self, id: Id) -> Result<()> {
+        self.summary(id)?;
+        self.write(DocId::Index, |d| schema::delete(d, id, now_ms()))
+    }
+
+    /// Conversation `id` with its messages.
+    pub fn get(&self, id: Id) -> Result<Conversation> {
+        let summary = self.summary(id)?;
+        let messages = self.read(DocId::Conversation(id), schema::messages);
+        Ok(Conversation {
+            summary,
+            branch: schema::branch(&messages),
+            messages,
+        })
+    }
+
+    /// Adds a message to conversation `id`.
+    pub fn add_message(&self, id: Id, new: &NewMessage) -> Result<Id> {
+        self.summary(id)?;
+        let m = self.write(DocId::Conversation(id), |d| schema::add_message(d, new))?;
+        self.write(DocId::Index, |d| schema::touch(d, id, new.created))?;
+        Ok(m)
+    }
+
+    /// Replaces the text of a message (an edit; concurrent edits elsewhere merge).
+    pub fn edit_message(&self, id: Id, message: Id, text: &str) -> Result<Message> {
+        self.summary(id)?;
+        self.write(DocId::Conversation(id), |d| {
+            schema::edit_text(d, message, text)
+        })?;
+        self.write(DocId::Index, |d| schema::touch(d, id, now_ms()))?;
+        self.read(DocId::Conversation(id), schema::messages)
+            .into_iter()
+            .find(|m| m.id == message)
+            .ok_or(HistoryError::NoMessage {
+                conversation: id,
+                message,
+            })
+    }
+
+    /// Records a chat request in `conversation` and opens its reply as `streaming`; durable
+    /// before it returns. A new conversation takes every message of the request; an existing
+    /// one takes the request's last message, after the newest branch.
+    pub fn begin_reply(
+        &self,
+        conversation: ConversationRef,
+        prompt: &[ChatMessage],
+        model: &str,
+    ) -> Result<ReplySlot> {
+        let last = prompt
+            .last()
+            .ok_or_else(|| HistoryError::BadRequest("a chat needs a message".into()))?;
+        let now = now_ms();
+        let (id, (added, mut parent)) = match conversation {
+            ConversationRef::New => {
+                let title = prompt
+                    .iter()
+                    .find(|m| m.role == "user")
+                    .map_or("New conversation", |m| m.content.as_str());
+                let first_line: String = title
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(60)
+                    .collect();
+                (self.create(&first_line)?.id, (prompt, None))
+            }
+            ConversationRef::Existing(id) => {
+                let tip = self.get(id)?.branch.last().copied();
+                (id, (std::slice::from_ref(last), tip))
+            }
+        };
+        let author = self.device.clone();
+        let message = self.write(DocId::Conversation(id), |d| {
+            // Created times step by one so that the request's order is the stored order.
+            for (i, m) in added.iter().enumerate() {
+                parent = Some(schema::add_message(
+                    d,
+                    &NewMessage {
+                        role: m.role.clone(),
+                        text: m.content.clone(),
+                        author: author.clone(),
+                        created: now + i as i64,
+                        parent,
+                        model: String::new(),
+                        status: Status::Done,
+                    },
+                )?);
+            }
+            schema::add_message(
+                d,
+                &NewMessage {
+                    role: "assistant".into(),
+                    text: String::new(),
+                    author: author.clone(),
+                    created: now + added.len() as i64,
+                    parent,
+                    model: model.to_owned(),
+                    status: Status::Streaming,
+                },
+            )
+        })?;
+        self.write(DocId::Index, |d| schema::touch(d, id, now))?;
+        Ok(ReplySlot {
+            conversation: id,
+            message,
+        })
+    }
+
+    /// Appends streamed text to a reply.
+    pub fn append_reply(&self, slot: ReplySlot, text: &str) -> Result<()> {
+        self.write(DocId::Conversation(slot.conversation), |d| {
+            schema::append_text(d, slot.message, text)
+        })
+    }
+
+    /// Records how a reply ended, appending its last text first.
+    pub fn finish_reply(&self, slot: ReplySlot, text: &str, outcome: &Outcome) -> Result<()> {
+        self.write(DocId::Conversation(slot.conversation), |d| {
+            if !text.is_empty() {
+                schema::append_text(d, slot.message, text)?;
+            }
+            schema::finish(d, slot.message, outcome)
+        })?;
+        self.write(DocId::Index, |d| {
+            schema::touch(d, slot.conversation, now_ms())
+        })
+    }
+
+    /// Conversation `id` in `format`.
+    pub fn export(&self, id: Id, format: Format) -> Result<Vec<u8>> {
+        let conversation = self.get(id)?;
+        Ok(match format {
+            Format::Automerge => {
+                let mut docs = self.docs.lock().expect("history lock");
+                match docs.get_mut(&DocId::Conversation(id)) {
+                    Some(d) => d.doc.save(),
+                    None => schema::new_conversation(id).save(),
+                }
+            }
+            Format::Json => serde_json::to_vec_pretty(&conversation)
+                .map_err(|e| HistoryError::Storage(e.into()))?,
+            Format::Markdown => export::markdown(&conversation).into_bytes(),
+        })
+    }
+
+    /// Every document this node holds.
+    pub fn doc_ids(&self) -> Vec<DocId> {
+        let mut ids: Vec<DocId> = self
+            .docs
+            .lock()
+            .expect("history lock")
+            .keys()
+            .copied()
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// The next sync message for document `id` to a peer in `state`, if there is anything to say.
+    pub fn sync_message(
+        &self,
+        id: DocId,
+        state: &mut automerge::sync::State,
+    ) -> Option<automerge::sync::Message> {
+        use automerge::sync::SyncDoc;
+        let mut docs = self.docs.lock().expect("history lock");
+        match docs.get_mut(&id) {
+            Some(d) => d.doc.sync().generate_sync_message(state),
+            None => schema::new_doc(id).sync().generate_sync_message(state),
+        }
+    }
+
+    /// Applies a peer's sync message about document `id`. The result must still follow the
+    /// schema, or nothing is kept; what is kept is written durably. Returns whether the document
+    /// changed.
+    pub fn receive_sync(
+        &self,
+        id: DocId,
+        state: &mut automerge::sync::State,
+        message: automerge::sync::Message,
+    ) -> Result<bool> {
+        use automerge::sync::SyncDoc;
+        let mut docs = self.docs.lock().expect("history lock");
+        if !docs.contains_key(&id) && docs.len() >= MAX_DOCS {
+            return Err(HistoryError::BadRequest(format!(
+                "a peer offered document {id} beyond this node's limit of {MAX_DOCS}"
+            )));
+        }
+        let mut trial = match docs.get_mut(&id) {
+            Some(d) => d.doc.fork(),
+            None => schema::new_doc(id),
+        };
+        let mut trial_state = state.clone();
+        let before = trial.get_heads();
+        trial
+            .sync()
+            .receive_sync_message(&mut trial_state, message)
+            .map_err(|e| HistoryError::BadRequest(format!("a bad sync message: {e}")))?;
+        schema::check(&trial, id).map_err(HistoryError::Schema)?;
+        *state = trial_state;
+        let changed = trial.get_heads() != before;
+        match docs.get_mut(&id) {
+            Some(d) => {
+                d.doc = trial;
+                d.persist()?;
+            }
+            None if changed => {
+                docs.insert(id, StoredDoc::create(&self.dir, id, trial)?);
+            }
+            None => {}
+        }
+        drop(docs);
+        if changed {
+            let _ = self.changes.send(id);
+        }
+        Ok(changed)
+    }
+}
