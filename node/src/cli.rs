@@ -34,6 +34,9 @@ pub enum Command {
     /// Create, join or leave a household (the devices that may use each other).
     #[command(subcommand)]
     Household(HouseholdCommand),
+    /// The household's conversations: list, show, export, delete.
+    #[command(subcommand)]
+    History(HistoryCommand),
     /// List the household's nodes: models, load, speed, devices (needs a running node).
     Peers {
         /// Print JSON instead of a table.
@@ -211,8 +214,49 @@ pub struct ChatArgs {
     /// Print token counts and speed after each reply.
     #[arg(long)]
     pub stats: bool,
+    /// Do not record this conversation in the household's history.
+    #[arg(long)]
+    pub no_history: bool,
+    /// Go on with a recorded conversation (its id from `hearth history list`).
+    #[arg(long, value_name = "ID", conflicts_with = "system")]
+    pub resume: Option<String>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+}
+
+/// `hearth history`.
+#[derive(Debug, Subcommand)]
+pub enum HistoryCommand {
+    /// List conversations, newest first.
+    List {
+        /// Only conversations whose title or messages contain this text.
+        #[arg(short, long, value_name = "TEXT")]
+        query: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a conversation's newest branch.
+    Show {
+        /// The conversation's id (a unique prefix will do).
+        id: String,
+    },
+    /// Write a conversation as automerge, json or markdown.
+    Export {
+        /// The conversation's id (a unique prefix will do).
+        id: String,
+        /// automerge, json or markdown.
+        #[arg(long, default_value = "markdown")]
+        format: String,
+        /// Write here instead of to stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Delete a conversation on every device of the household.
+    Delete {
+        /// The conversation's id (a unique prefix will do).
+        id: String,
+    },
 }
 
 /// `hearth bench`.

@@ -28,6 +28,8 @@ pub struct Streamed {
     pub finish: Option<String>,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// The conversation the reply was recorded in, if any.
+    pub conversation: Option<String>,
 }
 
 /// An error answer from the node.
@@ -103,25 +105,32 @@ impl LocalNode {
         Err(NodeError::from_body(status, &body).into())
     }
 
-    /// `GET path` as JSON.
-    pub fn get(&self, path: &str) -> Result<Value> {
-        let r = self
-            .request(reqwest::Method::GET, path)
-            .timeout(Duration::from_secs(10))
+    /// Sends a request (a JSON body when given; `path` may carry a query) and returns the
+    /// answer's body when the node succeeded.
+    pub fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<reqwest::blocking::Response> {
+        let mut r = self.request(method, path).timeout(Duration::from_secs(30));
+        if let Some(b) = body {
+            r = r.json(b);
+        }
+        let r = r
             .send()
             .with_context(|| format!("cannot reach the node at {}", self.base))?;
-        Ok(Self::checked(r)?.json()?)
+        Self::checked(r)
+    }
+
+    /// `GET path` as JSON.
+    pub fn get(&self, path: &str) -> Result<Value> {
+        Ok(self.send(reqwest::Method::GET, path, None)?.json()?)
     }
 
     /// `POST path` with a JSON body.
     pub fn post(&self, path: &str, body: &Value) -> Result<Value> {
-        let r = self
-            .request(reqwest::Method::POST, path)
-            .timeout(Duration::from_secs(10))
-            .json(body)
-            .send()
-            .with_context(|| format!("cannot reach the node at {}", self.base))?;
-        Ok(Self::checked(r)?.json()?)
+        Ok(self.send(reqwest::Method::POST, path, Some(body))?.json()?)
     }
 
     /// Posts a streaming request to `path` (`/v1/chat/completions` or `/v1/completions`) and calls
@@ -153,6 +162,9 @@ impl LocalNode {
             let v: Value = serde_json::from_str(data).context("the node sent a bad event")?;
             if v.get("error").is_some() {
                 return Err(NodeError::from_body(status, &v).into());
+            }
+            if let Some(c) = v["hearth"]["conversation"].as_str() {
+                out.conversation = Some(c.to_owned());
             }
             if let Some(n) = v["hearth"]["node"].as_str() {
                 if out.nodes.last().map(String::as_str) != Some(n) {

@@ -3,6 +3,7 @@
 mod backend;
 mod bench;
 mod chat;
+mod history;
 mod household;
 mod models;
 mod node;
@@ -42,6 +43,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Models(cmd) => models::models(&cache, cmd),
         Command::Node(args) => node::node(data, args),
         Command::Household(cmd) => household::household(&data, cmd),
+        Command::History(cmd) => history::history(&data, cmd),
         Command::Peers { json } => peers::peers(&data, json),
     }
 }

@@ -19,6 +19,8 @@ pub(super) struct Reply {
     pub text: String,
     /// A line of statistics for `--stats`.
     pub stats: String,
+    /// The conversation it was recorded in (through a node only).
+    pub conversation: Option<String>,
 }
 
 /// Why a chat turn produced no reply but the conversation can go on.
@@ -102,10 +104,17 @@ impl Backend {
         }
     }
 
-    /// The assistant's next message after `history`, streamed to `on_text`.
+    /// Whether replies can be recorded in the household's history (through a node only).
+    pub fn records(&self) -> bool {
+        matches!(self, Backend::Node { .. })
+    }
+
+    /// The assistant's next message after `history`, streamed to `on_text`; recorded in
+    /// `conversation` (an id, or "new") when given and the backend records.
     pub fn chat(
         &mut self,
         history: &[ChatMessage],
+        conversation: Option<&str>,
         params: &GenerateParams,
         on_text: impl FnMut(&str) -> bool,
     ) -> Result<Turn> {
@@ -129,7 +138,10 @@ impl Backend {
                     .iter()
                     .map(|m| json!({"role": m.role, "content": m.content}))
                     .collect();
-                let body = request_body(model, pin, params, "messages", json!(messages));
+                let mut body = request_body(model, pin, params, "messages", json!(messages));
+                if let Some(c) = conversation {
+                    body["hearth"]["conversation"] = json!(c);
+                }
                 match node.stream("/v1/chat/completions", body, on_text) {
                     Ok(s) => Ok(Turn::Reply(node_reply(s))),
                     Err(e) => match e.downcast_ref::<NodeError>() {
@@ -191,6 +203,7 @@ fn local_reply(c: Completion) -> Reply {
     Reply {
         stats: stats_line(&c),
         text: c.text,
+        conversation: None,
     }
 }
 
@@ -204,6 +217,7 @@ fn node_reply(s: crate::client::Streamed) -> Reply {
             s.finish.as_deref().unwrap_or("?")
         ),
         text: s.text,
+        conversation: s.conversation,
     }
 }
 

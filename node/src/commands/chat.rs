@@ -1,12 +1,15 @@
-//! `hearth chat`: a terminal conversation with one model, history kept for the session.
+//! `hearth chat`: a terminal conversation with one model, recorded in the household's history
+//! when a node serves it (`--no-history` opts out, `--resume ID` goes on with one).
 
 use std::io::{BufRead, Write};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use hearth_shards::ChatMessage;
 
 use super::backend::{Backend, Turn};
+use super::history::Source;
 use crate::cli::ChatArgs;
+use crate::client::LocalNode;
 use crate::data_dir::DataDir;
 use crate::models::ModelCache;
 
@@ -23,6 +26,22 @@ pub(super) fn chat(data: &DataDir, cache: &ModelCache, args: ChatArgs) -> Result
         .map(|s| ChatMessage::new("system", s.clone()))
         .collect();
     let mut history = opening.clone();
+    // Where replies are recorded: "new" until the node says which conversation it made.
+    let mut conversation: Option<String> = None;
+    if let Some(id) = &args.resume {
+        let (resumed, messages) = resume(data, id)?;
+        for m in &messages {
+            println!("[{}] {}", m.role, m.content.trim_end());
+        }
+        history = messages;
+        conversation = Some(resumed);
+    } else if !args.no_history {
+        if backend.records() {
+            conversation = Some("new".into());
+        } else {
+            eprintln!("(no node is running, so this conversation is not recorded in the history)");
+        }
+    }
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     loop {
@@ -40,6 +59,9 @@ pub(super) fn chat(data: &DataDir, cache: &ModelCache, args: ChatArgs) -> Result
             "/reset" => {
                 history = opening.clone();
                 backend.reset();
+                if conversation.is_some() {
+                    conversation = Some("new".into());
+                }
                 println!("(new conversation)");
                 continue;
             }
@@ -55,7 +77,7 @@ pub(super) fn chat(data: &DataDir, cache: &ModelCache, args: ChatArgs) -> Result
         }
         history.push(ChatMessage::new("user", input));
         let mut out = std::io::stdout().lock();
-        let turn = backend.chat(&history, &params, |piece| {
+        let turn = backend.chat(&history, conversation.as_deref(), &params, |piece| {
             out.write_all(piece.as_bytes())
                 .and_then(|()| out.flush())
                 .is_ok()
@@ -67,6 +89,9 @@ pub(super) fn chat(data: &DataDir, cache: &ModelCache, args: ChatArgs) -> Result
                     eprintln!("{}", reply.stats);
                 }
                 history.push(ChatMessage::new("assistant", reply.text.trim().to_owned()));
+                if conversation.is_some() && reply.conversation.is_some() {
+                    conversation = reply.conversation;
+                }
             }
             Turn::TooLong(e) => {
                 history.pop();
@@ -74,4 +99,21 @@ pub(super) fn chat(data: &DataDir, cache: &ModelCache, args: ChatArgs) -> Result
             }
         }
     }
+}
+
+/// The messages on the newest branch of conversation `id` (or an id prefix), from the node.
+fn resume(data: &DataDir, id: &str) -> Result<(String, Vec<ChatMessage>)> {
+    let Some(node) = LocalNode::find(data) else {
+        bail!("--resume needs the local node running (the history lives there); start it with `hearth node`");
+    };
+    let source = Source::Node(Box::new(node));
+    let c = source.get(source.resolve(id)?)?;
+    let messages = c
+        .branch
+        .iter()
+        .filter_map(|b| c.messages.iter().find(|m| m.id == *b))
+        .filter(|m| !(m.role == "assistant" && m.text.is_empty()))
+        .map(|m| ChatMessage::new(m.role.clone(), m.text.clone()))
+        .collect();
+    Ok((c.summary.id.to_string(), messages))
 }

@@ -28,7 +28,7 @@ pub(super) fn run(data: &DataDir, cache: &ModelCache, args: RunArgs) -> Result<(
             messages.push(ChatMessage::new("system", system.clone()));
         }
         messages.push(ChatMessage::new("user", prompt));
-        match backend.chat(&messages, &params, &mut write)? {
+        match backend.chat(&messages, None, &params, &mut write)? {
             Turn::Reply(r) => r.stats,
             Turn::TooLong(e) => anyhow::bail!("{e}"),
         }
