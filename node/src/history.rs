@@ -466,45 +466,38 @@ impl History {
         }
     }
 
-    /// Applies a peer's sync message about document `id`. The result must still follow the
-    /// schema, or nothing is kept; what is kept is written durably. Returns whether the document
-    /// changed.
+    /// Applies a peer's sync message (`bytes`) about document `id`; a message that is malformed
+    /// or would leave the document off the schema changes nothing. What is kept is written
+    /// durably. Returns whether the document changed.
     pub fn receive_sync(
         &self,
         id: DocId,
         state: &mut automerge::sync::State,
-        message: automerge::sync::Message,
+        bytes: &[u8],
     ) -> Result<bool> {
-        use automerge::sync::SyncDoc;
         let mut docs = self.docs.lock().expect("history lock");
-        if !docs.contains_key(&id) && docs.len() >= MAX_DOCS {
-            return Err(HistoryError::BadRequest(format!(
-                "a peer offered document {id} beyond this node's limit of {MAX_DOCS}"
-            )));
-        }
-        let mut trial = match docs.get_mut(&id) {
-            Some(d) => d.doc.fork(),
-            None => schema::new_doc(id),
-        };
-        let mut trial_state = state.clone();
-        let before = trial.get_heads();
-        trial
-            .sync()
-            .receive_sync_message(&mut trial_state, message)
-            .map_err(|e| HistoryError::BadRequest(format!("a bad sync message: {e}")))?;
-        schema::check(&trial, id).map_err(HistoryError::Schema)?;
-        *state = trial_state;
-        let changed = trial.get_heads() != before;
-        match docs.get_mut(&id) {
+        let changed = match docs.get_mut(&id) {
             Some(d) => {
-                d.doc = trial;
+                let changed = schema::apply_sync_message(&mut d.doc, id, state, bytes)
+                    .map_err(HistoryError::Schema)?;
                 d.persist()?;
+                changed
             }
-            None if changed => {
-                docs.insert(id, StoredDoc::create(&self.dir, id, trial)?);
+            None => {
+                if docs.len() >= MAX_DOCS {
+                    return Err(HistoryError::BadRequest(format!(
+                        "a peer offered document {id} beyond this node's limit of {MAX_DOCS}"
+                    )));
+                }
+                let mut doc = schema::new_doc(id);
+                let changed = schema::apply_sync_message(&mut doc, id, state, bytes)
+                    .map_err(HistoryError::Schema)?;
+                if changed {
+                    docs.insert(id, StoredDoc::create(&self.dir, id, doc)?);
+                }
+                changed
             }
-            None => {}
-        }
+        };
         drop(docs);
         if changed {
             let _ = self.changes.send(id);

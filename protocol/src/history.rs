@@ -499,6 +499,31 @@ pub fn check(doc: &AutoCommit, id: DocId) -> Result<()> {
     }
 }
 
+/// Applies a peer's Automerge sync message (`bytes`) about document `id` to `doc`. The result
+/// must still follow the schema, or `doc` and `state` stay as they were. Returns whether the
+/// document changed.
+pub fn apply_sync_message(
+    doc: &mut AutoCommit,
+    id: DocId,
+    state: &mut automerge::sync::State,
+    bytes: &[u8],
+) -> Result<bool> {
+    use automerge::sync::SyncDoc;
+    let message = automerge::sync::Message::decode(bytes)
+        .map_err(|e| SchemaError::Malformed(format!("a malformed sync message: {e}")))?;
+    let before = doc.get_heads();
+    let mut trial = doc.fork();
+    let mut trial_state = state.clone();
+    trial
+        .sync()
+        .receive_sync_message(&mut trial_state, message)?;
+    check(&trial, id)?;
+    let changed = trial.get_heads() != before;
+    *doc = trial;
+    *state = trial_state;
+    Ok(changed)
+}
+
 /// The messages on the branch that ends with the newest message: from the first message down
 /// to it, following parents.
 pub fn branch(messages: &[Message]) -> Vec<Id> {
@@ -713,6 +738,47 @@ mod tests {
         assert_eq!(interrupt(&mut d, "dev", "stopped").unwrap(), 1);
         let stale = messages(&d).into_iter().find(|m| m.id == s).unwrap();
         assert_eq!(stale.status, Status::Error);
+    }
+
+    #[test]
+    fn sync_messages_bring_documents_together_and_bad_ones_change_nothing() {
+        use automerge::sync::{State, SyncDoc};
+        let id = Id::random();
+        let mut a = new_conversation(id);
+        add_message(&mut a, &msg("user", "hi", 1, None)).unwrap();
+        let mut b = new_conversation(id);
+        let (mut sa, mut sb) = (State::new(), State::new());
+        for _ in 0..10 {
+            if let Some(m) = a.sync().generate_sync_message(&mut sa) {
+                apply_sync_message(&mut b, DocId::Conversation(id), &mut sb, &m.encode()).unwrap();
+            }
+            if let Some(m) = b.sync().generate_sync_message(&mut sb) {
+                apply_sync_message(&mut a, DocId::Conversation(id), &mut sa, &m.encode()).unwrap();
+            }
+        }
+        assert_eq!(messages(&b)[0].text, "hi");
+        // Garbage, and a valid message carrying an off-schema document, change nothing.
+        let heads = b.get_heads();
+        assert!(apply_sync_message(&mut b, DocId::Conversation(id), &mut sb, b"junk").is_err());
+        let mut evil = new_conversation(id);
+        let map = messages_map(&evil).unwrap();
+        evil.put(&map, Id::random().to_string(), "not a message")
+            .unwrap();
+        let mut se = State::new();
+        let mut sb2 = State::new();
+        let mut refused = false;
+        for _ in 0..10 {
+            if let Some(m) = evil.sync().generate_sync_message(&mut se) {
+                refused |=
+                    apply_sync_message(&mut b, DocId::Conversation(id), &mut sb2, &m.encode())
+                        .is_err();
+            }
+            if let Some(m) = b.sync().generate_sync_message(&mut sb2) {
+                evil.sync().receive_sync_message(&mut se, m).unwrap();
+            }
+        }
+        assert!(refused);
+        assert_eq!(b.get_heads(), heads);
     }
 
     #[test]

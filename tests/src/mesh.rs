@@ -171,6 +171,22 @@ impl TestNode {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        let mut node = TestNode {
+            name: name.to_owned(),
+            dir,
+            child: None,
+            api: String::new(),
+            listen: String::new(),
+            peer_id: String::new(),
+            netns: opts.netns.clone(),
+        };
+        node.launch(&opts);
+        node
+    }
+
+    /// Starts the `hearth node` process on this node's data directory and waits for its API.
+    fn launch(&mut self, opts: &NodeOptions) {
+        let name = self.name.clone();
         let mut cmd = match &opts.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -179,7 +195,7 @@ impl TestNode {
             }
             None => Command::new(hearth_bin()),
         };
-        cmd.arg("node").args(["--name", name]);
+        cmd.arg("node").args(["--name", &name]);
         if opts.netns.is_none() {
             cmd.args([
                 "--listen",
@@ -193,33 +209,36 @@ impl TestNode {
         for p in &opts.peers {
             cmd.args(["--peer", p]);
         }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("node.log"))
+            .expect("log file");
         cmd.args(&opts.args)
             .args(["--threads", "1"])
-            .env("HEARTH_DATA_DIR", dir.path())
+            .env("HEARTH_DATA_DIR", self.dir.path())
             .env("HEARTH_LOG", "info,hearth_node=debug,libp2p=warn")
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("node.log")).expect("log file"));
-        let child = cmd.spawn().expect("hearth node starts");
-        let mut node = TestNode {
-            name: name.to_owned(),
-            dir,
-            child: Some(child),
-            api: String::new(),
-            listen: String::new(),
-            peer_id: String::new(),
-            netns: opts.netns.clone(),
-        };
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("hearth node starts"));
         let info: Value = wait_for(Duration::from_secs(30), || {
-            let bytes = std::fs::read(node.dir.path().join("node.json")).ok()?;
+            let bytes = std::fs::read(self.dir.path().join("node.json")).ok()?;
             serde_json::from_slice(&bytes).ok()
         })
-        .unwrap_or_else(|| panic!("node {name} did not start:\n{}", node.log()));
-        node.api = info["api"].as_str().unwrap().to_owned();
-        node.listen = info["listen"][0].as_str().unwrap_or_default().to_owned();
-        node.peer_id = info["peer_id"].as_str().unwrap().to_owned();
-        node
+        .unwrap_or_else(|| panic!("node {name} did not start:\n{}", self.log()));
+        self.api = info["api"].as_str().unwrap().to_owned();
+        self.listen = info["listen"][0].as_str().unwrap_or_default().to_owned();
+        self.peer_id = info["peer_id"].as_str().unwrap().to_owned();
+    }
+
+    /// Starts the node again on the same data directory (after `kill` or `terminate`, or
+    /// killing it first), with `opts` (its models are already imported).
+    pub fn restart(&mut self, opts: &NodeOptions) {
+        self.kill();
+        let _ = std::fs::remove_file(self.dir.path().join("node.json"));
+        self.launch(opts);
     }
 
     /// The data directory.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
-use automerge::sync::{Message, State};
+use automerge::sync::State;
 use futures::{AsyncReadExt, StreamExt};
 use hearth_protocol::history::DocId;
 use hearth_protocol::sync::{parts, Reassembler};
@@ -175,18 +175,11 @@ async fn receive(
             tracing::warn!(%peer, doc = %doc.chars().take(80).collect::<String>(), "refused a sync message for a document that is not a hearth document");
             continue;
         };
-        let message = match Message::decode(&bytes) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(%peer, doc = %id, error = %e, "refused a malformed sync message");
-                continue;
-            }
-        };
         let (h, s) = (history.clone(), shared.clone());
         let applied = tokio::task::spawn_blocking(move || {
             let mut session = s.0.lock().expect("session lock");
             let state = session.states.entry(id).or_default();
-            let result = h.receive_sync(id, state, message);
+            let result = h.receive_sync(id, state, &bytes);
             session.dirty.insert(id);
             result
         })
