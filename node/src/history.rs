@@ -2,17 +2,16 @@
 //! `hearth_protocol::history`) kept under `<data-dir>/history/`, written durably, recorded as
 //! replies stream, and synced with every household peer.
 
+mod docs;
 mod export;
 pub mod record;
 mod store;
 pub mod sync;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
 use automerge::AutoCommit;
 use hearth_protocol::history::{
     self as schema, DocId, Id, Message, NewMessage, Outcome, SchemaError, Status, Summary,
@@ -21,13 +20,12 @@ use hearth_protocol::ChatMessage;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use docs::Docs;
 pub use export::Format;
 use store::StoredDoc;
 
 /// Most documents a node keeps (a peer cannot make it create more).
 const MAX_DOCS: usize = 200_000;
-/// What a reply left streaming by a node that stopped is marked with at its next start.
-const INTERRUPTED: &str = "the node stopped before the reply finished";
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -95,7 +93,7 @@ pub struct History {
     dir: PathBuf,
     /// This device's id, recorded as the author of what it writes.
     device: String,
-    docs: Mutex<HashMap<DocId, StoredDoc>>,
+    docs: Mutex<Docs>,
     changes: broadcast::Sender<DocId>,
 }
 
@@ -117,59 +115,12 @@ fn schema_error(conversation: Id) -> impl Fn(SchemaError) -> HistoryError {
 }
 
 impl History {
-    /// Loads every document in `dir` (creating it), moving unreadable files to `quarantine/`,
-    /// and marks replies this device left unfinished.
+    /// Opens the history in `dir` (creating it): the index now, conversations at first use.
+    /// Files that do not load are moved to `quarantine/`; replies this device left unfinished
+    /// are marked when their conversation loads.
     pub fn open(dir: &Path, device: &str) -> anyhow::Result<Arc<History>> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let mut docs = HashMap::new();
-        let entries =
-            std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
-        for entry in entries {
-            let path = entry?.path();
-            let Some(id) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".automerge"))
-                .and_then(|n| n.parse::<DocId>().ok())
-            else {
-                continue;
-            };
-            let loaded = StoredDoc::load(&path)
-                .and_then(|d| {
-                    schema::check(&d.doc, id).map_err(anyhow::Error::from)?;
-                    Ok(d)
-                })
-                .or_else(|e| {
-                    let moved = store::quarantine(&path)?;
-                    tracing::warn!(
-                        file = %path.display(),
-                        to = %moved.display(),
-                        error = %format!("{e:#}"),
-                        "unreadable history file quarantined; the rest of the history loads"
-                    );
-                    Err(e)
-                });
-            if let Ok(d) = loaded {
-                docs.insert(id, d);
-            }
-        }
-        if !docs.contains_key(&DocId::Index) {
-            docs.insert(
-                DocId::Index,
-                StoredDoc::create(dir, DocId::Index, schema::new_index())?,
-            );
-        }
-        for (id, d) in docs.iter_mut() {
-            if matches!(id, DocId::Conversation(_)) {
-                let n = schema::interrupt(&mut d.doc, device, INTERRUPTED)
-                    .map_err(anyhow::Error::from)?;
-                if n > 0 {
-                    d.persist()?;
-                    tracing::info!(conversation = %id, replies = n, "marked unfinished replies");
-                }
-            }
-        }
-        tracing::info!(documents = docs.len(), "history loaded");
+        let docs = Docs::scan(dir, device)?;
+        tracing::info!(documents = docs.len(), "history opened");
         let (changes, _) = broadcast::channel(1024);
         Ok(Arc::new(History {
             dir: dir.to_owned(),
@@ -191,8 +142,8 @@ impl History {
 
     /// Reads document `id` (an empty new one if this node has none yet).
     fn read<T>(&self, id: DocId, f: impl FnOnce(&AutoCommit) -> T) -> T {
-        let docs = self.docs.lock().expect("history lock");
-        match docs.get(&id) {
+        let mut docs = self.docs.lock().expect("history lock");
+        match docs.get(id) {
             Some(d) => f(&d.doc),
             None => f(&schema::new_doc(id)),
         }
@@ -210,13 +161,11 @@ impl History {
             DocId::Index => Id::random(),
         };
         let mut docs = self.docs.lock().expect("history lock");
-        let d = match docs.get_mut(&id) {
-            Some(d) => d,
-            None => {
-                let created = StoredDoc::create(&self.dir, id, schema::new_doc(id))?;
-                docs.entry(id).or_insert(created)
-            }
-        };
+        if docs.get(id).is_none() {
+            let created = StoredDoc::create(&self.dir, id, schema::new_doc(id))?;
+            docs.insert(id, created);
+        }
+        let d = docs.get(id).expect("just made");
         let out = match f(&mut d.doc) {
             Ok(out) => out,
             Err(e) => {
@@ -428,7 +377,7 @@ impl History {
         Ok(match format {
             Format::Automerge => {
                 let mut docs = self.docs.lock().expect("history lock");
-                match docs.get_mut(&DocId::Conversation(id)) {
+                match docs.get(DocId::Conversation(id)) {
                     Some(d) => d.doc.save(),
                     None => schema::new_conversation(id).save(),
                 }
@@ -441,15 +390,7 @@ impl History {
 
     /// Every document this node holds.
     pub fn doc_ids(&self) -> Vec<DocId> {
-        let mut ids: Vec<DocId> = self
-            .docs
-            .lock()
-            .expect("history lock")
-            .keys()
-            .copied()
-            .collect();
-        ids.sort();
-        ids
+        self.docs.lock().expect("history lock").ids()
     }
 
     /// The next sync message for document `id` to a peer in `state`, if there is anything to say.
@@ -460,7 +401,7 @@ impl History {
     ) -> Option<automerge::sync::Message> {
         use automerge::sync::SyncDoc;
         let mut docs = self.docs.lock().expect("history lock");
-        match docs.get_mut(&id) {
+        match docs.get(id) {
             Some(d) => d.doc.sync().generate_sync_message(state),
             None => schema::new_doc(id).sync().generate_sync_message(state),
         }
@@ -476,7 +417,7 @@ impl History {
         bytes: &[u8],
     ) -> Result<bool> {
         let mut docs = self.docs.lock().expect("history lock");
-        let changed = match docs.get_mut(&id) {
+        let changed = match docs.get(id) {
             Some(d) => {
                 let changed = schema::apply_sync_message(&mut d.doc, id, state, bytes)
                     .map_err(HistoryError::Schema)?;

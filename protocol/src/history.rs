@@ -17,7 +17,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use automerge::transaction::{CommitOptions, Transactable};
-use automerge::{ActorId, AutoCommit, ObjId, ObjType, ReadDoc, ScalarValue, Value, ROOT};
+use automerge::{hydrate, ActorId, AutoCommit, ObjId, ObjType, ReadDoc, ScalarValue, Value, ROOT};
 use serde::{Deserialize, Serialize};
 
 /// The index document's schema tag (key `hearth` at its root).
@@ -277,24 +277,6 @@ fn int_at(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<i64> {
     }
 }
 
-fn f64_at(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<f64> {
-    match doc.get(obj, key).ok()?? {
-        (Value::Scalar(s), _) => match s.as_ref() {
-            ScalarValue::F64(f) => Some(*f),
-            ScalarValue::Int(i) => Some(*i as f64),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-fn bool_at(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<bool> {
-    match doc.get(obj, key).ok()?? {
-        (Value::Scalar(s), _) => s.as_bool(),
-        _ => None,
-    }
-}
-
 fn map_at(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<ObjId> {
     match doc.get(obj, key).ok()?? {
         (Value::Object(ObjType::Map), id) => Some(id),
@@ -313,28 +295,82 @@ fn root_map(doc: &AutoCommit, schema: &'static str, map: &str) -> Result<ObjId> 
     map_at(doc, &ROOT, map).ok_or_else(|| SchemaError::Malformed(format!("no `{map}` map")))
 }
 
-fn summary(doc: &AutoCommit, entries: &ObjId, key: &str) -> Result<Summary> {
+/// A map read whole, with typed field access.
+struct Fields<'a>(&'a hydrate::Map);
+
+impl Fields<'_> {
+    fn str(&self, key: &str) -> Option<String> {
+        match self.0.get(key)? {
+            hydrate::Value::Scalar(s) => s.as_str().map(str::to_owned),
+            hydrate::Value::Text(t) => Some(t.to_string()),
+            _ => None,
+        }
+    }
+
+    fn int(&self, key: &str) -> Option<i64> {
+        match self.0.get(key)? {
+            hydrate::Value::Scalar(ScalarValue::Int(i) | ScalarValue::Timestamp(i)) => Some(*i),
+            hydrate::Value::Scalar(ScalarValue::Uint(u)) => i64::try_from(*u).ok(),
+            _ => None,
+        }
+    }
+
+    fn float(&self, key: &str) -> Option<f64> {
+        match self.0.get(key)? {
+            hydrate::Value::Scalar(ScalarValue::F64(f)) => Some(*f),
+            hydrate::Value::Scalar(ScalarValue::Int(i)) => Some(*i as f64),
+            _ => None,
+        }
+    }
+
+    fn bool(&self, key: &str) -> Option<bool> {
+        match self.0.get(key)? {
+            hydrate::Value::Scalar(ScalarValue::Boolean(b)) => Some(*b),
+            _ => None,
+        }
+    }
+}
+
+/// The entries of the map at `map` under the root, read whole (one pass over the document,
+/// much faster than a lookup per field).
+fn read_map(
+    doc: &AutoCommit,
+    schema: &'static str,
+    map: &str,
+) -> Result<Vec<(String, hydrate::Value)>> {
+    let obj = root_map(doc, schema, map)?;
+    match doc.hydrate(&obj, None)? {
+        hydrate::Value::Map(m) => Ok(m
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect()),
+        _ => Err(SchemaError::Malformed(format!("`{map}` is not a map"))),
+    }
+}
+
+fn summary(key: &str, value: &hydrate::Value) -> Result<Summary> {
     let bad = |what: &str| SchemaError::Malformed(format!("conversation {key}: {what}"));
     let id: Id = key.parse().map_err(|_| bad("the key is not an id"))?;
-    let entry = map_at(doc, entries, key).ok_or_else(|| bad("not a map"))?;
+    let hydrate::Value::Map(m) = value else {
+        return Err(bad("not a map"));
+    };
+    let f = Fields(m);
     Ok(Summary {
         id,
-        title: str_at(doc, &entry, "title").ok_or_else(|| bad("no title"))?,
-        created: int_at(doc, &entry, "created").ok_or_else(|| bad("no created time"))?,
-        updated: int_at(doc, &entry, "updated").ok_or_else(|| bad("no updated time"))?,
-        deleted: bool_at(doc, &entry, "deleted").ok_or_else(|| bad("no deleted flag"))?,
+        title: f.str("title").ok_or_else(|| bad("no title"))?,
+        created: f.int("created").ok_or_else(|| bad("no created time"))?,
+        updated: f.int("updated").ok_or_else(|| bad("no updated time"))?,
+        deleted: f.bool("deleted").ok_or_else(|| bad("no deleted flag"))?,
     })
 }
 
 /// Every conversation in the index (deleted ones included), newest first (by `updated`, then
 /// id). Entries that do not follow the schema are skipped.
 pub fn summaries(doc: &AutoCommit) -> Vec<Summary> {
-    let Ok(entries) = root_map(doc, INDEX_SCHEMA, "conversations") else {
-        return Vec::new();
-    };
-    let mut out: Vec<Summary> = doc
-        .keys(&entries)
-        .filter_map(|k| summary(doc, &entries, &k).ok())
+    let mut out: Vec<Summary> = read_map(doc, INDEX_SCHEMA, "conversations")
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|(k, v)| summary(k, v).ok())
         .collect();
     out.sort_by(|a, b| b.updated.cmp(&a.updated).then(a.id.cmp(&b.id)));
     out
@@ -342,9 +378,8 @@ pub fn summaries(doc: &AutoCommit) -> Vec<Summary> {
 
 /// Checks the index document: schema tag and every entry.
 pub fn check_index(doc: &AutoCommit) -> Result<()> {
-    let entries = root_map(doc, INDEX_SCHEMA, "conversations")?;
-    for k in doc.keys(&entries) {
-        let s = summary(doc, &entries, &k)?;
+    for (k, v) in read_map(doc, INDEX_SCHEMA, "conversations")? {
+        let s = summary(&k, &v)?;
         if s.title.chars().count() > MAX_TITLE {
             return Err(SchemaError::Malformed(format!(
                 "conversation {k}: title longer than {MAX_TITLE} characters"
@@ -385,11 +420,12 @@ fn entry(doc: &AutoCommit, id: Id) -> Result<ObjId> {
 
 /// The index entry of conversation `id`.
 pub fn conversation(doc: &AutoCommit, id: Id) -> Result<Summary> {
-    let entries = root_map(doc, INDEX_SCHEMA, "conversations")?;
-    if map_at(doc, &entries, &id.to_string()).is_none() {
-        return Err(SchemaError::NoConversation(id));
+    let e = entry(doc, id)?;
+    let key = id.to_string();
+    match doc.hydrate(&e, None)? {
+        value @ hydrate::Value::Map(_) => summary(&key, &value),
+        _ => Err(SchemaError::NoConversation(id)),
     }
-    summary(doc, &entries, &id.to_string())
 }
 
 /// Renames conversation `id`.
@@ -418,60 +454,64 @@ pub fn touch(doc: &mut AutoCommit, id: Id, now: i64) -> Result<()> {
     Ok(())
 }
 
-fn message(doc: &AutoCommit, messages: &ObjId, key: &str) -> Result<Message> {
+fn message(key: &str, value: &hydrate::Value) -> Result<Message> {
     let bad = |what: &str| SchemaError::Malformed(format!("message {key}: {what}"));
     let id: Id = key.parse().map_err(|_| bad("the key is not an id"))?;
-    let m = map_at(doc, messages, key).ok_or_else(|| bad("not a map"))?;
-    let text = match doc.get(&m, "text")? {
-        Some((Value::Object(ObjType::Text), t)) => doc.text(&t)?,
+    let hydrate::Value::Map(m) = value else {
+        return Err(bad("not a map"));
+    };
+    let f = Fields(m);
+    let text = match m.get("text") {
+        Some(hydrate::Value::Text(t)) => t.to_string(),
         _ => return Err(bad("no text")),
     };
-    let parent = match doc.get(&m, "parent")? {
-        Some((Value::Scalar(s), _)) if matches!(s.as_ref(), ScalarValue::Null) => None,
-        Some((Value::Scalar(s), _)) => Some(
-            s.as_str()
-                .and_then(|p| p.parse().ok())
-                .ok_or_else(|| bad("parent is not an id"))?,
-        ),
+    let parent = match m.get("parent") {
+        Some(hydrate::Value::Scalar(ScalarValue::Null)) => None,
+        Some(hydrate::Value::Scalar(ScalarValue::Str(p))) => {
+            Some(p.parse().map_err(|_| bad("parent is not an id"))?)
+        }
         _ => return Err(bad("no parent")),
     };
-    let nodes = match doc.get(&m, "nodes")? {
-        Some((Value::Object(ObjType::List), list)) => doc
-            .values(&list)
-            .map(|(v, _)| v.as_str().map(str::to_owned))
+    let nodes = match m.get("nodes") {
+        Some(hydrate::Value::List(list)) => list
+            .iter()
+            .map(|v| match &v.value {
+                hydrate::Value::Scalar(ScalarValue::Str(s)) => Some(s.to_string()),
+                _ => None,
+            })
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| bad("a node is not a string"))?,
         _ => return Err(bad("no nodes")),
     };
     Ok(Message {
         id,
-        role: str_at(doc, &m, "role").ok_or_else(|| bad("no role"))?,
+        role: f.str("role").ok_or_else(|| bad("no role"))?,
         text,
-        author: str_at(doc, &m, "author").ok_or_else(|| bad("no author"))?,
-        created: int_at(doc, &m, "created").ok_or_else(|| bad("no created time"))?,
+        author: f.str("author").ok_or_else(|| bad("no author"))?,
+        created: f.int("created").ok_or_else(|| bad("no created time"))?,
         parent,
-        model: str_at(doc, &m, "model").ok_or_else(|| bad("no model"))?,
+        model: f.str("model").ok_or_else(|| bad("no model"))?,
         nodes,
-        tokens: int_at(doc, &m, "tokens")
+        tokens: f
+            .int("tokens")
             .and_then(|t| u64::try_from(t).ok())
             .ok_or_else(|| bad("no token count"))?,
-        tokens_per_s: f64_at(doc, &m, "tokens_per_s").ok_or_else(|| bad("no speed"))?,
-        status: str_at(doc, &m, "status")
+        tokens_per_s: f.float("tokens_per_s").ok_or_else(|| bad("no speed"))?,
+        status: f
+            .str("status")
             .and_then(|s| Status::parse(&s))
             .ok_or_else(|| bad("no valid status"))?,
-        error: str_at(doc, &m, "error").unwrap_or_default(),
+        error: f.str("error").unwrap_or_default(),
     })
 }
 
 /// Every message of a conversation, ordered by (created, id). Messages that do not follow the
 /// schema are skipped.
 pub fn messages(doc: &AutoCommit) -> Vec<Message> {
-    let Ok(map) = root_map(doc, CONVERSATION_SCHEMA, "messages") else {
-        return Vec::new();
-    };
-    let mut out: Vec<Message> = doc
-        .keys(&map)
-        .filter_map(|k| message(doc, &map, &k).ok())
+    let mut out: Vec<Message> = read_map(doc, CONVERSATION_SCHEMA, "messages")
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|(k, v)| message(k, v).ok())
         .collect();
     out.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
     out
@@ -479,14 +519,14 @@ pub fn messages(doc: &AutoCommit) -> Vec<Message> {
 
 /// Checks a conversation document: schema tag, its id, and every message.
 pub fn check_conversation(doc: &AutoCommit, id: Id) -> Result<()> {
-    let map = root_map(doc, CONVERSATION_SCHEMA, "messages")?;
+    let entries = read_map(doc, CONVERSATION_SCHEMA, "messages")?;
     if str_at(doc, &ROOT, "id") != Some(id.to_string()) {
         return Err(SchemaError::Malformed(format!(
             "the document is not conversation {id}"
         )));
     }
-    for k in doc.keys(&map) {
-        message(doc, &map, &k)?;
+    for (k, v) in &entries {
+        message(k, v)?;
     }
     Ok(())
 }
