@@ -171,6 +171,8 @@ async fn serve(
     let _ = stop_api.send(());
     let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
     mesh.shutdown().await;
+    let history = node.history.clone();
+    let _ = tokio::task::spawn_blocking(move || history.flush()).await;
     let _ = std::fs::remove_file(&runtime_path);
     tracing::info!("stopped");
     Ok(())

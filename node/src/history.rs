@@ -8,9 +8,12 @@ pub mod record;
 mod store;
 pub mod sync;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
 
 use automerge::AutoCommit;
 use hearth_protocol::history::{
@@ -20,12 +23,17 @@ use hearth_protocol::ChatMessage;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::durable::{self, Durability};
 use docs::Docs;
 pub use export::Format;
 use store::StoredDoc;
 
 /// Most documents a node keeps (a peer cannot make it create more).
-const MAX_DOCS: usize = 200_000;
+pub(crate) const MAX_DOCS: usize = 200_000;
+/// How often what sync wrote is fsynced. Sync writes skip the fsync each (a catching-up device
+/// writes a thousand documents, and an fsync each would be most of its time): what they hold is
+/// still on the peer that sent it, and would be sent again after a crash.
+const FLUSH_EVERY: Duration = Duration::from_millis(500);
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -88,13 +96,23 @@ pub struct ReplySlot {
     pub message: Id,
 }
 
+/// A document changed, and the peer whose sync message or document changed it (`None`: this
+/// node's own API or recording).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    pub doc: DocId,
+    pub from: Option<libp2p::PeerId>,
+}
+
 /// The history of this node: every document, and who wants to hear of changes.
 pub struct History {
     dir: PathBuf,
     /// This device's id, recorded as the author of what it writes.
     device: String,
     docs: Mutex<Docs>,
-    changes: broadcast::Sender<DocId>,
+    changes: broadcast::Sender<Change>,
+    /// Files written from sync and not fsynced yet (see [`FLUSH_EVERY`]).
+    unsynced: Mutex<BTreeSet<PathBuf>>,
 }
 
 impl std::fmt::Debug for History {
@@ -122,16 +140,46 @@ impl History {
         let docs = Docs::scan(dir, device)?;
         tracing::info!(documents = docs.len(), "history opened");
         let (changes, _) = broadcast::channel(1024);
-        Ok(Arc::new(History {
+        let history = Arc::new(History {
             dir: dir.to_owned(),
             device: device.to_owned(),
             docs: Mutex::new(docs),
             changes,
-        }))
+            unsynced: Mutex::new(BTreeSet::new()),
+        });
+        let weak = Arc::downgrade(&history);
+        std::thread::Builder::new()
+            .name("hearth-history-flush".into())
+            .spawn(move || {
+                // Ends with the history.
+                while let Some(h) = weak.upgrade() {
+                    h.flush();
+                    drop(h);
+                    std::thread::sleep(FLUSH_EVERY);
+                }
+            })
+            .context("cannot start the history flusher")?;
+        Ok(history)
+    }
+
+    /// Fsyncs what sync wrote since the last flush.
+    pub fn flush(&self) {
+        let files = std::mem::take(&mut *self.unsynced.lock().expect("unsynced lock"));
+        if files.is_empty() {
+            return;
+        }
+        for f in &files {
+            if let Err(e) = durable::sync_file(f) {
+                tracing::warn!(file = %f.display(), error = %e, "cannot fsync a history file");
+            }
+        }
+        if let Err(e) = durable::sync_dir(&self.dir) {
+            tracing::warn!(error = %e, "cannot fsync the history folder");
+        }
     }
 
     /// Document ids changed by anyone (this node's API, recording, or a peer through sync).
-    pub fn subscribe(&self) -> broadcast::Receiver<DocId> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
     }
 
@@ -162,7 +210,7 @@ impl History {
         };
         let mut docs = self.docs.lock().expect("history lock");
         if docs.get(id).is_none() {
-            let created = StoredDoc::create(&self.dir, id, schema::new_doc(id))?;
+            let created = StoredDoc::create(&self.dir, id, schema::new_doc(id), Durability::Now)?;
             docs.insert(id, created);
         }
         let d = docs.get(id).expect("just made");
@@ -174,10 +222,13 @@ impl History {
             }
         };
         d.doc.commit();
-        let changed = d.persist()?;
+        let changed = d.persist(Durability::Now)?;
         drop(docs);
         if changed {
-            let _ = self.changes.send(id);
+            let _ = self.changes.send(Change {
+                doc: id,
+                from: None,
+            });
         }
         Ok(out)
     }
@@ -407,11 +458,73 @@ impl History {
         }
     }
 
+    /// Document `id` whole, as a standard Automerge file, for a peer that lacks it (read from its
+    /// file: no need to load it).
+    pub fn document_bytes(&self, id: DocId) -> Option<Vec<u8>> {
+        let docs = self.docs.lock().expect("history lock");
+        if !docs.contains(id) {
+            return None;
+        }
+        let path = store::path_of(&self.dir, id);
+        drop(docs);
+        std::fs::read(&path)
+            .inspect_err(|e| tracing::warn!(file = %path.display(), error = %e, "cannot read a history file"))
+            .ok()
+    }
+
+    /// Takes document `id` sent whole by a peer: it must load and follow the schema, or nothing
+    /// is kept. Merged into this node's copy if it has one. Returns whether anything changed.
+    pub fn receive_document(&self, from: libp2p::PeerId, id: DocId, bytes: &[u8]) -> Result<bool> {
+        let mut incoming = AutoCommit::load(bytes)
+            .map_err(|e| HistoryError::BadRequest(format!("a document that does not load: {e}")))?;
+        schema::check(&incoming, id).map_err(HistoryError::Schema)?;
+        let mut docs = self.docs.lock().expect("history lock");
+        let changed = match docs.get(id) {
+            Some(d) => {
+                let before = d.doc.get_heads();
+                d.doc
+                    .merge(&mut incoming)
+                    .map_err(|e| HistoryError::BadRequest(format!("cannot merge: {e}")))?;
+                if d.persist(Durability::Soon)? {
+                    self.unsynced
+                        .lock()
+                        .expect("unsynced lock")
+                        .insert(d.path().to_owned());
+                }
+                d.doc.get_heads() != before
+            }
+            None => {
+                if docs.len() >= MAX_DOCS {
+                    return Err(HistoryError::BadRequest(format!(
+                        "a peer offered document {id} beyond this node's limit of {MAX_DOCS}"
+                    )));
+                }
+                incoming.set_actor(automerge::ActorId::random());
+                let d = StoredDoc::adopt(&self.dir, id, incoming, bytes, Durability::Soon)?;
+                self.unsynced
+                    .lock()
+                    .expect("unsynced lock")
+                    .insert(d.path().to_owned());
+                docs.insert(id, d);
+                true
+            }
+        };
+        drop(docs);
+        if changed {
+            let _ = self.changes.send(Change {
+                doc: id,
+                from: Some(from),
+            });
+        }
+        Ok(changed)
+    }
+
     /// Applies a peer's sync message (`bytes`) about document `id`; a message that is malformed
     /// or would leave the document off the schema changes nothing. What is kept is written
     /// durably. Returns whether the document changed.
     pub fn receive_sync(
         &self,
+        from: libp2p::PeerId,
         id: DocId,
         state: &mut automerge::sync::State,
         bytes: &[u8],
@@ -421,7 +534,12 @@ impl History {
             Some(d) => {
                 let changed = schema::apply_sync_message(&mut d.doc, id, state, bytes)
                     .map_err(HistoryError::Schema)?;
-                d.persist()?;
+                if d.persist(Durability::Soon)? {
+                    self.unsynced
+                        .lock()
+                        .expect("unsynced lock")
+                        .insert(d.path().to_owned());
+                }
                 changed
             }
             None => {
@@ -434,14 +552,22 @@ impl History {
                 let changed = schema::apply_sync_message(&mut doc, id, state, bytes)
                     .map_err(HistoryError::Schema)?;
                 if changed {
-                    docs.insert(id, StoredDoc::create(&self.dir, id, doc)?);
+                    let d = StoredDoc::create(&self.dir, id, doc, Durability::Soon)?;
+                    self.unsynced
+                        .lock()
+                        .expect("unsynced lock")
+                        .insert(d.path().to_owned());
+                    docs.insert(id, d);
                 }
                 changed
             }
         };
         drop(docs);
         if changed {
-            let _ = self.changes.send(id);
+            let _ = self.changes.send(Change {
+                doc: id,
+                from: Some(from),
+            });
         }
         Ok(changed)
     }

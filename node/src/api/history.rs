@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio::sync::broadcast;
 
 use super::ApiError;
-use crate::history::{Format, History, HistoryError};
+use crate::history::{Change, Format, History, HistoryError};
 use crate::node::Node;
 
 /// The API error for a history error.
@@ -195,12 +195,17 @@ pub async fn events(State(node): State<Arc<Node>>) -> impl IntoResponse {
 }
 
 fn change_events(
-    changes: broadcast::Receiver<DocId>,
+    changes: broadcast::Receiver<Change>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     futures::stream::unfold(changes, |mut changes| async move {
         let data = match changes.recv().await {
-            Ok(DocId::Index) => json!({"index": true}),
-            Ok(DocId::Conversation(id)) => json!({"conversation": id}),
+            Ok(Change {
+                doc: DocId::Index, ..
+            }) => json!({"index": true}),
+            Ok(Change {
+                doc: DocId::Conversation(id),
+                ..
+            }) => json!({"conversation": id}),
             Err(broadcast::error::RecvError::Lagged(_)) => json!({"resync": true}),
             Err(broadcast::error::RecvError::Closed) => return None,
         };

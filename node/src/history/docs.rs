@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use hearth_protocol::history::{self as schema, DocId};
 
 use super::store::{self, StoredDoc};
+use crate::durable::Durability;
 
 /// What a reply left streaming by a node that stopped is marked with when its document loads.
 const INTERRUPTED: &str = "the node stopped before the reply finished";
@@ -46,7 +47,7 @@ impl Docs {
             slots,
         };
         if docs.get(DocId::Index).is_none() {
-            let index = StoredDoc::create(dir, DocId::Index, schema::new_index())?;
+            let index = StoredDoc::create(dir, DocId::Index, schema::new_index(), Durability::Now)?;
             docs.slots.insert(DocId::Index, Some(index));
         }
         Ok(docs)
@@ -55,6 +56,11 @@ impl Docs {
     /// How many documents there are.
     pub fn len(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Whether document `id` exists (loaded or not).
+    pub fn contains(&self, id: DocId) -> bool {
+        self.slots.contains_key(&id)
     }
 
     /// Every document's id, in order.
@@ -109,7 +115,7 @@ impl Docs {
             let n = schema::interrupt(&mut d.doc, &self.device, INTERRUPTED)
                 .map_err(anyhow::Error::from)?;
             if n > 0 {
-                d.persist()?;
+                d.persist(Durability::Now)?;
                 tracing::info!(conversation = %id, replies = n, "marked unfinished replies");
             }
         }

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use automerge::{AutoCommit, ChangeHash};
 use hearth_protocol::history::DocId;
 
-use crate::durable;
+use crate::durable::{self, Durability};
 
 /// Appends after which a file is rewritten as one saved document.
 const COMPACT_AFTER: usize = 64;
@@ -83,10 +83,15 @@ fn chunk_ends(bytes: &[u8]) -> Vec<usize> {
 }
 
 impl StoredDoc {
-    /// A new document, written whole before this returns.
-    pub fn create(dir: &Path, id: DocId, mut doc: AutoCommit) -> Result<Self> {
+    /// A new document, written whole (on disk before this returns if `durability` is `Now`).
+    pub fn create(
+        dir: &Path,
+        id: DocId,
+        mut doc: AutoCommit,
+        durability: Durability,
+    ) -> Result<Self> {
         let path = path_of(dir, id);
-        durable::write_atomic(&path, &doc.save())
+        durable::write_replace(&path, &doc.save(), durability)
             .with_context(|| format!("cannot write {}", path.display()))?;
         let saved = doc.get_heads();
         Ok(StoredDoc {
@@ -94,6 +99,27 @@ impl StoredDoc {
             path,
             saved,
             appends: 0,
+        })
+    }
+
+    /// A document that arrived whole as `bytes` (a standard Automerge file, already loaded into
+    /// `doc`): the bytes are written as they came.
+    pub fn adopt(
+        dir: &Path,
+        id: DocId,
+        mut doc: AutoCommit,
+        bytes: &[u8],
+        durability: Durability,
+    ) -> Result<Self> {
+        let path = path_of(dir, id);
+        durable::write_replace(&path, bytes, durability)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        let saved = doc.get_heads();
+        Ok(StoredDoc {
+            doc,
+            path,
+            saved,
+            appends: chunk_ends(bytes).len().saturating_sub(1),
         })
     }
 
@@ -145,14 +171,20 @@ impl StoredDoc {
         })
     }
 
-    /// Writes what changed since the last write (appended and fsynced); true when anything did.
-    pub fn persist(&mut self) -> Result<bool> {
+    /// The document's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes what changed since the last write (appended; fsynced before this returns if
+    /// `durability` is `Now`); true when anything did.
+    pub fn persist(&mut self, durability: Durability) -> Result<bool> {
         let bytes = self.doc.save_after(&self.saved);
         if bytes.is_empty() {
             return Ok(false);
         }
         if self.appends >= COMPACT_AFTER {
-            durable::write_atomic(&self.path, &self.doc.save())
+            durable::write_replace(&self.path, &self.doc.save(), durability)
                 .with_context(|| format!("cannot write {}", self.path.display()))?;
             self.appends = 0;
         } else {
@@ -161,7 +193,10 @@ impl StoredDoc {
                 .open(&self.path)
                 .with_context(|| format!("cannot open {}", self.path.display()))?;
             f.write_all(&bytes)
-                .and_then(|()| f.sync_data())
+                .and_then(|()| match durability {
+                    Durability::Now => f.sync_data(),
+                    Durability::Soon => Ok(()),
+                })
                 .with_context(|| format!("cannot write {}", self.path.display()))?;
             self.appends += 1;
         }
@@ -216,16 +251,20 @@ mod tests {
     fn reload_edit_save_incrementally_reload_keeps_every_change_once() {
         let dir = tempfile::tempdir().unwrap();
         let id = DocId::Conversation(Id::random());
-        let mut s = StoredDoc::create(dir.path(), id, history::new_doc(id)).unwrap();
+        let mut s =
+            StoredDoc::create(dir.path(), id, history::new_doc(id), Durability::Now).unwrap();
         note(&mut s.doc, "one", 1);
-        assert!(s.persist().unwrap());
-        assert!(!s.persist().unwrap(), "nothing new, nothing written");
+        assert!(s.persist(Durability::Now).unwrap());
+        assert!(
+            !s.persist(Durability::Now).unwrap(),
+            "nothing new, nothing written"
+        );
         let path = path_of(dir.path(), id);
         let mut again = StoredDoc::load(&path).unwrap();
         assert_eq!(texts(&again.doc), ["one"]);
         let size = fs::metadata(&path).unwrap().len();
         note(&mut again.doc, "two", 2);
-        again.persist().unwrap();
+        again.persist(Durability::Now).unwrap();
         // Only the new change was appended, not the loaded ones again.
         let grown = fs::metadata(&path).unwrap().len() - size;
         assert!(grown < size, "appended {grown} bytes to a {size}-byte file");
@@ -240,13 +279,14 @@ mod tests {
     fn a_torn_append_is_cut_off_and_the_rest_loads() {
         let dir = tempfile::tempdir().unwrap();
         let id = DocId::Conversation(Id::random());
-        let mut s = StoredDoc::create(dir.path(), id, history::new_doc(id)).unwrap();
+        let mut s =
+            StoredDoc::create(dir.path(), id, history::new_doc(id), Durability::Now).unwrap();
         note(&mut s.doc, "kept", 1);
-        s.persist().unwrap();
+        s.persist(Durability::Now).unwrap();
         let path = path_of(dir.path(), id);
         let good = fs::read(&path).unwrap();
         note(&mut s.doc, "torn", 2);
-        s.persist().unwrap();
+        s.persist(Durability::Now).unwrap();
         let full = fs::read(&path).unwrap();
         for cut in [good.len() + 1, good.len() + 12, full.len() - 1] {
             fs::write(&path, &full[..cut]).unwrap();
@@ -260,10 +300,11 @@ mod tests {
     fn many_appends_are_compacted_and_garbage_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let id = DocId::Index;
-        let mut s = StoredDoc::create(dir.path(), id, history::new_doc(id)).unwrap();
+        let mut s =
+            StoredDoc::create(dir.path(), id, history::new_doc(id), Durability::Now).unwrap();
         for i in 0..(COMPACT_AFTER as i64 + 5) {
             history::add_conversation(&mut s.doc, Id::random(), "t", i).unwrap();
-            s.persist().unwrap();
+            s.persist(Durability::Now).unwrap();
         }
         assert!(s.appends < COMPACT_AFTER);
         let back = StoredDoc::load(&path_of(dir.path(), id)).unwrap();

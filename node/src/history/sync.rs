@@ -1,7 +1,9 @@
-//! History sync with every household peer: the Automerge sync protocol, per document, over one
-//! long-lived `/hearth/sync/1` stream per pair of peers (opened by the peer with the smaller id).
-//! Each side sends a sync message whenever it has something to say about a document: at the
-//! start for every document, after every message it receives, and after every local change. Sync
+//! History sync with every household peer, over one long-lived `/hearth/sync/1` stream per pair
+//! of peers (opened by the peer with the smaller id). Both sides first list the documents they
+//! hold; a document the other lacks goes over whole (its file: a new device catches up without
+//! either side replaying changes one by one), and the rest are kept in step with the Automerge
+//! sync protocol: each side sends a sync message whenever it has something to say about a
+//! document: at the start, after every message it receives, and after every local change. Sync
 //! states are kept per peer and document across reconnects, so a reconnect sends only what is
 //! missing. Messages are cut into bounded parts; a peer outside the household never gets a
 //! connection, and a revoked one loses it.
@@ -11,16 +13,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
-use automerge::sync::State;
+use automerge::sync::{Message, State};
 use futures::{AsyncReadExt, StreamExt};
 use hearth_protocol::history::DocId;
-use hearth_protocol::sync::{parts, Reassembler};
+use hearth_protocol::sync::{inventory, parts, PartKind, Reassembler};
 use hearth_protocol::{SyncFrame, PROTOCOL_VERSION, SYNC_PROTOCOL};
 use libp2p::{PeerId, Stream};
 use libp2p_stream::IncomingStreams;
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::{broadcast, Notify, Semaphore};
 
-use super::History;
+use super::{Change, History, MAX_DOCS};
 use crate::mesh::wire::{read_frame, write_frame};
 use crate::mesh::Mesh;
 
@@ -81,12 +83,32 @@ async fn dial(mesh: Mesh, history: Arc<History>, memory: Arc<Memory>) {
     }
 }
 
-/// One side's view of a session: the sync state per document and the documents it may have
-/// something to say about.
+/// One side's view of a session: the sync state per document, what it may have something to
+/// say about, and the documents to send whole.
 #[derive(Default)]
 struct Session {
     states: HashMap<DocId, State>,
     dirty: BTreeSet<DocId>,
+    /// Documents the peer lacks, sent whole.
+    whole: BTreeSet<DocId>,
+    /// The peer's inventory so far, and whether it is complete (nothing is sent before it is).
+    theirs: HashSet<DocId>,
+    inventory_done: bool,
+}
+
+impl Session {
+    /// The peer listed everything it holds: what it lacks goes whole, the rest is synced.
+    fn inventory_complete(&mut self, mine: Vec<DocId>) {
+        for id in mine {
+            if self.theirs.contains(&id) {
+                self.dirty.insert(id);
+            } else {
+                self.whole.insert(id);
+            }
+        }
+        self.inventory_done = true;
+        self.theirs = HashSet::new();
+    }
 }
 
 async fn session(peer: PeerId, mut stream: Stream, history: Arc<History>, memory: Arc<Memory>) {
@@ -106,17 +128,16 @@ async fn session(peer: PeerId, mut stream: Stream, history: Arc<History>, memory
             .into_iter()
             .filter_map(|(d, bytes)| Some((d, State::decode(&bytes).ok()?)))
             .collect(),
-        dirty: history.doc_ids().into_iter().collect(),
+        ..Session::default()
     };
     let shared = Arc::new((Mutex::new(state), Notify::new()));
-    shared.1.notify_one();
     let (reader, writer) = stream.split();
     let changes = history.subscribe();
     tokio::select! {
         r = receive(peer, reader, history.clone(), shared.clone()) => {
             if let Err(e) = r { tracing::info!(%peer, error = %e, "history sync session ended"); }
         }
-        r = send(writer, history.clone(), shared.clone(), changes) => {
+        r = send(writer, history.clone(), shared.clone(), peer, changes) => {
             if let Err(e) = r { tracing::info!(%peer, error = %e, "history sync session ended"); }
         }
     }
@@ -149,8 +170,9 @@ async fn hello(stream: &mut Stream) -> std::io::Result<()> {
 
 type Shared = Arc<(Mutex<Session>, Notify)>;
 
-/// Reads the peer's sync messages and applies them; a malformed or off-schema message is
-/// refused and logged, and the session goes on.
+/// Reads the peer's inventory, documents and sync messages and applies them; a malformed or
+/// off-schema one is refused and logged, and the session goes on. Breaking the framing (an
+/// oversized or interleaved payload, too long an inventory) ends the session.
 async fn receive(
     peer: PeerId,
     mut reader: impl futures::AsyncRead + Unpin,
@@ -158,28 +180,78 @@ async fn receive(
     shared: Shared,
 ) -> std::io::Result<()> {
     let mut parts = Reassembler::default();
+    let checking = Arc::new(Semaphore::new(
+        std::thread::available_parallelism().map_or(2, |n| n.get()),
+    ));
     loop {
         let Some(frame) = read_frame::<_, SyncFrame>(&mut reader).await? else {
             return Ok(());
         };
-        let SyncFrame::Part { doc, bytes, last } = frame else {
+        let payload = match frame {
+            SyncFrame::Hello { .. } => continue,
+            SyncFrame::Inventory { docs, last } => {
+                let mine = if last { history.doc_ids() } else { Vec::new() };
+                let mut session = shared.0.lock().expect("session lock");
+                if session.inventory_done {
+                    continue;
+                }
+                session
+                    .theirs
+                    .extend(docs.iter().filter_map(|d| d.parse::<DocId>().ok()));
+                if session.theirs.len() > MAX_DOCS {
+                    return Err(std::io::Error::other(format!(
+                        "the peer lists more than {MAX_DOCS} documents"
+                    )));
+                }
+                if last {
+                    session.inventory_complete(mine);
+                    drop(session);
+                    shared.1.notify_one();
+                }
+                continue;
+            }
+            SyncFrame::Part {
+                doc,
+                kind,
+                bytes,
+                last,
+            } => match parts
+                .push(doc, kind, bytes, last)
+                .map_err(std::io::Error::other)?
+            {
+                Some(p) => p,
+                None => continue,
+            },
+        };
+        let Ok(id) = payload.doc.parse::<DocId>() else {
+            tracing::warn!(%peer, doc = %payload.doc.chars().take(80).collect::<String>(), "refused a payload for a document that is not a hearth document");
             continue;
         };
-        let Some((doc, bytes)) = parts
-            .push(doc, bytes, last)
-            .map_err(std::io::Error::other)?
-        else {
+        let h = history.clone();
+        if payload.kind == PartKind::Document {
+            // Loading and checking a whole document takes milliseconds: use every core.
+            let permit = checking
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(std::io::Error::other)?;
+            tokio::spawn(async move {
+                let taken = tokio::task::spawn_blocking(move || {
+                    h.receive_document(peer, id, &payload.bytes)
+                })
+                .await;
+                if let Ok(Err(e)) = taken {
+                    tracing::warn!(%peer, doc = %id, error = %e, "refused a history document");
+                }
+                drop(permit);
+            });
             continue;
-        };
-        let Ok(id) = doc.parse::<DocId>() else {
-            tracing::warn!(%peer, doc = %doc.chars().take(80).collect::<String>(), "refused a sync message for a document that is not a hearth document");
-            continue;
-        };
-        let (h, s) = (history.clone(), shared.clone());
+        }
+        let s = shared.clone();
         let applied = tokio::task::spawn_blocking(move || {
             let mut session = s.0.lock().expect("session lock");
             let state = session.states.entry(id).or_default();
-            let result = h.receive_sync(id, state, &bytes);
+            let result = h.receive_sync(peer, id, state, &payload.bytes);
             session.dirty.insert(id);
             result
         })
@@ -192,31 +264,45 @@ async fn receive(
     }
 }
 
-/// Sends a sync message for every document marked dirty: by the session's start, by a message
-/// received, or by a change to the history.
+/// Sends this side's inventory, then documents the peer lacks, whole, and a sync message for
+/// every document marked dirty: by the inventories, by a message received, or by a change.
 async fn send(
     mut writer: impl futures::AsyncWrite + Unpin,
     history: Arc<History>,
     shared: Shared,
-    mut changes: broadcast::Receiver<DocId>,
+    peer: PeerId,
+    mut changes: broadcast::Receiver<Change>,
 ) -> std::io::Result<()> {
+    let mine: Vec<String> = history.doc_ids().iter().map(ToString::to_string).collect();
+    for frame in inventory(&mine) {
+        write_frame(&mut writer, &frame).await?;
+    }
     loop {
         loop {
             let next = {
                 let mut session = shared.0.lock().expect("session lock");
-                session.dirty.pop_first()
+                if !session.inventory_done {
+                    None
+                } else if let Some(id) = session.whole.pop_first() {
+                    Some((id, PartKind::Document))
+                } else {
+                    session.dirty.pop_first().map(|id| (id, PartKind::Sync))
+                }
             };
-            let Some(id) = next else { break };
+            let Some((id, kind)) = next else { break };
             let (h, s) = (history.clone(), shared.clone());
-            let message = tokio::task::spawn_blocking(move || {
-                let mut session = s.0.lock().expect("session lock");
-                let state = session.states.entry(id).or_default();
-                h.sync_message(id, state)
+            let payload = tokio::task::spawn_blocking(move || match kind {
+                PartKind::Document => h.document_bytes(id),
+                PartKind::Sync => {
+                    let mut session = s.0.lock().expect("session lock");
+                    let state = session.states.entry(id).or_default();
+                    h.sync_message(id, state).map(Message::encode)
+                }
             })
             .await
             .map_err(std::io::Error::other)?;
-            if let Some(m) = message {
-                for frame in parts(&id.to_string(), &m.encode()) {
+            if let Some(bytes) = payload {
+                for frame in parts(&id.to_string(), kind, &bytes) {
                     write_frame(&mut writer, &frame).await?;
                 }
             }
@@ -226,7 +312,9 @@ async fn send(
             change = changes.recv() => {
                 let mut session = shared.0.lock().expect("session lock");
                 match change {
-                    Ok(id) => { session.dirty.insert(id); }
+                    // What this peer sent is answered where it is received, not echoed back.
+                    Ok(c) if c.from == Some(peer) => {}
+                    Ok(c) => { session.dirty.insert(c.doc); }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         session.dirty.extend(history.doc_ids());
                     }
