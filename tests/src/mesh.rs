@@ -386,3 +386,58 @@ pub fn chunk_text(event: &Value) -> &str {
         .or(c["text"].as_str())
         .unwrap_or("")
 }
+
+/// A household peer's libp2p client (the household key, a fresh identity) connected to `node`.
+pub async fn household_client(
+    household: &Household,
+    node: &TestNode,
+) -> (libp2p_stream::Control, libp2p::PeerId) {
+    let key = hearth_protocol::HouseholdSecret::from_join_code(&household.code)
+        .unwrap()
+        .network_key();
+    let mut swarm =
+        libp2p::SwarmBuilder::with_existing_identity(libp2p::identity::Keypair::generate_ed25519())
+            .with_tokio()
+            .with_other_transport(|k| {
+                hearth_node::mesh::transport(k, key)
+                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            })
+            .unwrap()
+            .with_behaviour(|_| libp2p_stream::Behaviour::new())
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+    let control = swarm.behaviour().new_control();
+    let peer: libp2p::PeerId = node.peer_id.parse().unwrap();
+    swarm
+        .dial(node.listen.parse::<libp2p::Multiaddr>().unwrap())
+        .unwrap();
+    let connected = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let libp2p::swarm::SwarmEvent::ConnectionEstablished { .. } =
+                futures::StreamExt::select_next_some(&mut swarm).await
+            {
+                break;
+            }
+        }
+    });
+    connected
+        .await
+        .expect("the household key admits this client");
+    tokio::spawn(async move {
+        loop {
+            futures::StreamExt::select_next_some(&mut swarm).await;
+        }
+    });
+    (control, peer)
+}
+
+/// Reads one frame from a raw stream as a `T`; `None` when the stream ends or the frame is bad.
+pub async fn read_message<T: serde::de::DeserializeOwned>(s: &mut libp2p::Stream) -> Option<T> {
+    use futures::AsyncReadExt;
+    let mut header = [0u8; hearth_protocol::frame::HEADER];
+    s.read_exact(&mut header).await.ok()?;
+    let mut body = vec![0u8; hearth_protocol::frame::body_len(header).ok()?];
+    s.read_exact(&mut body).await.ok()?;
+    hearth_protocol::decode(&body).ok()
+}

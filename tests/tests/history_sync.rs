@@ -1,15 +1,21 @@
 //! The household's history on every device: a conversation made through one node appears on the
 //! others with its messages in the same order (also through a node in between), the change stream
-//! announces it, edits made apart merge when devices meet again, and nothing reaches a node of
-//! another household or a revoked device.
+//! announces it, edits made apart merge when devices meet again, nothing reaches a node of
+//! another household or a revoked device, and a peer's bad input is refused at the wire.
 
 use std::io::{BufRead, BufReader};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use hearth_protocol::history;
+use hearth_protocol::sync::{parts as parts_of, PartKind, Reassembler, MAX_SYNC_PART};
+use hearth_protocol::{encode, SyncFrame, PROTOCOL_VERSION, SYNC_PROTOCOL};
 use hearth_tests::history::{chat_in, conversation, conversations, messages, wait_for_copy};
-use hearth_tests::mesh::{http, wait_for, Household, NodeOptions, TestNode};
+use hearth_tests::mesh::{
+    household_client, http, read_message, wait_for, Household, NodeOptions, TestNode,
+};
 use hearth_tests::TestModel;
+use libp2p::StreamProtocol;
 use serde_json::{json, Value};
 
 const SYNC: Duration = Duration::from_secs(30);
@@ -207,4 +213,156 @@ fn another_household_and_a_revoked_device_receive_nothing() {
     );
     assert_eq!(conversations(&b).len(), 1);
     assert!(conversations(&stranger).is_empty());
+}
+
+/// Frames a raw household peer sends on the sync protocol.
+async fn send_frame(s: &mut libp2p::Stream, frame: &SyncFrame) {
+    use futures::AsyncWriteExt;
+    s.write_all(&encode(frame).unwrap()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_gets_everything_whole_and_its_bad_input_is_refused() {
+    let household = Household::new();
+    let node = TestNode::start("home", &household, NodeOptions::default());
+    let kept = http()
+        .post(node.url("/api/conversations"))
+        .json(&json!({"title": "kept"}))
+        .send()
+        .unwrap()
+        .json::<Value>()
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (control, peer) = household_client(&household, &node).await;
+    let mut s = control
+        .clone()
+        .open_stream(peer, StreamProtocol::new(SYNC_PROTOCOL))
+        .await
+        .expect("sync stream opens");
+    send_frame(
+        &mut s,
+        &SyncFrame::Hello {
+            version: PROTOCOL_VERSION,
+        },
+    )
+    .await;
+    let hello: SyncFrame = read_message(&mut s).await.expect("a hello");
+    assert_eq!(
+        hello,
+        SyncFrame::Hello {
+            version: PROTOCOL_VERSION
+        }
+    );
+    // An empty inventory: this peer has nothing, so every document comes whole.
+    send_frame(
+        &mut s,
+        &SyncFrame::Inventory {
+            docs: vec![],
+            last: true,
+        },
+    )
+    .await;
+    let mut whole = std::collections::HashMap::new();
+    let mut parts = Reassembler::default();
+    for _ in 0..1000 {
+        match read_message::<SyncFrame>(&mut s).await.expect("frames") {
+            SyncFrame::Part {
+                doc,
+                kind,
+                bytes,
+                last,
+            } => {
+                if let Some(p) = parts.push(doc, kind, bytes, last).unwrap() {
+                    assert_eq!(p.kind, PartKind::Document);
+                    whole.insert(p.doc, p.bytes);
+                }
+            }
+            SyncFrame::Inventory { docs, .. } => {
+                assert!(docs.contains(&"index".to_owned()) && docs.contains(&kept));
+            }
+            other => panic!("{other:?}"),
+        }
+        if whole.len() == 2 {
+            break;
+        }
+    }
+    let index = automerge::AutoCommit::load(&whole["index"]).expect("the index loads");
+    let titles: Vec<String> = history::summaries(&index)
+        .into_iter()
+        .map(|c| c.title)
+        .collect();
+    assert_eq!(titles, ["kept"]);
+    automerge::AutoCommit::load(&whole[&kept]).expect("the conversation loads");
+
+    // Garbage sync messages, documents off the schema, and ids that are not ids: refused.
+    let mut off_schema = automerge::AutoCommit::new();
+    automerge::transaction::Transactable::put(&mut off_schema, automerge::ROOT, "hearth", "nope")
+        .unwrap();
+    let mut evil_index = history::new_index();
+    history::add_conversation(&mut evil_index, history::Id::random(), "x", 1).unwrap();
+    let entries = match automerge::ReadDoc::get(&evil_index, automerge::ROOT, "conversations") {
+        Ok(Some((_, id))) => id,
+        other => panic!("{other:?}"),
+    };
+    automerge::transaction::Transactable::put(&mut evil_index, &entries, "not-an-id", 7).unwrap();
+    let bad: [(String, PartKind, Vec<u8>); 4] = [
+        ("index".into(), PartKind::Sync, b"junk".to_vec()),
+        (kept.clone(), PartKind::Document, off_schema.save()),
+        ("index".into(), PartKind::Document, evil_index.save()),
+        (
+            "../../etc/passwd".into(),
+            PartKind::Document,
+            b"junk".to_vec(),
+        ),
+    ];
+    for (doc, kind, bytes) in bad {
+        for f in parts_of(&doc, kind, &bytes) {
+            send_frame(&mut s, &f).await;
+        }
+    }
+    let logged = wait_for(Duration::from_secs(20), || {
+        (node.log().matches("refused history input").count() >= 4).then_some(())
+    });
+    assert!(logged.is_some(), "{}", node.log());
+    // Framing broken (a part over the limit): the session ends; the node carries on.
+    send_frame(
+        &mut s,
+        &SyncFrame::Part {
+            doc: "index".into(),
+            kind: PartKind::Sync,
+            bytes: vec![0; MAX_SYNC_PART + 1],
+            last: true,
+        },
+    )
+    .await;
+    // Answers already on their way may come first; then the stream ends.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        for _ in 0..1000 {
+            if read_message::<SyncFrame>(&mut s).await.is_none() {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(matches!(closed, Ok(true)), "{closed:?}");
+    let list = conversations(&node);
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["title"], "kept");
+    assert_eq!(node.get("/healthz")["status"], "ok");
+    assert!(history_dir_is_clean(&node), "{}", node.log());
+}
+
+/// No quarantined or stray files: what was refused never reached the disk.
+fn history_dir_is_clean(node: &TestNode) -> bool {
+    std::fs::read_dir(node.data().join("history"))
+        .unwrap()
+        .all(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".automerge")
+        })
 }

@@ -4,25 +4,16 @@
 
 use std::time::Duration;
 
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use hearth_protocol::frame::{body_len, HEADER};
+use futures::{AsyncReadExt, AsyncWriteExt};
 use hearth_protocol::{
-    decode, encode, CardReply, CardRequest, FailCode, HouseholdSecret, JobEvent, JobParams,
-    JobRequest, Prompt, Resume, Usage, CARD_PROTOCOL, JOB_PROTOCOL, MAX_PROMPT_TOKENS,
-    PROTOCOL_VERSION,
+    encode, CardReply, CardRequest, FailCode, JobEvent, JobParams, JobRequest, Prompt, Resume,
+    Usage, CARD_PROTOCOL, JOB_PROTOCOL, MAX_PROMPT_TOKENS, PROTOCOL_VERSION,
 };
-use hearth_tests::mesh::{wait_for, Household, NodeOptions, TestNode};
+use hearth_tests::mesh::{
+    household_client, read_message, wait_for, Household, NodeOptions, TestNode,
+};
 use hearth_tests::TestModel;
-use libp2p::swarm::SwarmEvent;
-use libp2p::{identity::Keypair, Multiaddr, PeerId, StreamProtocol};
-
-async fn read_event<T: serde::de::DeserializeOwned>(s: &mut libp2p::Stream) -> Option<T> {
-    let mut header = [0u8; HEADER];
-    s.read_exact(&mut header).await.ok()?;
-    let mut body = vec![0u8; body_len(header).ok()?];
-    s.read_exact(&mut body).await.ok()?;
-    decode(&body).ok()
-}
+use libp2p::{PeerId, StreamProtocol};
 
 /// Whether the node closes the stream (or resets it) within 10 s.
 async fn closed(s: &mut libp2p::Stream) -> bool {
@@ -51,50 +42,11 @@ fn request(version: u32) -> JobRequest {
     }
 }
 
-/// A household peer's libp2p client (the household key, a fresh identity) connected to `node`.
-async fn connect(household: &Household, node: &TestNode) -> (libp2p_stream::Control, PeerId) {
-    let key = HouseholdSecret::from_join_code(&household.code)
-        .unwrap()
-        .network_key();
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(Keypair::generate_ed25519())
-        .with_tokio()
-        .with_other_transport(|k| {
-            hearth_node::mesh::transport(k, key)
-                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-        })
-        .unwrap()
-        .with_behaviour(|_| libp2p_stream::Behaviour::new())
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
-    let control = swarm.behaviour().new_control();
-    let peer: PeerId = node.peer_id.parse().unwrap();
-    swarm
-        .dial(node.listen.parse::<Multiaddr>().unwrap())
-        .unwrap();
-    let connected = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let SwarmEvent::ConnectionEstablished { .. } = swarm.select_next_some().await {
-                break;
-            }
-        }
-    });
-    connected
-        .await
-        .expect("the household key admits this client");
-    tokio::spawn(async move {
-        loop {
-            swarm.select_next_some().await;
-        }
-    });
-    (control, peer)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_from_a_household_peer_get_refusals_or_closed_streams() {
     let household = Household::new();
     let node = TestNode::start("wire", &household, NodeOptions::holding(TestModel::SmolLm2));
-    let (control, peer) = connect(&household, &node).await;
+    let (control, peer) = household_client(&household, &node).await;
     let job = StreamProtocol::new(JOB_PROTOCOL);
     let open = |p: StreamProtocol| {
         let mut c = control.clone();
@@ -106,7 +58,7 @@ async fn bad_frames_from_a_household_peer_get_refusals_or_closed_streams() {
     s.write_all(&encode(&request(PROTOCOL_VERSION + 1)).unwrap())
         .await
         .unwrap();
-    let refusal: JobEvent = read_event(&mut s).await.expect("an answer");
+    let refusal: JobEvent = read_message(&mut s).await.expect("an answer");
     assert!(
         matches!(
             refusal,
@@ -121,7 +73,7 @@ async fn bad_frames_from_a_household_peer_get_refusals_or_closed_streams() {
     s.write_all(&encode(&CardRequest { version: 0 }).unwrap())
         .await
         .unwrap();
-    let reply: CardReply = read_event(&mut s).await.expect("an answer");
+    let reply: CardReply = read_message(&mut s).await.expect("an answer");
     assert!(matches!(reply, CardReply::Refused { .. }), "{reply:?}");
 
     // An oversized length, garbage, a truncated frame: the stream is closed, nothing allocated.
@@ -171,7 +123,7 @@ async fn bad_frames_from_a_household_peer_get_refusals_or_closed_streams() {
 /// Reads a job's events until its last one (bounded by the node closing the stream).
 async fn job_events(s: &mut libp2p::Stream) -> Vec<JobEvent> {
     let mut events = Vec::new();
-    while let Some(e) = read_event::<JobEvent>(s).await {
+    while let Some(e) = read_message::<JobEvent>(s).await {
         let last = matches!(
             e,
             JobEvent::Done { .. } | JobEvent::Failed { .. } | JobEvent::Busy { .. }
@@ -203,7 +155,7 @@ async fn send_job(
 async fn a_peer_names_models_by_full_digest_only_never_by_path_or_prefix() {
     let household = Household::new();
     let node = TestNode::start("wire", &household, NodeOptions::holding(TestModel::SmolLm2));
-    let (control, peer) = connect(&household, &node).await;
+    let (control, peer) = household_client(&household, &node).await;
     let digest = request(PROTOCOL_VERSION).model;
     let cached_file = node.data().join("models").join(format!("{digest}.gguf"));
     assert!(cached_file.is_file());

@@ -224,7 +224,7 @@ async fn receive(
             },
         };
         let Ok(id) = payload.doc.parse::<DocId>() else {
-            tracing::warn!(%peer, doc = %payload.doc.chars().take(80).collect::<String>(), "refused a payload for a document that is not a hearth document");
+            tracing::warn!(%peer, doc = %payload.doc.chars().take(80).collect::<String>(), "refused history input from a peer: not a hearth document id");
             continue;
         };
         let h = history.clone();
@@ -241,7 +241,7 @@ async fn receive(
                 })
                 .await;
                 if let Ok(Err(e)) = taken {
-                    tracing::warn!(%peer, doc = %id, error = %e, "refused a history document");
+                    tracing::warn!(%peer, doc = %id, error = %e, "refused history input from a peer: a document");
                 }
                 drop(permit);
             });
@@ -258,7 +258,7 @@ async fn receive(
         .await
         .map_err(std::io::Error::other)?;
         if let Err(e) = applied {
-            tracing::warn!(%peer, doc = %id, error = %e, "refused a sync message");
+            tracing::warn!(%peer, doc = %id, error = %e, "refused history input from a peer: a sync message");
         }
         shared.1.notify_one();
     }
