@@ -7,7 +7,7 @@ CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 HEARTH := $(TARGET_DIR)/release/hearth
 
-.PHONY: run test build models fixtures bench fuzz
+.PHONY: run test build models js fixtures bench fuzz
 
 build:
 	$(CARGO) build --release --workspace --bins
@@ -18,7 +18,11 @@ models: build
 run: models
 	HEARTH_BIN=$(HEARTH) bash scripts/run-node-and-chat
 
-test: models
+# JavaScript's Automerge, for the test that reads hearth's history documents in another language.
+js:
+	npm ci --prefix tests/js --no-audit --no-fund
+
+test: models js
 	$(CARGO) test --release --workspace --no-fail-fast
 
 # Regenerate the llama.cpp reference fixtures (builds llama.cpp; not needed to run tests).

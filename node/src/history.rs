@@ -485,43 +485,25 @@ impl History {
                 d.doc
                     .merge(&mut incoming)
                     .map_err(|e| HistoryError::BadRequest(format!("cannot merge: {e}")))?;
-                if d.persist(Durability::Soon)? {
-                    self.unsynced
-                        .lock()
-                        .expect("unsynced lock")
-                        .insert(d.path().to_owned());
-                }
+                self.keep_synced(d)?;
                 d.doc.get_heads() != before
             }
             None => {
-                if docs.len() >= MAX_DOCS {
-                    return Err(HistoryError::BadRequest(format!(
-                        "a peer offered document {id} beyond this node's limit of {MAX_DOCS}"
-                    )));
-                }
                 incoming.set_actor(automerge::ActorId::random());
-                let d = StoredDoc::adopt(&self.dir, id, incoming, bytes, Durability::Soon)?;
-                self.unsynced
-                    .lock()
-                    .expect("unsynced lock")
-                    .insert(d.path().to_owned());
-                docs.insert(id, d);
+                self.keep_new(&mut docs, id, || {
+                    StoredDoc::adopt(&self.dir, id, incoming, bytes, Durability::Soon)
+                })?;
                 true
             }
         };
         drop(docs);
-        if changed {
-            let _ = self.changes.send(Change {
-                doc: id,
-                from: Some(from),
-            });
-        }
+        self.announce(id, from, changed);
         Ok(changed)
     }
 
     /// Applies a peer's sync message (`bytes`) about document `id`; a message that is malformed
-    /// or would leave the document off the schema changes nothing. What is kept is written
-    /// durably. Returns whether the document changed.
+    /// or would leave the document off the schema changes nothing. Returns whether the document
+    /// changed.
     pub fn receive_sync(
         &self,
         from: libp2p::PeerId,
@@ -534,41 +516,65 @@ impl History {
             Some(d) => {
                 let changed = schema::apply_sync_message(&mut d.doc, id, state, bytes)
                     .map_err(HistoryError::Schema)?;
-                if d.persist(Durability::Soon)? {
-                    self.unsynced
-                        .lock()
-                        .expect("unsynced lock")
-                        .insert(d.path().to_owned());
-                }
+                self.keep_synced(d)?;
                 changed
             }
             None => {
-                if docs.len() >= MAX_DOCS {
-                    return Err(HistoryError::BadRequest(format!(
-                        "a peer offered document {id} beyond this node's limit of {MAX_DOCS}"
-                    )));
-                }
                 let mut doc = schema::new_doc(id);
                 let changed = schema::apply_sync_message(&mut doc, id, state, bytes)
                     .map_err(HistoryError::Schema)?;
                 if changed {
-                    let d = StoredDoc::create(&self.dir, id, doc, Durability::Soon)?;
-                    self.unsynced
-                        .lock()
-                        .expect("unsynced lock")
-                        .insert(d.path().to_owned());
-                    docs.insert(id, d);
+                    self.keep_new(&mut docs, id, || {
+                        StoredDoc::create(&self.dir, id, doc, Durability::Soon)
+                    })?;
                 }
                 changed
             }
         };
         drop(docs);
+        self.announce(id, from, changed);
+        Ok(changed)
+    }
+
+    /// Writes what a peer changed in `d` (fsynced with the next batch).
+    fn keep_synced(&self, d: &mut StoredDoc) -> Result<()> {
+        if d.persist(Durability::Soon)? {
+            self.unsynced
+                .lock()
+                .expect("unsynced lock")
+                .insert(d.path().to_owned());
+        }
+        Ok(())
+    }
+
+    /// Adds a document a peer brought, written by `make` (fsynced with the next batch), within
+    /// the limit on documents.
+    fn keep_new(
+        &self,
+        docs: &mut Docs,
+        id: DocId,
+        make: impl FnOnce() -> anyhow::Result<StoredDoc>,
+    ) -> Result<()> {
+        if docs.len() >= MAX_DOCS {
+            return Err(HistoryError::BadRequest(format!(
+                "a peer offered document {id} beyond this node's limit of {MAX_DOCS}"
+            )));
+        }
+        let d = make()?;
+        self.unsynced
+            .lock()
+            .expect("unsynced lock")
+            .insert(d.path().to_owned());
+        docs.insert(id, d);
+        Ok(())
+    }
+
+    fn announce(&self, doc: DocId, from: libp2p::PeerId, changed: bool) {
         if changed {
             let _ = self.changes.send(Change {
-                doc: id,
+                doc,
                 from: Some(from),
             });
         }
-        Ok(changed)
     }
 }
