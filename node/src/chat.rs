@@ -101,18 +101,20 @@ pub async fn start_reply(
                     .map_err(|e| HistoryError::Storage(e.into()))??;
             Some(slot)
         }
-        (Some(_), Prompt::Text(_)) => {
+        (Some(_), Prompt::Text { .. }) => {
             return Err(HistoryError::BadRequest(
                 "conversations record chat completions; raw completions are not recorded".into(),
             )
             .into())
         }
     };
+    let mut params = request.params;
+    params.sampling = params.sampling.over(&node.sampling);
     let job = JobRequest {
         version: PROTOCOL_VERSION,
         model: model.info.digest.clone(),
         prompt: request.prompt,
-        params: request.params,
+        params,
         resume: Resume::default(),
     };
     let (tx, mut replies) = mpsc::channel(64);

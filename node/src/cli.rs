@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use hearth_shards::{GenerateParams, SamplingParams};
+use hearth_protocol::{JobParams, SamplingOverrides};
+use hearth_shards::SamplingParams;
 
 /// hearth: a private inference mesh for the home. Runs GGUF chat models on this machine;
 /// nodes on the same LAN will share them.
@@ -106,36 +107,26 @@ pub struct ModelArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Sampling")]
 pub struct SamplingArgs {
-    /// Randomness; 0 always picks the most likely token.
-    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
-    pub temperature: f32,
-    /// Sample only from the K most likely tokens (0: no limit).
-    #[arg(
-        long,
-        default_value_t = 40,
-        value_name = "K",
-        allow_negative_numbers = true
-    )]
-    pub top_k: usize,
-    /// Sample only from the most likely tokens adding up to probability P (0 < P ≤ 1).
-    #[arg(
-        long,
-        default_value_t = 0.95,
-        value_name = "P",
-        allow_negative_numbers = true
-    )]
-    pub top_p: f32,
-    /// Penalty for repeating recent tokens (1: off).
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    pub repeat_penalty: f32,
-    /// How many recent tokens the repeat penalty considers.
-    #[arg(
-        long,
-        default_value_t = 64,
-        value_name = "N",
-        allow_negative_numbers = true
-    )]
-    pub repeat_last_n: usize,
+    /// Randomness; 0 always picks the most likely token [default: the model's, else 0.8].
+    #[arg(long, allow_negative_numbers = true)]
+    pub temperature: Option<f32>,
+    /// Sample only from the K most likely tokens, 0: no limit [default: the model's, else 40].
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<u32>,
+    /// Sample only from the most likely tokens adding up to probability P, 0 < P ≤ 1
+    /// [default: the model's, else 0.95].
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
+    pub top_p: Option<f32>,
+    /// Drop tokens less likely than P times the most likely one, 0: off [default: the model's,
+    /// else 0.05].
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
+    pub min_p: Option<f32>,
+    /// Penalty for repeating recent tokens, 1: off [default: the model's, else 1.1].
+    #[arg(long, allow_negative_numbers = true)]
+    pub repeat_penalty: Option<f32>,
+    /// How many recent tokens the repeat penalty considers [default: the model's, else 64].
+    #[arg(long, value_name = "N")]
+    pub repeat_last_n: Option<u32>,
     /// Random seed; the same seed gives the same reply.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -147,30 +138,33 @@ pub struct SamplingArgs {
         value_name = "N",
         allow_negative_numbers = true
     )]
-    pub max_tokens: usize,
+    pub max_tokens: u32,
     /// Stop before this text (repeatable).
     #[arg(long, value_name = "TEXT")]
     pub stop: Vec<String>,
 }
 
 impl SamplingArgs {
-    /// Generation parameters, validated.
-    pub fn params(&self) -> hearth_shards::Result<GenerateParams> {
-        let defaults = SamplingParams::default();
-        let sampling = SamplingParams {
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            repeat_penalty: self.repeat_penalty,
-            repeat_last_n: self.repeat_last_n,
-            seed: self.seed.unwrap_or_else(|| random_seed(defaults.seed)),
-        };
-        sampling.validate()?;
-        Ok(GenerateParams {
-            sampling,
+    /// The request's settings, as every interface sends them: unset sampling settings are left
+    /// to the model's recommendation and hearth's defaults, wherever the reply is made.
+    pub fn params(&self) -> hearth_shards::Result<JobParams> {
+        let params = JobParams {
+            sampling: SamplingOverrides {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                min_p: self.min_p,
+                repeat_penalty: self.repeat_penalty,
+                repeat_last_n: self.repeat_last_n,
+            },
+            seed: self
+                .seed
+                .unwrap_or_else(|| random_seed(SamplingParams::default().seed)),
             max_tokens: self.max_tokens,
             stop: self.stop.clone(),
-        })
+        };
+        SamplingParams::resolve(&params.sampling, params.seed).validate()?;
+        Ok(params)
     }
 }
 
@@ -193,9 +187,13 @@ pub struct RunArgs {
     /// System message for chat models.
     #[arg(long, value_name = "TEXT")]
     pub system: Option<String>,
-    /// Send the prompt as-is, without the model's chat template.
+    /// Send the prompt as-is, without the model's chat template (control tokens written in it,
+    /// like `<|im_start|>`, are the tokens they name).
     #[arg(long)]
     pub raw: bool,
+    /// With --raw: control tokens written in the prompt are plain text.
+    #[arg(long, requires = "raw")]
+    pub no_special: bool,
     /// Print token counts and speed to stderr when done.
     #[arg(long)]
     pub stats: bool,

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use hearth_protocol::SamplingOverrides;
+use hearth_shards::SamplingParams;
 use libp2p::Multiaddr;
 use serde::Deserialize;
 
@@ -70,6 +72,11 @@ pub struct Settings {
     /// Log format: text or json [default: text].
     #[arg(long, env = "HEARTH_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// Sampling defaults for requests this node receives (config file only, a `[sampling]`
+    /// table: temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n); a request's own
+    /// settings win, and unset ones come from the model's recommendation or hearth's defaults.
+    #[arg(skip)]
+    pub sampling: Option<SamplingOverrides>,
 }
 
 /// Log line format.
@@ -95,6 +102,7 @@ pub struct NodeConfig {
     pub load: Vec<String>,
     pub grace: std::time::Duration,
     pub log_format: LogFormat,
+    pub sampling: SamplingOverrides,
 }
 
 impl Settings {
@@ -127,6 +135,7 @@ impl Settings {
             load: vec_or(self.load, fallback.load),
             grace: self.grace.or(fallback.grace),
             log_format: self.log_format.or(fallback.log_format),
+            sampling: self.sampling.or(fallback.sampling),
         }
     }
 
@@ -184,6 +193,13 @@ impl Settings {
             load: self.load,
             grace: std::time::Duration::from_secs(self.grace.unwrap_or(5)),
             log_format,
+            sampling: {
+                let s = self.sampling.unwrap_or_default();
+                SamplingParams::resolve(&s, 0)
+                    .validate()
+                    .context("the config's [sampling] table")?;
+                s
+            },
         })
     }
 }

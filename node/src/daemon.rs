@@ -118,6 +118,7 @@ async fn serve(
         api_token: config.api_token.clone(),
         drain: drain.clone(),
         history,
+        sampling: config.sampling,
     });
 
     // Wait (briefly) for the listen addresses so the runtime file has them.

@@ -24,6 +24,8 @@ pub struct Node {
     pub drain: Arc<Drain>,
     /// The household's conversations.
     pub history: Arc<History>,
+    /// Sampling defaults for requests received here (the node's `[sampling]` config).
+    pub sampling: hearth_protocol::SamplingOverrides,
 }
 
 impl std::fmt::Debug for Node {

@@ -50,8 +50,19 @@ impl JobRequest {
 pub enum Prompt {
     /// Messages rendered with the model's chat template.
     Chat(Vec<ChatMessage>),
-    /// Raw text, tokenized as is.
-    Text(String),
+    /// Raw text, tokenized as is: control tokens written in it (`<|im_start|>`, `<bos>`, ...)
+    /// are the tokens they name unless `parse_special` is false, as in llama.cpp.
+    Text { text: String, parse_special: bool },
+}
+
+impl Prompt {
+    /// Raw text with its control tokens parsed.
+    pub fn text(text: impl Into<String>) -> Self {
+        Prompt::Text {
+            text: text.into(),
+            parse_special: true,
+        }
+    }
 }
 
 /// One chat message.
@@ -71,16 +82,56 @@ impl ChatMessage {
     }
 }
 
-/// Sampling and stopping settings.
+/// Sampling and stopping settings. Sampling settings left unset are filled by the node serving
+/// the job: from the model's own recommendation, else hearth's defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobParams {
-    pub temperature: f32,
-    pub top_k: u32,
-    pub top_p: f32,
-    pub repeat_penalty: f32,
+    pub sampling: SamplingOverrides,
     pub seed: u64,
     pub max_tokens: u32,
     pub stop: Vec<String>,
+}
+
+impl JobParams {
+    /// Greedy decoding of at most `max_tokens`, no stop strings.
+    pub fn greedy(max_tokens: u32) -> Self {
+        JobParams {
+            sampling: SamplingOverrides {
+                temperature: Some(0.0),
+                ..SamplingOverrides::default()
+            },
+            seed: 0,
+            max_tokens,
+            stop: Vec::new(),
+        }
+    }
+}
+
+/// Sampling settings given in part (by a request, a node's configuration, a model's metadata);
+/// each unset one comes from the next source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingOverrides {
+    pub temperature: Option<f32>,
+    pub top_k: Option<u32>,
+    pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
+    pub repeat_penalty: Option<f32>,
+    pub repeat_last_n: Option<u32>,
+}
+
+impl SamplingOverrides {
+    /// These settings where set, `base`'s elsewhere.
+    pub fn over(&self, base: &SamplingOverrides) -> SamplingOverrides {
+        SamplingOverrides {
+            temperature: self.temperature.or(base.temperature),
+            top_k: self.top_k.or(base.top_k),
+            top_p: self.top_p.or(base.top_p),
+            min_p: self.min_p.or(base.min_p),
+            repeat_penalty: self.repeat_penalty.or(base.repeat_penalty),
+            repeat_last_n: self.repeat_last_n.or(base.repeat_last_n),
+        }
+    }
 }
 
 /// The part of a reply already delivered, so that another peer can continue it seamlessly.
@@ -159,16 +210,8 @@ mod tests {
         let mut r = JobRequest {
             version: crate::PROTOCOL_VERSION,
             model: digest.into(),
-            prompt: Prompt::Text("hi".into()),
-            params: JobParams {
-                temperature: 0.0,
-                top_k: 1,
-                top_p: 1.0,
-                repeat_penalty: 1.0,
-                seed: 0,
-                max_tokens: 1,
-                stop: Vec::new(),
-            },
+            prompt: Prompt::text("hi"),
+            params: JobParams::greedy(1),
             resume: Resume::default(),
         };
         assert_eq!(r.check(), Ok(()));

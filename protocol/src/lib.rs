@@ -13,12 +13,13 @@ pub use frame::{decode, encode, FrameBuffer, FrameError, MAX_FRAME};
 pub use household::{HouseholdSecret, JoinCodeError};
 pub use job::{
     is_digest, ChatMessage, FailCode, Finish, JobEvent, JobParams, JobRequest, Prompt, Resume,
-    Usage, MAX_PROMPT_TOKENS,
+    SamplingOverrides, Usage, MAX_PROMPT_TOKENS,
 };
 pub use sync::SyncFrame;
 
 /// Version of the hearth protocol spoken by this build; peers with another version are refused.
-/// (2: jobs name models by full digest only; `FailCode::ContextOverflow`.)
+/// (2: jobs name models by full digest only; `FailCode::ContextOverflow`; sampling settings
+/// left unset for the serving node; raw prompts say whether control tokens are parsed.)
 pub const PROTOCOL_VERSION: u32 = 2;
 
 /// libp2p protocol name of the capability-card exchange.

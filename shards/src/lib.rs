@@ -27,7 +27,7 @@ pub use generate::{Completion, Finish, GenerateParams, Generator, Piece, Resume}
 pub use gguf::Gguf;
 pub use kv_cache::KvCache;
 pub use model::{default_threads, thread_pool, Model, ModelSummary};
-pub use sampling::{Sampler, SamplingParams};
+pub use sampling::{Sampler, SamplingOverrides, SamplingParams};
 pub use spec::ModelSpec;
 pub use stage::{Stage, StageInput, StageOutput};
 pub use tokenizer::{StreamDecoder, Tokenizer};

@@ -5,6 +5,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
+use hearth_protocol::Prompt;
 use rayon::ThreadPool;
 
 use crate::chat_template::{ChatMessage, ChatTemplate};
@@ -13,6 +14,7 @@ use crate::family;
 use crate::generate::Generator;
 use crate::gguf::{Gguf, Value};
 use crate::quant::GgmlType;
+use crate::sampling::{SamplingOverrides, SamplingParams};
 use crate::spec::ModelSpec;
 use crate::stage::Stage;
 use crate::tokenizer::Tokenizer;
@@ -183,12 +185,58 @@ impl Model {
     /// the result (control tokens parsed; BOS added unless the template wrote it).
     pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
         let text = self.template.render(messages, true)?;
+        Ok(self.encode_text(&text, true))
+    }
+
+    /// Tokenizes raw text the way every interface does: control tokens written in it parsed as
+    /// the tokens they name when `parse_special` (as llama.cpp does), and BOS added unless the
+    /// text starts with it.
+    pub fn encode_text(&self, text: &str, parse_special: bool) -> Vec<u32> {
         let tok = &self.tokenizer;
-        let starts_with_bos = tok
-            .bos()
-            .and_then(|b| tok.token_text(b))
-            .is_some_and(|b| !b.is_empty() && text.starts_with(b));
-        Ok(tok.encode(&text, !starts_with_bos, true))
+        let starts_with_bos = parse_special
+            && tok
+                .bos()
+                .and_then(|b| tok.token_text(b))
+                .is_some_and(|b| !b.is_empty() && text.starts_with(b));
+        tok.encode(text, !starts_with_bos, parse_special)
+    }
+
+    /// The tokens of `prompt`, and the stop strings it brings (a chat ends where the template
+    /// starts the next turn). The one path from a prompt to tokens, for every interface.
+    pub fn prompt_tokens(&self, prompt: &Prompt) -> Result<(Vec<u32>, Vec<String>)> {
+        Ok(match prompt {
+            Prompt::Chat(messages) => (
+                self.chat_prompt(messages)?,
+                self.template.stop_strings().to_vec(),
+            ),
+            Prompt::Text {
+                text,
+                parse_special,
+            } => (self.encode_text(text, *parse_special), Vec::new()),
+        })
+    }
+
+    /// The model's own sampling recommendation (GGUF `general.sampling.*`, as llama.cpp's
+    /// converter writes it), where it has one.
+    pub fn recommended_sampling(&self) -> SamplingOverrides {
+        let g = &self.gguf;
+        let whole = |key: &str| g.get_usize(key).ok().and_then(|v| u32::try_from(v).ok());
+        SamplingOverrides {
+            temperature: g.get_f32("general.sampling.temp").ok(),
+            top_k: whole("general.sampling.top_k"),
+            top_p: g.get_f32("general.sampling.top_p").ok(),
+            min_p: g.get_f32("general.sampling.min_p").ok(),
+            repeat_penalty: g.get_f32("general.sampling.penalty_repeat").ok(),
+            repeat_last_n: whole("general.sampling.penalty_last_n"),
+        }
+    }
+
+    /// Sampling for a request: its settings where set, else the model's recommendation, else
+    /// hearth's defaults; validated.
+    pub fn sampling(&self, request: &SamplingOverrides, seed: u64) -> Result<SamplingParams> {
+        let p = SamplingParams::resolve(&request.over(&self.recommended_sampling()), seed);
+        p.validate()?;
+        Ok(p)
     }
 
     /// Loads the stage holding `layers`.

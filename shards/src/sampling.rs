@@ -1,5 +1,7 @@
-//! Token sampling: repetition penalty, temperature, top-k, top-p, seeded randomness; greedy at
-//! temperature 0.
+//! Token sampling: repetition penalty, temperature, top-k, top-p, min-p, seeded randomness;
+//! greedy at temperature 0. Settings come from the request, else the node's configuration, else
+//! the model's own recommendation (GGUF `general.sampling.*`), else hearth's defaults
+//! ([`SamplingOverrides::over`], [`SamplingParams::resolve`]).
 
 use crate::error::{Error, Result};
 
@@ -12,6 +14,8 @@ pub struct SamplingParams {
     pub top_k: usize,
     /// Keep the smallest set of tokens whose probability adds up to at least p.
     pub top_p: f32,
+    /// Drop tokens less likely than min-p times the most likely one (0 disables).
+    pub min_p: f32,
     /// Divides positive logits (multiplies negative ones) of recently seen tokens; 1 disables.
     pub repeat_penalty: f32,
     /// How many recent tokens the repetition penalty looks at.
@@ -21,24 +25,43 @@ pub struct SamplingParams {
 }
 
 impl Default for SamplingParams {
-    /// llama.cpp's defaults.
+    /// hearth's defaults: llama.cpp's temperature, top-k, top-p and min-p, and a repeat penalty
+    /// over the last 64 tokens, which keeps the small models out of loops (`scripts/bench-loops`).
     fn default() -> Self {
         SamplingParams {
             temperature: 0.8,
             top_k: 40,
             top_p: 0.95,
-            repeat_penalty: 1.0,
+            min_p: 0.05,
+            repeat_penalty: 1.1,
             repeat_last_n: 64,
             seed: 0x4845_4152_5448,
         }
     }
 }
 
+pub use hearth_protocol::SamplingOverrides;
+
 impl SamplingParams {
-    /// Greedy decoding.
+    /// Complete settings: `o`'s where set, hearth's defaults elsewhere, with `seed`.
+    pub fn resolve(o: &SamplingOverrides, seed: u64) -> Self {
+        let d = SamplingParams::default();
+        SamplingParams {
+            temperature: o.temperature.unwrap_or(d.temperature),
+            top_k: o.top_k.map_or(d.top_k, |k| k as usize),
+            top_p: o.top_p.unwrap_or(d.top_p),
+            min_p: o.min_p.unwrap_or(d.min_p),
+            repeat_penalty: o.repeat_penalty.unwrap_or(d.repeat_penalty),
+            repeat_last_n: o.repeat_last_n.map_or(d.repeat_last_n, |n| n as usize),
+            seed,
+        }
+    }
+
+    /// Plain greedy decoding: the most likely token, no repeat penalty.
     pub fn greedy() -> Self {
         SamplingParams {
             temperature: 0.0,
+            repeat_penalty: 1.0,
             ..Default::default()
         }
     }
@@ -56,6 +79,12 @@ impl SamplingParams {
             return bad(format!(
                 "top-p {} must be greater than 0 and at most 1",
                 self.top_p
+            ));
+        }
+        if !(0.0..1.0).contains(&self.min_p) {
+            return bad(format!(
+                "min-p {} must be at least 0 (0 disables it) and less than 1",
+                self.min_p
             ));
         }
         if !self.repeat_penalty.is_finite()
@@ -113,25 +142,49 @@ impl Sampler {
     /// Chooses the next token. `history` holds the tokens so far (for the repetition penalty).
     /// `logits` is modified in place.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
-        let p = &self.params;
-        if p.repeat_penalty != 1.0 {
-            let recent = &history[history.len().saturating_sub(p.repeat_last_n)..];
-            let mut seen = recent.to_vec();
-            seen.sort_unstable();
-            seen.dedup();
-            for &t in &seen {
-                if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l > 0.0 {
-                        *l / p.repeat_penalty
-                    } else {
-                        *l * p.repeat_penalty
-                    };
-                }
-            }
-        }
-        if p.temperature == 0.0 {
+        if self.params.temperature == 0.0 {
+            self.penalize(logits, history);
             return argmax(logits);
         }
+        self.distribution(logits, history);
+        let c = &self.candidates;
+        let mut r = self.rng.next_f32();
+        for &(id, w) in c.iter() {
+            if r < w {
+                return id;
+            }
+            r -= w;
+        }
+        c[c.len() - 1].0
+    }
+
+    /// Applies the repetition penalty to the tokens of the last `repeat_last_n` of `history`.
+    fn penalize(&self, logits: &mut [f32], history: &[u32]) {
+        let p = &self.params;
+        if p.repeat_penalty == 1.0 {
+            return;
+        }
+        let recent = &history[history.len().saturating_sub(p.repeat_last_n)..];
+        let mut seen = recent.to_vec();
+        seen.sort_unstable();
+        seen.dedup();
+        for &t in &seen {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = if *l > 0.0 {
+                    *l / p.repeat_penalty
+                } else {
+                    *l * p.repeat_penalty
+                };
+            }
+        }
+    }
+
+    /// The tokens sampling chooses from and their probabilities (summing to 1), most likely
+    /// first: repetition penalty, top-k, temperature, top-p, then min-p. Needs a temperature
+    /// above 0.
+    pub fn distribution(&mut self, logits: &mut [f32], history: &[u32]) -> &[(u32, f32)] {
+        self.penalize(logits, history);
+        let p = &self.params;
         let c = &mut self.candidates;
         c.clear();
         c.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
@@ -158,15 +211,15 @@ impl Sampler {
             }
         }
         c.truncate(keep);
+        // Most likely first: keep those at least min-p times as likely as the first.
+        let floor = c[0].1 * p.min_p;
+        let keep = c.iter().take_while(|(_, w)| *w >= floor).count().max(1);
+        c.truncate(keep);
         let total: f32 = c.iter().map(|(_, w)| w).sum();
-        let mut r = self.rng.next_f32() * total;
-        for &(id, w) in c.iter() {
-            if r < w {
-                return id;
-            }
-            r -= w;
+        for (_, w) in c.iter_mut() {
+            *w /= total;
         }
-        c[c.len() - 1].0
+        c
     }
 }
 
@@ -184,6 +237,79 @@ pub fn argmax(logits: &[f32]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn assert_close(got: &[(u32, f32)], want: &[(u32, f32)]) {
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for ((gi, gp), (wi, wp)) in got.iter().zip(want) {
+            assert_eq!(gi, wi, "{got:?}");
+            assert!((gp - wp).abs() < 1e-4, "{got:?} against {want:?}");
+        }
+    }
+
+    /// Plain sampling at temperature 1 with every filter off but the one under test.
+    fn plain() -> SamplingParams {
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_repeat_penalty_divides_and_multiplies_recent_tokens_logits() {
+        let mut s = Sampler::new(SamplingParams {
+            repeat_penalty: 2.0,
+            repeat_last_n: 2,
+            ..plain()
+        })
+        .unwrap();
+        // Token 0 (2.0 → 1.0) and token 2 (-1.0 → -2.0) are in the last two; token 3 is older.
+        let mut logits = [2.0, 1.0, -1.0, 0.5];
+        let d = s.distribution(&mut logits, &[3, 0, 2]).to_vec();
+        // exp(1), exp(1), exp(0.5), exp(-2) over their sum 7.22062.
+        assert_close(
+            &d,
+            &[(0, 0.37646), (1, 0.37646), (3, 0.22834), (2, 0.01874)],
+        );
+    }
+
+    #[test]
+    fn min_p_drops_tokens_below_a_share_of_the_most_likely() {
+        let probs = [0.5f32, 0.3, 0.15, 0.05];
+        let mut logits: Vec<f32> = probs.iter().map(|p| p.ln()).collect();
+        let mut s = Sampler::new(SamplingParams {
+            min_p: 0.2,
+            ..plain()
+        })
+        .unwrap();
+        // The floor is 0.2 × 0.5 = 0.1: 0.05 goes, the rest is renormalised over 0.95.
+        let d = s.distribution(&mut logits, &[]).to_vec();
+        assert_close(&d, &[(0, 0.52632), (1, 0.31579), (2, 0.15789)]);
+        // Off, everything stays.
+        let mut s = Sampler::new(plain()).unwrap();
+        let d = s.distribution(&mut logits, &[]).to_vec();
+        assert_close(&d, &[(0, 0.5), (1, 0.3), (2, 0.15), (3, 0.05)]);
+    }
+
+    #[test]
+    fn overrides_take_the_first_source_that_sets_each_setting() {
+        let request = SamplingOverrides {
+            temperature: Some(0.0),
+            ..Default::default()
+        };
+        let model = SamplingOverrides {
+            temperature: Some(0.6),
+            top_k: Some(20),
+            ..Default::default()
+        };
+        let p = SamplingParams::resolve(&request.over(&model), 9);
+        assert_eq!((p.temperature, p.top_k, p.seed), (0.0, 20, 9));
+        assert_eq!(p.min_p, SamplingParams::default().min_p);
+        assert_eq!(p.repeat_penalty, 1.1);
+    }
 
     #[test]
     fn greedy_picks_the_largest_logit() {
@@ -256,6 +382,10 @@ mod tests {
             },
             SamplingParams {
                 temperature: -1.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                min_p: 1.0,
                 ..Default::default()
             },
             SamplingParams {

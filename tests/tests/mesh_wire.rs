@@ -28,15 +28,10 @@ fn request(version: u32) -> JobRequest {
     JobRequest {
         version,
         model: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53".into(),
-        prompt: Prompt::Text("The sky is".into()),
+        prompt: Prompt::text("The sky is"),
         params: JobParams {
-            temperature: 0.0,
-            top_k: 40,
-            top_p: 0.95,
-            repeat_penalty: 1.0,
             seed: 1,
-            max_tokens: 3,
-            stop: Vec::new(),
+            ..JobParams::greedy(3)
         },
         resume: Resume::default(),
     }

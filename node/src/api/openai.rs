@@ -12,7 +12,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::Stream;
-use hearth_protocol::{ChatMessage, Finish, JobParams, Prompt, Usage};
+use hearth_protocol::{ChatMessage, Finish, JobParams, Prompt, SamplingOverrides, Usage};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -23,8 +23,10 @@ use crate::history::ConversationRef;
 use crate::jobs;
 use crate::node::Node;
 
-/// Sampling fields shared by both endpoints (OpenAI's names, plus `top_k` and
-/// `repeat_penalty`); fields hearth does not use are ignored, as OpenAI clients send many.
+/// Sampling fields shared by both endpoints (OpenAI's names, plus `top_k`, `min_p`,
+/// `repeat_penalty` and `repeat_last_n`, as llama.cpp's server takes them); fields hearth does
+/// not use are ignored, as OpenAI clients send many. Unset ones come from the node's
+/// configuration, the model's recommendation or hearth's defaults.
 #[derive(Debug, Default, Deserialize)]
 struct Sampling {
     max_tokens: Option<u32>,
@@ -32,7 +34,9 @@ struct Sampling {
     temperature: Option<f32>,
     top_p: Option<f32>,
     top_k: Option<u32>,
+    min_p: Option<f32>,
     repeat_penalty: Option<f32>,
+    repeat_last_n: Option<u32>,
     seed: Option<u64>,
     stop: Option<OneOrMany>,
     n: Option<u32>,
@@ -55,11 +59,13 @@ impl OneOrMany {
 }
 
 /// hearth's own request options: `"hearth": {"node": NAME}` pins the serving node;
-/// `"conversation": ID` (or `"new"`) records the request and its reply in the history.
+/// `"conversation": ID` (or `"new"`) records the request and its reply in the history;
+/// `"parse_special": false` makes control tokens written in a raw prompt plain text.
 #[derive(Debug, Default, Deserialize)]
 struct HearthOptions {
     node: Option<String>,
     conversation: Option<String>,
+    parse_special: Option<bool>,
 }
 
 /// Fields both endpoints take besides their input.
@@ -184,7 +190,11 @@ pub async fn completions(State(node): State<Arc<Node>>, body: Bytes) -> Result<R
     if prompt.is_empty() {
         return Err(ApiError::bad_param("prompt", "the prompt is empty"));
     }
-    respond(node, req.common, Prompt::Text(prompt), Shape::Completion).await
+    let prompt = Prompt::Text {
+        text: prompt,
+        parse_special: req.common.hearth.parse_special.unwrap_or(true),
+    };
+    respond(node, req.common, prompt, Shape::Completion).await
 }
 
 fn job_params(s: Sampling) -> Result<JobParams, ApiError> {
@@ -195,16 +205,20 @@ fn job_params(s: Sampling) -> Result<JobParams, ApiError> {
         ));
     }
     let params = JobParams {
-        temperature: s.temperature.unwrap_or(0.8),
-        top_k: s.top_k.unwrap_or(40),
-        top_p: s.top_p.unwrap_or(0.95),
-        repeat_penalty: s.repeat_penalty.unwrap_or(1.0),
+        sampling: SamplingOverrides {
+            temperature: s.temperature,
+            top_k: s.top_k,
+            top_p: s.top_p,
+            min_p: s.min_p,
+            repeat_penalty: s.repeat_penalty,
+            repeat_last_n: s.repeat_last_n,
+        },
         seed: s.seed.unwrap_or_else(rand::random),
         max_tokens: s.max_completion_tokens.or(s.max_tokens).unwrap_or(512),
         stop: s.stop.map(OneOrMany::into_vec).unwrap_or_default(),
     };
     // The same checks the engine makes, so that mistakes are a 400 here, not a failed job.
-    jobs::generate_params(&params)
+    jobs::check_params(&params)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_value", e.to_string()))?;
     Ok(params)
 }
@@ -268,10 +282,12 @@ async fn respond(
         model,
         stream,
         sampling,
-        hearth: HearthOptions {
-            node: pin,
-            conversation,
-        },
+        hearth:
+            HearthOptions {
+                node: pin,
+                conversation,
+                ..
+            },
     } = common;
     let conversation = conversation
         .map(|c| c.parse::<ConversationRef>())

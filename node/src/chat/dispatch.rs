@@ -185,16 +185,8 @@ mod tests {
         JobRequest {
             version: PROTOCOL_VERSION,
             model: "ab".repeat(32),
-            prompt: Prompt::Text("hi".into()),
-            params: JobParams {
-                temperature: 0.0,
-                top_k: 1,
-                top_p: 1.0,
-                repeat_penalty: 1.0,
-                seed: 0,
-                max_tokens: 8,
-                stop: Vec::new(),
-            },
+            prompt: Prompt::text("hi"),
+            params: JobParams::greedy(8),
             resume: Resume::default(),
         }
     }

@@ -2,9 +2,8 @@
 //! household's best node serves them), else a model loaded in this process.
 
 use anyhow::{Context, Result};
-use hearth_shards::{
-    ChatMessage, Completion, Error as EngineError, GenerateParams, Generator, Model,
-};
+use hearth_protocol::{JobParams, Prompt};
+use hearth_shards::{Completion, Error as EngineError, GenerateParams, Generator, Model};
 use serde_json::{json, Value};
 
 use super::open_model;
@@ -89,14 +88,6 @@ impl Backend {
         }
     }
 
-    /// Whether the model has a chat template (a node always applies one).
-    pub fn chats(&self) -> bool {
-        match self {
-            Backend::Local { model, .. } => model.chat_template().is_from_model(),
-            Backend::Node { .. } => true,
-        }
-    }
-
     /// Forgets the conversation cached in-process.
     pub fn reset(&mut self) {
         if let Backend::Local { generator, .. } = self {
@@ -109,22 +100,25 @@ impl Backend {
         matches!(self, Backend::Node { .. })
     }
 
-    /// The assistant's next message after `history`, streamed to `on_text`; recorded in
-    /// `conversation` (an id, or "new") when given and the backend records.
-    pub fn chat(
+    /// The reply to `prompt` (a chat, or raw text), streamed to `on_text`; recorded in
+    /// `conversation` (an id, or "new") when given and the backend records. Wherever it is made,
+    /// the prompt becomes tokens and the settings become sampling the same way (the model's
+    /// `prompt_tokens` and `sampling`), so the same command gives the same reply.
+    pub fn reply(
         &mut self,
-        history: &[ChatMessage],
+        prompt: &Prompt,
         conversation: Option<&str>,
-        params: &GenerateParams,
+        params: &JobParams,
         on_text: impl FnMut(&str) -> bool,
     ) -> Result<Turn> {
         match self {
             Backend::Local { model, generator } => {
-                let mut params = params.clone();
-                params
-                    .stop
-                    .extend(model.chat_template().stop_strings().iter().cloned());
-                let tokens = model.chat_prompt(history)?;
+                let (tokens, stops) = model.prompt_tokens(prompt)?;
+                let params = GenerateParams {
+                    sampling: model.sampling(&params.sampling, params.seed)?,
+                    max_tokens: params.max_tokens as usize,
+                    stop: params.stop.iter().chain(&stops).cloned().collect(),
+                };
                 match generator.generate(&tokens, &params, on_text) {
                     Ok(c) => Ok(Turn::Reply(local_reply(c))),
                     Err(e @ EngineError::ContextOverflow { .. }) => {
@@ -134,15 +128,28 @@ impl Backend {
                 }
             }
             Backend::Node { node, model, pin } => {
-                let messages: Vec<Value> = history
-                    .iter()
-                    .map(|m| json!({"role": m.role, "content": m.content}))
-                    .collect();
-                let mut body = request_body(model, pin, params, "messages", json!(messages));
+                let mut body = request_body(model, params);
+                let path = match prompt {
+                    Prompt::Chat(messages) => {
+                        body["messages"] = json!(messages);
+                        "/v1/chat/completions"
+                    }
+                    Prompt::Text {
+                        text,
+                        parse_special,
+                    } => {
+                        body["prompt"] = json!(text);
+                        body["hearth"]["parse_special"] = json!(parse_special);
+                        "/v1/completions"
+                    }
+                };
+                if let Some(pin) = pin {
+                    body["hearth"]["node"] = json!(pin);
+                }
                 if let Some(c) = conversation {
                     body["hearth"]["conversation"] = json!(c);
                 }
-                match node.stream("/v1/chat/completions", body, on_text) {
+                match node.stream(path, body, on_text) {
                     Ok(s) => Ok(Turn::Reply(node_reply(s))),
                     Err(e) => match e.downcast_ref::<NodeError>() {
                         Some(ne) if ne.code == CONTEXT_LENGTH_EXCEEDED => {
@@ -154,47 +161,30 @@ impl Backend {
             }
         }
     }
-
-    /// A continuation of `prompt` as raw text (no chat template).
-    pub fn complete(
-        &mut self,
-        prompt: &str,
-        params: &GenerateParams,
-        on_text: impl FnMut(&str) -> bool,
-    ) -> Result<Reply> {
-        match self {
-            Backend::Local { model, generator } => {
-                let tokens = model.tokenizer().encode(prompt, true, true);
-                Ok(local_reply(generator.generate(&tokens, params, on_text)?))
-            }
-            Backend::Node { node, model, pin } => {
-                let body = request_body(model, pin, params, "prompt", json!(prompt));
-                Ok(node_reply(node.stream("/v1/completions", body, on_text)?))
-            }
-        }
-    }
 }
 
-fn request_body(
-    model: &str,
-    pin: &Option<String>,
-    p: &GenerateParams,
-    key: &str,
-    input: Value,
-) -> Value {
+/// The OpenAI request body for `params`: only the sampling settings given, so the serving node
+/// fills the rest as a local run would.
+fn request_body(model: &str, p: &JobParams) -> Value {
     let mut body = json!({
         "model": model,
         "max_tokens": p.max_tokens,
-        "temperature": p.sampling.temperature,
-        "top_k": p.sampling.top_k,
-        "top_p": p.sampling.top_p,
-        "repeat_penalty": p.sampling.repeat_penalty,
-        "seed": p.sampling.seed,
+        "seed": p.seed,
         "stop": p.stop,
     });
-    body[key] = input;
-    if let Some(pin) = pin {
-        body["hearth"] = json!({ "node": pin });
+    let s = &p.sampling;
+    let set = [
+        ("temperature", s.temperature.map(|v| json!(v))),
+        ("top_k", s.top_k.map(|v| json!(v))),
+        ("top_p", s.top_p.map(|v| json!(v))),
+        ("min_p", s.min_p.map(|v| json!(v))),
+        ("repeat_penalty", s.repeat_penalty.map(|v| json!(v))),
+        ("repeat_last_n", s.repeat_last_n.map(|v| json!(v))),
+    ];
+    for (key, value) in set {
+        if let Some(v) = value {
+            body[key] = v;
+        }
     }
     body
 }

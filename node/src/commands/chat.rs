@@ -4,7 +4,7 @@
 use std::io::{BufRead, Write};
 
 use anyhow::{bail, Result};
-use hearth_shards::ChatMessage;
+use hearth_protocol::{ChatMessage, Prompt};
 
 use super::backend::{Backend, Turn};
 use super::history::Source;
@@ -77,7 +77,8 @@ pub(super) fn chat(data: &DataDir, cache: &ModelCache, args: ChatArgs) -> Result
         }
         history.push(ChatMessage::new("user", input));
         let mut out = std::io::stdout().lock();
-        let turn = backend.chat(&history, conversation.as_deref(), &params, |piece| {
+        let prompt = Prompt::Chat(history.clone());
+        let turn = backend.reply(&prompt, conversation.as_deref(), &params, |piece| {
             out.write_all(piece.as_bytes())
                 .and_then(|()| out.flush())
                 .is_ok()

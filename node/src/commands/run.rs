@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use anyhow::Result;
-use hearth_shards::ChatMessage;
+use hearth_protocol::{ChatMessage, Prompt};
 
 use super::backend::{text_or_stdin, Backend, Turn};
 use crate::cli::RunArgs;
@@ -20,18 +20,22 @@ pub(super) fn run(data: &DataDir, cache: &ModelCache, args: RunArgs) -> Result<(
             .and_then(|()| out.flush())
             .is_ok()
     };
-    let stats = if args.raw || !backend.chats() {
-        backend.complete(&prompt, &params, &mut write)?.stats
+    let prompt = if args.raw {
+        Prompt::Text {
+            text: prompt,
+            parse_special: !args.no_special,
+        }
     } else {
         let mut messages = Vec::new();
         if let Some(system) = &args.system {
             messages.push(ChatMessage::new("system", system.clone()));
         }
         messages.push(ChatMessage::new("user", prompt));
-        match backend.chat(&messages, None, &params, &mut write)? {
-            Turn::Reply(r) => r.stats,
-            Turn::TooLong(e) => anyhow::bail!("{e}"),
-        }
+        Prompt::Chat(messages)
+    };
+    let stats = match backend.reply(&prompt, None, &params, &mut write)? {
+        Turn::Reply(r) => r.stats,
+        Turn::TooLong(e) => anyhow::bail!("{e}"),
     };
     writeln!(std::io::stdout())?;
     if args.stats {

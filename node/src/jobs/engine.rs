@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hearth_protocol::{
-    FailCode, Finish, JobEvent, JobParams, JobRequest, Prompt, Usage, MAX_PROMPT_TOKENS,
+    FailCode, Finish, JobEvent, JobParams, JobRequest, Usage, MAX_PROMPT_TOKENS,
 };
 use hearth_shards::{
     BatchStats, DecodeBatcher, Error as EngineError, GenerateParams, Generator, Model, Piece,
@@ -389,19 +389,17 @@ impl Engine {
         events: &mpsc::Sender<JobEvent>,
     ) -> Result<JobEvent, JobError> {
         request.check().map_err(JobError::BadRequest)?;
-        let mut params = generate_params(&request.params)?;
+        check_params(&request.params)?;
         let loaded = self.model(&request.model)?;
         let model = &loaded.model;
-        let prompt = match &request.prompt {
-            Prompt::Chat(messages) => {
-                params
-                    .stop
-                    .extend(model.chat_template().stop_strings().iter().cloned());
-                model
-                    .chat_prompt(messages)
-                    .map_err(|e| JobError::BadRequest(e.to_string()))?
-            }
-            Prompt::Text(text) => model.tokenizer().encode(text, true, false),
+        let (prompt, stops) = model
+            .prompt_tokens(&request.prompt)
+            .map_err(|e| JobError::BadRequest(e.to_string()))?;
+        let sampling = model.sampling(&request.params.sampling, request.params.seed)?;
+        let params = GenerateParams {
+            sampling,
+            max_tokens: request.params.max_tokens as usize,
+            stop: request.params.stop.iter().chain(&stops).cloned().collect(),
         };
         let full: Vec<u32> = prompt
             .iter()
@@ -496,30 +494,18 @@ impl Engine {
     }
 }
 
-/// The engine's generation settings for a job's parameters, validated.
-pub fn generate_params(p: &JobParams) -> Result<GenerateParams, JobError> {
-    let sampling = SamplingParams {
-        temperature: p.temperature,
-        top_k: p.top_k as usize,
-        top_p: p.top_p,
-        repeat_penalty: p.repeat_penalty,
-        repeat_last_n: SamplingParams::default().repeat_last_n,
-        seed: p.seed,
-    };
-    sampling
+/// Checks a job's settings before any model is at hand: those it sets must be in range (the
+/// serving node fills the rest from the model's recommendation or hearth's defaults, in range).
+pub fn check_params(p: &JobParams) -> Result<(), JobError> {
+    SamplingParams::resolve(&p.sampling, p.seed)
         .validate()
-        .map_err(|e| JobError::BadRequest(e.to_string()))?;
-    Ok(GenerateParams {
-        sampling,
-        max_tokens: p.max_tokens as usize,
-        stop: p.stop.clone(),
-    })
+        .map_err(|e| JobError::BadRequest(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hearth_protocol::{Resume, PROTOCOL_VERSION};
+    use hearth_protocol::{Prompt, Resume, PROTOCOL_VERSION};
 
     fn engine(cache: ModelCache) -> Arc<Engine> {
         engine_draining_with(cache, Drain::new())
@@ -545,16 +531,8 @@ mod tests {
         JobRequest {
             version: PROTOCOL_VERSION,
             model: model.into(),
-            prompt: Prompt::Text("hello".into()),
-            params: JobParams {
-                temperature: 0.0,
-                top_k: 40,
-                top_p: 0.95,
-                repeat_penalty: 1.0,
-                seed: 1,
-                max_tokens: 4,
-                stop: Vec::new(),
-            },
+            prompt: Prompt::text("hello"),
+            params: JobParams::greedy(4),
             resume: Resume::default(),
         }
     }
