@@ -216,19 +216,9 @@ impl Model {
         })
     }
 
-    /// The model's own sampling recommendation (GGUF `general.sampling.*`, as llama.cpp's
-    /// converter writes it), where it has one.
+    /// The model's own sampling recommendation, where its file has one.
     pub fn recommended_sampling(&self) -> SamplingOverrides {
-        let g = &self.gguf;
-        let whole = |key: &str| g.get_usize(key).ok().and_then(|v| u32::try_from(v).ok());
-        SamplingOverrides {
-            temperature: g.get_f32("general.sampling.temp").ok(),
-            top_k: whole("general.sampling.top_k"),
-            top_p: g.get_f32("general.sampling.top_p").ok(),
-            min_p: g.get_f32("general.sampling.min_p").ok(),
-            repeat_penalty: g.get_f32("general.sampling.penalty_repeat").ok(),
-            repeat_last_n: whole("general.sampling.penalty_last_n"),
-        }
+        crate::sampling::recommended(&self.gguf)
     }
 
     /// Sampling for a request: its settings where set, else the model's recommendation, else

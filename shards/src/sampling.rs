@@ -42,6 +42,21 @@ impl Default for SamplingParams {
 
 pub use hearth_protocol::SamplingOverrides;
 
+/// A model file's own sampling recommendation (GGUF `general.sampling.temp`, `.top_k`, `.top_p`,
+/// `.min_p`, `.penalty_repeat`, `.penalty_last_n`, as llama.cpp's converter writes them), where
+/// it has one.
+pub fn recommended(gguf: &crate::gguf::Gguf) -> SamplingOverrides {
+    let whole = |key: &str| gguf.get_usize(key).ok().and_then(|v| u32::try_from(v).ok());
+    SamplingOverrides {
+        temperature: gguf.get_f32("general.sampling.temp").ok(),
+        top_k: whole("general.sampling.top_k"),
+        top_p: gguf.get_f32("general.sampling.top_p").ok(),
+        min_p: gguf.get_f32("general.sampling.min_p").ok(),
+        repeat_penalty: gguf.get_f32("general.sampling.penalty_repeat").ok(),
+        repeat_last_n: whole("general.sampling.penalty_last_n"),
+    }
+}
+
 impl SamplingParams {
     /// Complete settings: `o`'s where set, hearth's defaults elsewhere, with `seed`.
     pub fn resolve(o: &SamplingOverrides, seed: u64) -> Self {

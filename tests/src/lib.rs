@@ -167,6 +167,15 @@ impl GgufWriter {
         self
     }
 
+    /// Adds an f32 metadata entry.
+    pub fn f32(mut self, key: &str, value: f32) -> Self {
+        put_str(&mut self.kv, key);
+        self.kv.extend(6u32.to_le_bytes());
+        self.kv.extend(value.to_le_bytes());
+        self.n_kv += 1;
+        self
+    }
+
     /// Adds an F32 tensor of the given dimensions (innermost first), filled with `value`.
     pub fn f32_tensor(mut self, name: &str, dims: &[u64], value: f32) -> Self {
         put_str(&mut self.infos, name);

@@ -9,6 +9,8 @@ use hearth_tests::mesh::{
 use hearth_tests::TestModel;
 use serde_json::{json, Value};
 
+/// A long, deterministic reply: greedy, and without the default repeat penalty, which would end
+/// a count early.
 const PROMPT: &str = "Count from 1 to 100, separated by commas.";
 
 fn holders_and_entry() -> (TestNode, TestNode, TestNode) {
@@ -40,7 +42,7 @@ fn killing_the_serving_node_mid_reply_does_not_break_the_reply() {
     let (mut a, mut b, entry) = holders_and_entry();
     let body = json!({
         "messages": [{"role": "user", "content": PROMPT}],
-        "max_tokens": 160, "temperature": 0, "stream": true,
+        "max_tokens": 160, "temperature": 0, "repeat_penalty": 1.0, "stream": true,
     });
     let mut stream = SseReader::open(&entry.url("/v1/chat/completions"), &body);
     let first = stream.headers["x-hearth-node"].to_str().unwrap().to_owned();
@@ -84,7 +86,7 @@ fn killing_the_serving_node_mid_reply_does_not_break_the_reply() {
         .post(other.url("/v1/chat/completions"))
         .json(&json!({
             "messages": [{"role": "user", "content": PROMPT}],
-            "max_tokens": 160, "temperature": 0,
+            "max_tokens": 160, "temperature": 0, "repeat_penalty": 1.0,
         }))
         .send()
         .unwrap()
@@ -101,7 +103,7 @@ fn with_no_candidate_left_the_client_gets_an_error_event() {
     let (mut a, entry) = holder_and_entry("only-holder");
     let mut stream = SseReader::open(
         &entry.url("/v1/chat/completions"),
-        &json!({"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 300, "temperature": 0, "stream": true}),
+        &json!({"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 300, "temperature": 0, "repeat_penalty": 1.0, "stream": true}),
     );
     for _ in 0..5 {
         stream.next_event().expect("the reply has begun");
@@ -136,7 +138,7 @@ fn a_client_that_goes_away_stops_generation_on_the_peer() {
     let before = holder.metric("hearth_tokens_generated_total");
     let mut stream = SseReader::open(
         &entry.url("/v1/chat/completions"),
-        &json!({"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 400, "temperature": 0, "stream": true}),
+        &json!({"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 400, "temperature": 0, "repeat_penalty": 1.0, "stream": true}),
     );
     let mut received = 0;
     while received < 6 {
@@ -181,7 +183,7 @@ fn a_full_node_says_busy_instead_of_queueing_without_bound() {
             "1",
         ]),
     );
-    let long = json!({"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 300, "temperature": 0, "stream": true});
+    let long = json!({"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 300, "temperature": 0, "repeat_penalty": 1.0, "stream": true});
     // One running, one queued...
     let mut running = SseReader::open(&holder.url("/v1/chat/completions"), &long);
     running.next_event().unwrap();
@@ -229,7 +231,7 @@ fn many_replies_at_once_over_one_connection_all_complete() {
             std::thread::spawn(move || {
                 let body = json!({
                     "messages": [{"role": "user", "content": format!("Say the number {i}.")}],
-                    "max_tokens": 8, "temperature": 0,
+                    "max_tokens": 8, "temperature": 0, "repeat_penalty": 1.0,
                 });
                 let r = http().post(url).json(&body).send().unwrap();
                 let status = r.status().as_u16();

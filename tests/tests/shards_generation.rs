@@ -206,3 +206,35 @@ fn a_reply_resumed_elsewhere_continues_as_if_never_interrupted() {
         assert_eq!(c.tokens, whole.tokens);
     }
 }
+
+#[test]
+fn a_models_own_sampling_recommendation_fills_what_a_request_leaves_unset() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("recommends.gguf");
+    let bytes = hearth_tests::GgufWriter::default()
+        .string("general.architecture", "llama")
+        .f32("general.sampling.temp", 0.6)
+        .u32("general.sampling.top_k", 20)
+        .f32("general.sampling.min_p", 0.1)
+        .bytes();
+    std::fs::write(&path, bytes).unwrap();
+    let gguf = hearth_shards::Gguf::open(&path).unwrap();
+    let recommended = hearth_shards::sampling::recommended(&gguf);
+    assert_eq!(recommended.temperature, Some(0.6));
+    assert_eq!(recommended.top_k, Some(20));
+    assert_eq!(recommended.min_p, Some(0.1));
+    assert_eq!(recommended.top_p, None);
+    let request = hearth_shards::SamplingOverrides {
+        temperature: Some(0.0),
+        ..Default::default()
+    };
+    let p = SamplingParams::resolve(&request.over(&recommended), 1);
+    assert_eq!((p.temperature, p.top_k, p.min_p), (0.0, 20, 0.1));
+    assert_eq!(p.top_p, SamplingParams::default().top_p);
+    // The models at hand recommend nothing: hearth's defaults apply.
+    let smol = TestModel::SmolLm2.open(1);
+    assert_eq!(
+        smol.sampling(&Default::default(), 1).unwrap(),
+        SamplingParams::resolve(&Default::default(), 1)
+    );
+}
