@@ -251,5 +251,21 @@ mod tests {
         assert!(err("log_format = \"xml\"").contains("text or json"));
         let ok: Settings = toml::from_str("api = \"0.0.0.0:80\"\napi_token = \"s3cret\"").unwrap();
         assert!(ok.resolve().is_ok());
+        assert!(err("[sampling]\nmin_p = 2.0").contains("min-p"));
+        assert!(err("[sampling]\nheat = 1").contains("unknown field"));
+    }
+
+    #[test]
+    fn the_sampling_table_sets_this_nodes_defaults() {
+        let file: Settings =
+            toml::from_str("[sampling]\ntemperature = 0.5\nrepeat_last_n = 32\n").unwrap();
+        let c = Settings::default().or(file).resolve().unwrap();
+        assert_eq!(c.sampling.temperature, Some(0.5));
+        assert_eq!(c.sampling.repeat_last_n, Some(32));
+        assert_eq!(c.sampling.min_p, None);
+        assert_eq!(
+            Settings::default().resolve().unwrap().sampling,
+            Default::default()
+        );
     }
 }
