@@ -73,7 +73,7 @@ pub async fn start_reply(
         return Err(ReplyError::ShuttingDown(node.name.clone()));
     }
     let query = request.model.unwrap_or_else(|| DEFAULT_MODEL.to_owned());
-    let members = Members::of(&node);
+    let members = Members::of(node);
     let model = members.find_model(&query)?;
     let route = members.route(&model.info.digest, request.pin.as_deref());
     if route.ranked.is_empty() {

@@ -193,7 +193,7 @@ mod tests {
     fn models_are_merged_by_digest_with_where_they_live() {
         let (a, b) = (model("smol", 'a'), model("gemma", 'b'));
         let members = Members(vec![
-            member("kitchen", true, &[a.clone()], &[]),
+            member("kitchen", true, std::slice::from_ref(&a), &[]),
             member("study", false, &[a.clone(), b.clone()], &[&a]),
         ]);
         let models = members.models();
@@ -219,8 +219,8 @@ mod tests {
     fn routes_name_peers_by_id_and_this_node_by_none() {
         let a = model("smol", 'a');
         let members = Members(vec![
-            member("kitchen", true, &[a.clone()], &[]),
-            member("study", false, &[a.clone()], &[&a]),
+            member("kitchen", true, std::slice::from_ref(&a), &[]),
+            member("study", false, std::slice::from_ref(&a), &[&a]),
             member("attic", false, &[], &[]),
         ]);
         let route = members.route(&a.digest, None);
