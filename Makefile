@@ -7,7 +7,7 @@ CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 HEARTH := $(TARGET_DIR)/release/hearth
 
-.PHONY: run test build models js fixtures bench fuzz
+.PHONY: run test build models js clients fixtures bench fuzz
 
 build:
 	$(CARGO) build --release --workspace --bins
@@ -22,7 +22,12 @@ run: models
 js:
 	npm ci --prefix tests/js --no-audit --no-fund
 
-test: models js
+# Real client libraries (the `ollama` Python package), in a private virtual environment.
+clients:
+	python3 -m venv .cache/clients
+	.cache/clients/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+
+test: models js clients
 	$(CARGO) test --release --workspace --no-fail-fast
 
 # Regenerate the llama.cpp reference fixtures (builds llama.cpp; not needed to run tests).

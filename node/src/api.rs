@@ -1,8 +1,10 @@
-//! The HTTP API (axum): OpenAI-compatible `/v1/*`, the mesh's and the history's `/api/*`, `/healthz` and
+//! The HTTP API (axum): OpenAI-compatible `/v1/*`, Ollama-compatible `/` and `/api/{chat,generate,
+//! tags,show,ps,...}`, the mesh's and the history's `/api/*`, `/healthz` and
 //! `/metrics`. Loopback-only unless a bearer token guards it; errors use OpenAI's JSON shape.
 
 mod history;
 mod mesh;
+mod ollama;
 mod openai;
 
 use std::sync::Arc;
@@ -11,12 +13,17 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
+use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::chat::{FailKind, ReplyError};
 use crate::metrics::Metrics;
 use crate::node::Node;
+
+/// What a request with `tools` gets, on either API, as Ollama answers for such models: none of
+/// hearth's models' templates take tools yet.
+pub const NO_TOOLS: &str = "model does not support tools";
 
 /// The error code of a prompt longer than the model's context (OpenAI's, which clients know).
 pub const CONTEXT_LENGTH_EXCEEDED: &str = "context_length_exceeded";
@@ -46,6 +53,17 @@ pub fn router(node: Arc<Node>) -> Router {
             patch(history::edit_message),
         )
         .route("/api/conversations/{id}/export", get(history::export))
+        .route("/", get(ollama::root))
+        .route("/api/version", get(ollama::version))
+        .route("/api/tags", get(ollama::tags))
+        .route("/api/ps", get(ollama::ps))
+        .route("/api/show", post(ollama::show))
+        .route("/api/chat", post(ollama::chat))
+        .route("/api/generate", post(ollama::generate))
+        .route("/api/delete", delete(ollama::delete))
+        .route("/api/embed", post(ollama::embed))
+        .route("/api/embeddings", post(ollama::embed))
+        .route("/api/pull", post(ollama::pull))
         .route("/healthz", get(mesh::healthz))
         .route("/metrics", get(mesh::metrics))
         .fallback(not_found)
@@ -99,6 +117,44 @@ async fn not_found(request: Request) -> ApiError {
     )
 }
 
+/// The error for a reply that failed, by why.
+pub(crate) fn failure(kind: FailKind, message: String) -> ApiError {
+    match kind {
+        FailKind::BadRequest => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message),
+        FailKind::ContextOverflow => {
+            ApiError::new(StatusCode::BAD_REQUEST, CONTEXT_LENGTH_EXCEEDED, message)
+                .with_param("messages")
+        }
+        FailKind::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message),
+        FailKind::Unavailable => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_node_available",
+            message,
+        ),
+    }
+}
+
+/// The error for a reply that did not start.
+pub(crate) fn not_started(e: ReplyError) -> ApiError {
+    let message = e.to_string();
+    match e {
+        ReplyError::ShuttingDown(_) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
+        }
+        ReplyError::UnknownModel(_) => {
+            ApiError::new(StatusCode::NOT_FOUND, "model_not_found", message).with_param("model")
+        }
+        ReplyError::UnknownNode(_) => ApiError::bad_param("hearth.node", message),
+        ReplyError::NoRoute { .. } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_node_available",
+            message,
+        ),
+        ReplyError::Failed { kind, message } => failure(kind, message),
+        ReplyError::History(e) => history::error(e),
+    }
+}
+
 /// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug)]
 pub struct ApiError {
@@ -133,6 +189,16 @@ impl ApiError {
             param: Some(param),
             ..self
         }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// What went wrong and what to do.
+    pub fn message(&self) -> &str {
+        &self.message
     }
 
     /// The JSON body.

@@ -33,6 +33,10 @@ pub struct Settings {
         hide_env_values = true
     )]
     pub api_token: Option<String>,
+    /// Also serve the APIs on this address, for apps that expect Ollama there (Ollama's own
+    /// port is 127.0.0.1:11434) [default: off].
+    #[arg(long, env = "HEARTH_OLLAMA_API", value_name = "ADDR")]
+    pub ollama_api: Option<String>,
     /// Peer to dial by address, for networks without multicast (repeatable, or comma-separated).
     #[arg(
         long = "peer",
@@ -93,6 +97,7 @@ pub struct NodeConfig {
     pub listen: Multiaddr,
     pub api: SocketAddr,
     pub api_token: Option<String>,
+    pub ollama_api: Option<SocketAddr>,
     pub peers: Vec<Multiaddr>,
     pub mdns: bool,
     pub max_jobs: usize,
@@ -126,6 +131,7 @@ impl Settings {
             listen: self.listen.or(fallback.listen),
             api: self.api.or(fallback.api),
             api_token: self.api_token.or(fallback.api_token),
+            ollama_api: self.ollama_api.or(fallback.ollama_api),
             peers: vec_or(self.peers, fallback.peers),
             mdns: self.mdns.or(fallback.mdns),
             max_jobs: self.max_jobs.or(fallback.max_jobs),
@@ -156,6 +162,21 @@ impl Settings {
                  (or HEARTH_API_TOKEN) so only clients with the token get in, or bind to 127.0.0.1"
             );
         }
+        let ollama_api = match self.ollama_api.as_deref() {
+            None | Some("") => None,
+            Some(a) => {
+                let addr: SocketAddr = a.parse().with_context(|| {
+                    format!("--ollama-api {a} is not an address like 127.0.0.1:11434")
+                })?;
+                if !addr.ip().is_loopback() && api_token.is_none() {
+                    bail!(
+                        "the Ollama API on {addr} would be reachable from other machines; set \
+                         --api-token so only clients with the token get in, or bind to 127.0.0.1"
+                    );
+                }
+                Some(addr)
+            }
+        };
         let peers = self
             .peers
             .iter()
@@ -184,6 +205,7 @@ impl Settings {
             listen,
             api,
             api_token,
+            ollama_api,
             peers,
             mdns: self.mdns.unwrap_or(true),
             max_jobs: positive(self.max_jobs, 4, "--max-jobs")?,

@@ -83,6 +83,19 @@ async fn serve(
         .await
         .with_context(|| format!("cannot listen for the API on {}", config.api))?;
     let api_addr = api_listener.local_addr()?;
+    let ollama_listener = match config.ollama_api {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "cannot listen for the Ollama API on {addr} (is Ollama itself running there? \
+                 stop it, or give --ollama-api another address)"
+            )
+        })?),
+        None => None,
+    };
+    let ollama_addr = ollama_listener
+        .as_ref()
+        .map(tokio::net::TcpListener::local_addr)
+        .transpose()?;
 
     let fingerprint = household.secret.fingerprint();
     let mesh = Mesh::start(
@@ -139,6 +152,7 @@ async fn serve(
             .map(ToString::to_string)
             .collect(),
         pid: std::process::id(),
+        ollama_api: ollama_addr.map(|a| a.to_string()),
     };
     durable::write_atomic(&runtime_path, &serde_json::to_vec_pretty(&info)?)
         .with_context(|| format!("cannot write {}", runtime_path.display()))?;
@@ -150,15 +164,22 @@ async fn serve(
         "node running"
     );
 
-    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let app = api::router(node.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(api_listener, app)
-            .with_graceful_shutdown(async {
-                let _ = api_stopped.await;
+    // Every listener serves the same routes (Ollama's port too: its clients find both APIs).
+    let (stop_api, api_stopped) = tokio::sync::watch::channel(false);
+    let servers: Vec<_> = std::iter::once(api_listener)
+        .chain(ollama_listener)
+        .map(|listener| {
+            let app = api::router(node.clone());
+            let mut stopped = api_stopped.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    })
+                    .await
             })
-            .await
-    });
+        })
+        .collect();
 
     shutdown_signal().await;
     tracing::info!(grace = ?config.grace, "shutting down: finishing in-flight replies");
@@ -169,8 +190,10 @@ async fn serve(
             "grace over; stopping with work in flight"
         );
     }
-    let _ = stop_api.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    let _ = stop_api.send(true);
+    for server in servers {
+        let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    }
     mesh.shutdown().await;
     let history = node.history.clone();
     let _ = tokio::task::spawn_blocking(move || history.flush()).await;

@@ -13,6 +13,9 @@ pub struct RuntimeInfo {
     pub api: String,
     pub listen: Vec<String>,
     pub pid: u32,
+    /// Where the Ollama API also answers (`--ollama-api`), if it does.
+    #[serde(default)]
+    pub ollama_api: Option<String>,
 }
 
 impl RuntimeInfo {

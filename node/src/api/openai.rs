@@ -17,8 +17,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::{ApiError, CONTEXT_LENGTH_EXCEEDED};
-use crate::chat::{self, FailKind, Members, Reply, ReplyError, ReplyRequest};
+use super::ApiError;
+use crate::chat::{self, Members, Reply, ReplyRequest};
 use crate::history::ConversationRef;
 use crate::jobs;
 use crate::node::Node;
@@ -83,6 +83,8 @@ struct Common {
 #[derive(Debug, Deserialize)]
 struct ChatRequest {
     messages: Vec<InMessage>,
+    #[serde(default)]
+    tools: Vec<Value>,
     #[serde(flatten)]
     common: Common,
 }
@@ -139,6 +141,9 @@ pub async fn chat_completions(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: ChatRequest = parse(&body)?;
+    if !req.tools.is_empty() {
+        return Err(ApiError::bad_param("tools", super::NO_TOOLS));
+    }
     if req.messages.is_empty() {
         return Err(ApiError::bad_param(
             "messages",
@@ -236,42 +241,6 @@ fn finish_reason(f: Finish) -> &'static str {
     }
 }
 
-fn failure(kind: FailKind, message: String) -> ApiError {
-    match kind {
-        FailKind::BadRequest => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message),
-        FailKind::ContextOverflow => {
-            ApiError::new(StatusCode::BAD_REQUEST, CONTEXT_LENGTH_EXCEEDED, message)
-                .with_param("messages")
-        }
-        FailKind::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message),
-        FailKind::Unavailable => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_node_available",
-            message,
-        ),
-    }
-}
-
-fn not_started(e: ReplyError) -> ApiError {
-    let message = e.to_string();
-    match e {
-        ReplyError::ShuttingDown(_) => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
-        }
-        ReplyError::UnknownModel(_) => {
-            ApiError::new(StatusCode::NOT_FOUND, "model_not_found", message).with_param("model")
-        }
-        ReplyError::UnknownNode(_) => ApiError::bad_param("hearth.node", message),
-        ReplyError::NoRoute { .. } => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_node_available",
-            message,
-        ),
-        ReplyError::Failed { kind, message } => failure(kind, message),
-        ReplyError::History(e) => super::history::error(e),
-    }
-}
-
 async fn respond(
     node: Arc<Node>,
     common: Common,
@@ -307,7 +276,7 @@ async fn respond(
     };
     let started = chat::start_reply(&node, request)
         .await
-        .map_err(not_started)?;
+        .map_err(super::not_started)?;
     let conversation = started.conversation.map(|c| c.to_string());
     let meta = Meta {
         id: format!(
@@ -372,7 +341,7 @@ async fn whole(
         match reply {
             Reply::Started { node, .. } => nodes.push(node),
             Reply::Text(t) => text.push_str(&t),
-            Reply::Failed { kind, message } => return Err(failure(kind, message)),
+            Reply::Failed { kind, message } => return Err(super::failure(kind, message)),
             Reply::Done { finish, usage: u } => {
                 let choice = match meta.shape {
                     Shape::Chat => json!({
@@ -479,7 +448,7 @@ fn sse_stream(
                 Some(Reply::Failed { kind, message }) => {
                     st.ended = true;
                     return Some((
-                        Ok(Event::default().data(failure(kind, message).body().to_string())),
+                        Ok(Event::default().data(super::failure(kind, message).body().to_string())),
                         st,
                     ));
                 }

@@ -1,0 +1,41 @@
+"""Drives a hearth node with the official `ollama` Python client, as Ollama apps do, and prints
+what it got as one JSON object (tests/tests/api_ollama.rs checks it).
+
+Usage: ollama_client.py HOST MODEL PROMPT
+"""
+import json
+import sys
+
+import ollama
+
+host, model, prompt = sys.argv[1:4]
+client = ollama.Client(host=f"http://{host}")
+greedy = {"temperature": 0, "num_predict": 16}
+out = {}
+out["tags"] = [m.model for m in client.list().models]
+shown = client.show(model)
+out["show_family"] = shown.details.family
+out["chat"] = client.chat(model=model, messages=[{"role": "user", "content": prompt}],
+                          options=greedy).message.content
+out["chat_streamed"] = "".join(
+    part.message.content
+    for part in client.chat(model=model, messages=[{"role": "user", "content": prompt}],
+                            options=greedy, stream=True))
+final = client.generate(model=model, prompt=prompt, options=greedy)
+out["generate"] = final.response
+out["generate_counts"] = [final.prompt_eval_count, final.eval_count, final.done_reason]
+out["ps"] = [m.model for m in client.ps().models]
+errors = {}
+for name, call in [
+    ("unknown_model", lambda: client.chat(model="no-such-model", messages=[{"role": "user", "content": "hi"}])),
+    ("bad_option", lambda: client.chat(model=model, messages=[{"role": "user", "content": "hi"}], options={"top_p": 3})),
+    ("tools", lambda: client.chat(model=model, messages=[{"role": "user", "content": "hi"}],
+                                  tools=[{"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object", "properties": {}}}}])),
+]:
+    try:
+        call()
+        errors[name] = None
+    except ollama.ResponseError as e:
+        errors[name] = [e.status_code, e.error]
+out["errors"] = errors
+print(json.dumps(out))

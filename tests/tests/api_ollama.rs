@@ -1,0 +1,175 @@
+//! Ollama's API as Ollama apps meet it: the official `ollama` Python client (installed in
+//! `.cache/clients` by `make test`) lists, shows, chats (streamed and not), generates and asks
+//! what is loaded, on a node's `--ollama-api` address, and gets the same greedy text as the OpenAI
+//! endpoint; the same through a node that does not hold the model; errors in Ollama's shape;
+//! malformed bodies refused while the node carries on.
+
+use std::process::Command;
+use std::time::Duration;
+
+use hearth_tests::mesh::{http, Household, NodeOptions, TestNode};
+use hearth_tests::{repo_root, TestModel};
+use serde_json::{json, Value};
+
+const PROMPT: &str = "What is the capital of France?";
+
+/// The node's Ollama address, from its runtime file.
+fn ollama_addr(node: &TestNode) -> String {
+    let info: Value =
+        serde_json::from_slice(&std::fs::read(node.data().join("node.json")).unwrap()).unwrap();
+    info["ollama_api"]
+        .as_str()
+        .expect("the node serves --ollama-api")
+        .to_owned()
+}
+
+/// What `tests/python/ollama_client.py` got from the node at `addr`.
+fn drive_with_the_ollama_client(addr: &str) -> Value {
+    let python = repo_root().join(".cache/clients/bin/python");
+    assert!(
+        python.is_file(),
+        "the `ollama` Python client is not installed: run `make clients` (make test does)"
+    );
+    let out = Command::new(python)
+        .arg(repo_root().join("tests/python/ollama_client.py"))
+        .args([addr, TestModel::SmolLm2.name(), PROMPT])
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the client script prints JSON")
+}
+
+#[test]
+fn the_ollama_client_gets_the_same_replies_as_openai_clients_from_any_node() {
+    let household = Household::new();
+    let with_ollama = |opts: NodeOptions| opts.with_args(&["--ollama-api", "127.0.0.1:0"]);
+    let holder = TestNode::start(
+        "holder",
+        &household,
+        with_ollama(NodeOptions::holding(TestModel::SmolLm2)),
+    );
+    let entry = TestNode::start(
+        "entry",
+        &household,
+        with_ollama(NodeOptions::dialing(&[&holder])),
+    );
+    assert!(entry.wait_for_members(&["entry", "holder"], Duration::from_secs(20)));
+    let openai: Value = http()
+        .post(holder.url("/v1/chat/completions"))
+        .json(&json!({
+            "model": TestModel::SmolLm2.name(),
+            "messages": [{"role": "user", "content": PROMPT}],
+            "temperature": 0, "max_tokens": 16,
+        }))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let want = openai["choices"][0]["message"]["content"].as_str().unwrap();
+    for node in [&holder, &entry] {
+        let got = drive_with_the_ollama_client(&ollama_addr(node));
+        let name = format!("{}:latest", TestModel::SmolLm2.name());
+        assert_eq!(got["tags"], json!([name]), "{}: {got}", node.name);
+        assert_eq!(got["show_family"], "llama");
+        assert_eq!(got["chat"], want, "{}", node.name);
+        assert_eq!(got["chat_streamed"], want, "{}", node.name);
+        assert_eq!(got["generate"], want, "{}", node.name);
+        assert_eq!(got["generate_counts"][1], 16);
+        assert_eq!(got["generate_counts"][2], "length");
+        assert_eq!(got["ps"], json!([name]));
+        let errors = &got["errors"];
+        assert_eq!(errors["unknown_model"][0], 404, "{errors}");
+        assert_eq!(errors["bad_option"][0], 400, "{errors}");
+        assert!(errors["bad_option"][1].as_str().unwrap().contains("top-p"));
+        assert_eq!(
+            errors["tools"],
+            json!([400, "model does not support tools"])
+        );
+    }
+}
+
+#[test]
+fn malformed_ollama_requests_get_ollama_shaped_errors() {
+    let node = TestNode::start(
+        "solo",
+        &Household::new(),
+        NodeOptions::holding(TestModel::SmolLm2),
+    );
+    let post = |path: &str, body: Vec<u8>| {
+        let r = http()
+            .post(node.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().unwrap_or(Value::Null))
+    };
+    for (path, request) in [
+        (
+            "/api/chat",
+            b"{\"model\": \"smollm2-135m\"}\n{\"messages\": []}".to_vec(),
+        ),
+        (
+            "/api/chat",
+            br#"{"model": "smollm2-135m", "messages": "hi"}"#.to_vec(),
+        ),
+        ("/api/generate", br#"{"model": 7, "prompt": "hi"}"#.to_vec()),
+        (
+            "/api/generate",
+            br#"{"model": "smollm2-135m", "prompt": "hi", "options": {"num_predict": 0}}"#.to_vec(),
+        ),
+        (
+            "/api/generate",
+            br#"{"model": "smollm2-135m", "prompt": "hi", "images": ["aGk="]}"#.to_vec(),
+        ),
+        (
+            "/api/generate",
+            br#"{"model": "smollm2-135m", "prompt": "hi", "format": "json"}"#.to_vec(),
+        ),
+        ("/api/show", br#"{"modell": "x"}"#.to_vec()),
+    ] {
+        let (status, body) = post(path, request.clone());
+        assert_eq!(
+            status,
+            400,
+            "{path} {}: {body}",
+            String::from_utf8_lossy(&request)
+        );
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{body}"
+        );
+    }
+    let (status, body) = post(
+        "/api/generate",
+        br#"{"model": "missing:7b", "prompt": "hi"}"#.to_vec(),
+    );
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = post(
+        "/api/embed",
+        br#"{"model": "smollm2-135m", "input": "hi"}"#.to_vec(),
+    );
+    assert_eq!(status, 404);
+    assert!(body["error"].as_str().unwrap().contains("embedding"));
+    match http()
+        .post(node.url("/api/chat"))
+        .body(vec![b'{'; 8 << 20])
+        .send()
+    {
+        Ok(r) => assert_eq!(r.status(), 413),
+        Err(e) => assert!(e.is_request(), "{e}"),
+    }
+    // Loading a model the Ollama way: no messages, done at once.
+    let (status, body) = post("/api/chat", br#"{"model": "smollm2-135m"}"#.to_vec());
+    assert_eq!((status, &body["done"]), (200, &json!(true)), "{body}");
+    assert_eq!(node.get("/healthz")["status"], "ok");
+    assert_eq!(
+        http().get(node.url("/")).send().unwrap().text().unwrap(),
+        "Ollama is running"
+    );
+}
