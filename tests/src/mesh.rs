@@ -141,6 +141,19 @@ pub fn http() -> reqwest::blocking::Client {
         .expect("http client")
 }
 
+/// Posts `body` (as JSON, whatever it holds) to `path` on `node`: the status, and the answer as
+/// JSON (null if it is not).
+pub fn post(node: &TestNode, path: &str, body: impl Into<reqwest::blocking::Body>) -> (u16, Value) {
+    let r = http()
+        .post(node.url(path))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().unwrap_or(Value::Null))
+}
+
 impl TestNode {
     /// Joins `household` in a fresh data directory, imports `opts.models`, starts the node
     /// (loopback, mDNS off, unless in a namespace) and waits until its API answers.

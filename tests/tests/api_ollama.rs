@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use hearth_tests::mesh::{http, Household, NodeOptions, TestNode};
+use hearth_tests::mesh::{http, post, Household, NodeOptions, TestNode};
 use hearth_tests::{repo_root, TestModel};
 use serde_json::{json, Value};
 
@@ -99,16 +99,7 @@ fn malformed_ollama_requests_get_ollama_shaped_errors() {
         &Household::new(),
         NodeOptions::holding(TestModel::SmolLm2),
     );
-    let post = |path: &str, body: Vec<u8>| {
-        let r = http()
-            .post(node.url(path))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json::<Value>().unwrap_or(Value::Null))
-    };
+    let post = |path: &str, body: Vec<u8>| post(&node, path, body);
     for (path, request) in [
         (
             "/api/chat",

@@ -5,20 +5,9 @@
 use std::io::Write;
 use std::time::Duration;
 
-use hearth_tests::mesh::{chunk_text, http, Household, NodeOptions, SseReader, TestNode};
+use hearth_tests::mesh::{chunk_text, http, post, Household, NodeOptions, SseReader, TestNode};
 use hearth_tests::TestModel;
 use serde_json::{json, Value};
-
-fn post(node: &TestNode, path: &str, body: impl Into<reqwest::blocking::Body>) -> (u16, Value) {
-    let r = http()
-        .post(node.url(path))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().unwrap_or(Value::Null))
-}
 
 fn assert_openai_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
     assert_eq!(status, want_status, "{body}");
