@@ -25,6 +25,19 @@ final = client.generate(model=model, prompt=prompt, options=greedy)
 out["generate"] = final.response
 out["generate_counts"] = [final.prompt_eval_count, final.eval_count, final.done_reason]
 out["ps"] = [m.model for m in client.ps().models]
+# Home Assistant's conversation agent (homeassistant/components/ollama/entity.py), without an LLM
+# API: a system prompt, streamed, keep_alive in seconds, num_ctx in options, no tools, no format.
+parts = list(client.chat(
+    model=model,
+    messages=[ollama.Message(role="system", content="You are a voice assistant for a home."),
+              ollama.Message(role="user", content=prompt)],
+    tools=None, stream=True, keep_alive="300s", options={"num_ctx": 8192}, think=None,
+    format=None))
+out["home_assistant"] = {
+    "text": "".join(p.message.content or "" for p in parts),
+    "done_reason": parts[-1].done_reason,
+    "roles": sorted({p.message.role for p in parts}),
+}
 errors = {}
 for name, call in [
     ("unknown_model", lambda: client.chat(model="no-such-model", messages=[{"role": "user", "content": "hi"}])),

@@ -1,7 +1,8 @@
 //! Ollama's API as Ollama apps meet it: the official `ollama` Python client (installed in
 //! `.cache/clients` by `make test`) lists, shows, chats (streamed and not), generates and asks
 //! what is loaded, on a node's `--ollama-api` address, and gets the same greedy text as the OpenAI
-//! endpoint; the same through a node that does not hold the model; errors in Ollama's shape;
+//! endpoint; Home Assistant's conversation request (as its Ollama integration sends it) is
+//! answered; the same through a node that does not hold the model; errors in Ollama's shape;
 //! malformed bodies refused while the node carries on.
 
 use std::process::Command;
@@ -81,6 +82,13 @@ fn the_ollama_client_gets_the_same_replies_as_openai_clients_from_any_node() {
         assert_eq!(got["generate_counts"][1], 16);
         assert_eq!(got["generate_counts"][2], "length");
         assert_eq!(got["ps"], json!([name]));
+        let ha = &got["home_assistant"];
+        assert!(!ha["text"].as_str().unwrap().is_empty(), "{ha}");
+        assert!(
+            ha["done_reason"] == "stop" || ha["done_reason"] == "length",
+            "{ha}"
+        );
+        assert_eq!(ha["roles"], json!(["assistant"]));
         let errors = &got["errors"];
         assert_eq!(errors["unknown_model"][0], 404, "{errors}");
         assert_eq!(errors["bad_option"][0], 400, "{errors}");
