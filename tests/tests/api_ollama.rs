@@ -172,3 +172,56 @@ fn malformed_ollama_requests_get_ollama_shaped_errors() {
         "Ollama is running"
     );
 }
+
+#[test]
+fn open_webui_requests_are_answered() {
+    // The requests Open WebUI's Ollama router sends (backend/open_webui/routers/ollama.py and
+    // utils/payload.py `convert_payload_openai_to_ollama`): version, tags and ps to list, then a
+    // streamed chat whose options carry `num_predict` and `stop`, `keep_alive` and `system` lifted
+    // to the top level.
+    let node = TestNode::start(
+        "webui",
+        &Household::new(),
+        NodeOptions::holding(TestModel::SmolLm2),
+    );
+    assert!(node.get("/api/version")["version"].is_string());
+    let name = format!("{}:latest", TestModel::SmolLm2.name());
+    assert_eq!(node.get("/api/tags")["models"][0]["model"], name.as_str());
+    assert!(node.get("/api/ps")["models"].is_array());
+    let r = http()
+        .post(node.url("/api/chat"))
+        .json(&json!({
+            "model": name,
+            "messages": [
+                {"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": PROMPT},
+            ],
+            "stream": true,
+            "options": {"temperature": 0, "num_predict": 16, "stop": ["\n\n\n"]},
+            "keep_alive": "5m",
+            "system": "You are a helpful assistant.",
+        }))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/x-ndjson",
+        "one JSON object a line"
+    );
+    let lines: Vec<Value> = r
+        .text()
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    let (last, pieces) = lines.split_last().expect("lines");
+    assert!(pieces.iter().all(|l| l["done"] == false));
+    assert_eq!(last["done"], true);
+    assert_eq!(last["eval_count"], 16, "{last}");
+    let text: String = pieces
+        .iter()
+        .map(|l| l["message"]["content"].as_str().unwrap())
+        .collect();
+    assert!(!text.is_empty());
+}
