@@ -79,6 +79,8 @@ pub struct ModelInfo {
     /// File size in bytes.
     pub size: u64,
     pub layers: u32,
+    /// Weights in the model (0: not known).
+    pub parameters: u64,
 }
 
 /// Measured decode speed of one model on one node.

@@ -29,6 +29,10 @@ pub struct ModelSummary {
     pub layers: Option<usize>,
     pub context: Option<usize>,
     pub tensors: usize,
+    /// Weights in the file (summed over its tensors); 0 in cache entries written before hearth
+    /// recorded it.
+    #[serde(default)]
+    pub parameters: u64,
 }
 
 impl ModelSummary {
@@ -53,6 +57,11 @@ impl ModelSummary {
             architecture,
             quantization,
             tensors: gguf.tensors.len(),
+            parameters: gguf
+                .tensors
+                .values()
+                .map(|t| t.dims.iter().map(|&d| d as u64).product::<u64>())
+                .sum(),
         })
     }
 }

@@ -15,6 +15,7 @@ out = {}
 out["tags"] = [m.model for m in client.list().models]
 shown = client.show(model)
 out["show_family"] = shown.details.family
+out["show_parameter_size"] = shown.details.parameter_size
 out["chat"] = client.chat(model=model, messages=[{"role": "user", "content": prompt}],
                           options=greedy).message.content
 out["chat_streamed"] = "".join(

@@ -76,6 +76,12 @@ fn the_ollama_client_gets_the_same_replies_as_openai_clients_from_any_node() {
         let name = format!("{}:latest", TestModel::SmolLm2.name());
         assert_eq!(got["tags"], json!([name]), "{}: {got}", node.name);
         assert_eq!(got["show_family"], "llama");
+        assert!(
+            got["show_parameter_size"]
+                .as_str()
+                .is_some_and(|p| p.ends_with('M') && p.len() >= 3),
+            "{got}"
+        );
         assert_eq!(got["chat"], want, "{}", node.name);
         assert_eq!(got["chat_streamed"], want, "{}", node.name);
         assert_eq!(got["generate"], want, "{}", node.name);

@@ -101,6 +101,16 @@ fn rfc3339(secs: u64) -> String {
     )
 }
 
+/// A parameter count as Ollama writes it: `135M`, `2.7B` (empty when unknown).
+fn parameter_size(n: u64) -> String {
+    match n {
+        0 => String::new(),
+        n if n >= 1_000_000_000 => format!("{:.1}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.0}M", n as f64 / 1e6),
+        n => format!("{:.0}K", n as f64 / 1e3),
+    }
+}
+
 /// Ollama's `details` of a model.
 fn details(m: &MeshModel) -> Value {
     json!({
@@ -108,7 +118,7 @@ fn details(m: &MeshModel) -> Value {
         "format": "gguf",
         "family": m.info.family,
         "families": [m.info.family],
-        "parameter_size": "",
+        "parameter_size": parameter_size(m.info.parameters),
         "quantization_level": m.info.quantization,
     })
 }
@@ -189,6 +199,7 @@ pub async fn show(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<Val
         "model_info": {
             "general.architecture": m.info.family,
             "general.file_type": m.info.quantization,
+            "general.parameter_count": m.info.parameters,
             format!("{}.block_count", m.info.family): m.info.layers,
         },
         "capabilities": ["completion"],
@@ -548,6 +559,9 @@ mod tests {
         assert_eq!(hearth_name("smollm2-135m:latest"), "smollm2-135m");
         assert_eq!(hearth_name("smollm2-135m"), "smollm2-135m");
         assert_eq!(hearth_name("llama3:8b"), "llama3:8b");
+        assert_eq!(parameter_size(134_515_008), "135M");
+        assert_eq!(parameter_size(2_700_000_000), "2.7B");
+        assert_eq!(parameter_size(0), "");
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub fn build_card(name: &str, mesh: &Mesh, engine: &Engine) -> Card {
             quantization: m.summary.quantization,
             size: m.size,
             layers: m.summary.layers.unwrap_or(0) as u32,
+            parameters: m.summary.parameters,
         })
         .collect();
     Card {

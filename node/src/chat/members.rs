@@ -173,6 +173,7 @@ mod tests {
             quantization: "Q4_1".into(),
             size: 1 << 20,
             layers: 30,
+            parameters: 135_000_000,
         }
     }
 
