@@ -163,7 +163,7 @@ impl SamplingArgs {
             max_tokens: self.max_tokens,
             stop: self.stop.clone(),
         };
-        SamplingParams::resolve(&params.sampling, params.seed).validate()?;
+        SamplingParams::check(&params.sampling)?;
         Ok(params)
     }
 }

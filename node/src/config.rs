@@ -217,9 +217,7 @@ impl Settings {
             log_format,
             sampling: {
                 let s = self.sampling.unwrap_or_default();
-                SamplingParams::resolve(&s, 0)
-                    .validate()
-                    .context("the config's [sampling] table")?;
+                SamplingParams::check(&s).context("the config's [sampling] table")?;
                 s
             },
         })

@@ -121,14 +121,17 @@ impl std::fmt::Debug for History {
     }
 }
 
-fn schema_error(conversation: Id) -> impl Fn(SchemaError) -> HistoryError {
-    move |e| match e {
-        SchemaError::NoConversation(id) => HistoryError::NoConversation(id),
-        SchemaError::NoMessage(message) => HistoryError::NoMessage {
-            conversation,
-            message,
-        },
-        other => HistoryError::Schema(other),
+/// The history error for a schema error met while changing document `doc`.
+fn schema_error(doc: DocId, e: SchemaError) -> HistoryError {
+    match (e, doc) {
+        (SchemaError::NoConversation(id), _) => HistoryError::NoConversation(id),
+        (SchemaError::NoMessage(message), DocId::Conversation(conversation)) => {
+            HistoryError::NoMessage {
+                conversation,
+                message,
+            }
+        }
+        (other, _) => HistoryError::Schema(other),
     }
 }
 
@@ -204,10 +207,6 @@ impl History {
         id: DocId,
         f: impl FnOnce(&mut AutoCommit) -> Result<T, SchemaError>,
     ) -> Result<T> {
-        let conversation = match id {
-            DocId::Conversation(c) => c,
-            DocId::Index => Id::random(),
-        };
         let mut docs = self.docs.lock().expect("history lock");
         if docs.get(id).is_none() {
             let created = StoredDoc::create(&self.dir, id, schema::new_doc(id), Durability::Now)?;
@@ -218,7 +217,7 @@ impl History {
             Ok(out) => out,
             Err(e) => {
                 d.doc.rollback();
-                return Err(schema_error(conversation)(e));
+                return Err(schema_error(id, e));
             }
         };
         d.doc.commit();

@@ -72,6 +72,12 @@ impl SamplingParams {
         }
     }
 
+    /// Checks settings given in part: those set must be in range (the rest take defaults, which
+    /// are).
+    pub fn check(o: &SamplingOverrides) -> Result<()> {
+        SamplingParams::resolve(o, 0).validate()
+    }
+
     /// Plain greedy decoding: the most likely token, no repeat penalty.
     pub fn greedy() -> Self {
         SamplingParams {

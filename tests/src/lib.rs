@@ -133,6 +133,20 @@ pub fn hearth(data_dir: &Path, args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().expect("hearth runs")
 }
 
+/// Runs a helper program (a client library driven from a script) that prints one JSON value,
+/// failing with its stderr if it fails.
+pub fn json_from(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?} does not run: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{cmd:?} printed no JSON: {e}"))
+}
+
 /// Builds small GGUF files by hand, for tests of bad and unusual input.
 #[derive(Default)]
 pub struct GgufWriter {

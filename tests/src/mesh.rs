@@ -445,12 +445,8 @@ pub async fn household_client(
     (control, peer)
 }
 
-/// Reads one frame from a raw stream as a `T`; `None` when the stream ends or the frame is bad.
+/// Reads one frame from a raw stream as a `T` (the node's own frame reader); `None` when the
+/// stream ends or the frame is bad.
 pub async fn read_message<T: serde::de::DeserializeOwned>(s: &mut libp2p::Stream) -> Option<T> {
-    use futures::AsyncReadExt;
-    let mut header = [0u8; hearth_protocol::frame::HEADER];
-    s.read_exact(&mut header).await.ok()?;
-    let mut body = vec![0u8; hearth_protocol::frame::body_len(header).ok()?];
-    s.read_exact(&mut body).await.ok()?;
-    hearth_protocol::decode(&body).ok()
+    hearth_node::mesh::wire::read_frame(s).await.ok().flatten()
 }

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use hearth_tests::mesh::{http, post, Household, NodeOptions, TestNode};
-use hearth_tests::{repo_root, TestModel};
+use hearth_tests::{json_from, repo_root, TestModel};
 use serde_json::{json, Value};
 
 const PROMPT: &str = "What is the capital of France?";
@@ -31,17 +31,11 @@ fn drive_with_the_ollama_client(addr: &str) -> Value {
         python.is_file(),
         "the `ollama` Python client is not installed: run `make clients` (make test does)"
     );
-    let out = Command::new(python)
-        .arg(repo_root().join("tests/python/ollama_client.py"))
-        .args([addr, TestModel::SmolLm2.name(), PROMPT])
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("the client script prints JSON")
+    json_from(
+        Command::new(python)
+            .arg(repo_root().join("tests/python/ollama_client.py"))
+            .args([addr, TestModel::SmolLm2.name(), PROMPT]),
+    )
 }
 
 #[test]

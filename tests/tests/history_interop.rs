@@ -8,7 +8,7 @@ use std::process::Command;
 
 use hearth_tests::history::{chat_in, conversation, messages};
 use hearth_tests::mesh::{http, Household, NodeOptions, TestNode};
-use hearth_tests::{repo_root, TestModel};
+use hearth_tests::{json_from, repo_root, TestModel};
 use serde_json::Value;
 
 /// What `tests/js/load.mjs` reads from the Automerge file at `path`.
@@ -18,17 +18,7 @@ fn read_in_javascript(path: &Path) -> Value {
         js.join("node_modules/@automerge/automerge").is_dir(),
         "JavaScript's Automerge is not installed: run `npm ci --prefix tests/js` (make test does)"
     );
-    let out = Command::new("node")
-        .arg(js.join("load.mjs"))
-        .arg(path)
-        .output()
-        .expect("node (Node.js) runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("load.mjs prints JSON")
+    json_from(Command::new("node").arg(js.join("load.mjs")).arg(path))
 }
 
 #[test]
@@ -46,27 +36,13 @@ fn javascript_automerge_reads_stored_files_and_exports() {
     let api = conversation(&node, &id).unwrap();
     let want: Vec<(String, String, String)> = messages(&api);
     assert_eq!(want.len(), 4);
-    let read = |v: &Value| -> Vec<(String, String, String)> {
-        v["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| {
-                (
-                    m["role"].as_str().unwrap().to_owned(),
-                    m["text"].as_str().unwrap().to_owned(),
-                    m["status"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect()
-    };
 
     // The node's own file: appended changes included.
     let stored = node.data().join("history").join(format!("{id}.automerge"));
     let js = read_in_javascript(&stored);
     assert_eq!(js["hearth"], "conversation/1");
     assert_eq!(js["id"], id.as_str());
-    assert_eq!(read(&js), want);
+    assert_eq!(messages(&js), want);
 
     // The export.
     let bytes = http()
@@ -77,7 +53,7 @@ fn javascript_automerge_reads_stored_files_and_exports() {
         .unwrap();
     let exported = node.data().join("export.automerge");
     std::fs::write(&exported, &bytes).unwrap();
-    assert_eq!(read(&read_in_javascript(&exported)), want);
+    assert_eq!(messages(&read_in_javascript(&exported)), want);
 
     // The index.
     let index = read_in_javascript(&node.data().join("history/index.automerge"));

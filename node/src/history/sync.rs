@@ -61,16 +61,10 @@ async fn dial(mesh: Mesh, history: Arc<History>, memory: Arc<Memory>) {
         tick.tick().await;
         for link in mesh.peers() {
             let peer = link.peer;
-            if me >= peer
-                || memory
-                    .sessions
-                    .lock()
-                    .expect("sessions lock")
-                    .contains(&peer)
-            {
+            // `insert` is false while a session with the peer runs.
+            if me >= peer || !memory.sessions.lock().expect("sessions lock").insert(peer) {
                 continue;
             }
-            memory.sessions.lock().expect("sessions lock").insert(peer);
             let (mesh, history, memory) = (mesh.clone(), history.clone(), memory.clone());
             tokio::spawn(async move {
                 match mesh.open(peer, SYNC_PROTOCOL).await {

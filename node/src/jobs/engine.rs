@@ -497,9 +497,7 @@ impl Engine {
 /// Checks a job's settings before any model is at hand: those it sets must be in range (the
 /// serving node fills the rest from the model's recommendation or hearth's defaults, in range).
 pub fn check_params(p: &JobParams) -> Result<(), JobError> {
-    SamplingParams::resolve(&p.sampling, p.seed)
-        .validate()
-        .map_err(|e| JobError::BadRequest(e.to_string()))
+    SamplingParams::check(&p.sampling).map_err(|e| JobError::BadRequest(e.to_string()))
 }
 
 #[cfg(test)]
