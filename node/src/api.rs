@@ -21,6 +21,37 @@ use crate::chat::{FailKind, ReplyError};
 use crate::metrics::Metrics;
 use crate::node::Node;
 
+/// hearth's own request options, on the OpenAI and Ollama endpoints alike: `"node": NAME` pins
+/// the serving node; `"conversation": ID` (or `"new"`) records the request and its reply in the
+/// history; `"parse_special": false` makes control tokens written in a raw prompt plain text;
+/// `"split": N` or `"stages": [NAME, ...]` splits the model over N nodes (or those, in that
+/// order) even when one could serve it whole; `"wire": "f16"` halves a split's traffic.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HearthOptions {
+    pub node: Option<String>,
+    pub conversation: Option<String>,
+    pub parse_special: Option<bool>,
+    pub split: Option<u32>,
+    pub stages: Option<Vec<String>>,
+    pub wire: Option<String>,
+}
+
+impl HearthOptions {
+    /// The split asked for, and its wire format.
+    pub fn split(
+        &self,
+    ) -> Result<(Option<crate::split::plan::Ask>, hearth_protocol::WireDtype), String> {
+        let ask = crate::split::plan::Ask::from_request(self.split, self.stages.clone())?;
+        let wire = match self.wire.as_deref() {
+            None | Some("f32") => hearth_protocol::WireDtype::F32,
+            Some("f16") => hearth_protocol::WireDtype::F16,
+            Some(other) => return Err(format!("wire {other:?}: use \"f32\" or \"f16\"")),
+        };
+        Ok((ask, wire))
+    }
+}
+
 /// What a request with `tools` gets, on either API, as Ollama answers for such models: none of
 /// hearth's models' templates take tools yet.
 pub const NO_TOOLS: &str = "model does not support tools";

@@ -121,6 +121,8 @@ pub(crate) fn sample_card(name: &str) -> Card {
         max_jobs: 4,
         draining: false,
         revoked: Vec::new(),
+        max_memory: None,
+        memory_used: 0,
     }
 }
 

@@ -9,17 +9,20 @@ pub mod routing;
 use std::sync::Arc;
 
 use hearth_protocol::history::Id;
-use hearth_protocol::{JobParams, JobRequest, ModelInfo, Prompt, Resume, PROTOCOL_VERSION};
+use hearth_protocol::{
+    JobParams, JobRequest, ModelInfo, Prompt, Resume, WireDtype, PROTOCOL_VERSION,
+};
 use tokio::sync::mpsc;
 
 pub use dispatch::{FailKind, Reply};
-pub use members::{Member, Members, MeshModel, UnknownModel};
+pub use members::{Member, Members, MeshModel, RouteAsk, UnknownModel};
 
 use crate::history::{record, ConversationRef, HistoryError};
 use crate::jobs;
 use crate::models::DEFAULT_MODEL;
 use crate::node::Node;
-use routing::Candidate;
+use crate::split::plan;
+use routing::{Candidate, SplitRoute};
 
 /// A reply to start, as any API asks for it.
 #[derive(Debug, Clone)]
@@ -30,6 +33,10 @@ pub struct ReplyRequest {
     pub params: JobParams,
     /// Serve on this node only.
     pub pin: Option<String>,
+    /// Split the model over several nodes as this says, even when one could serve it whole.
+    pub split: Option<plan::Ask>,
+    /// How a split's hidden states travel.
+    pub wire: WireDtype,
     /// Record the request and its reply in this conversation.
     pub conversation: Option<ConversationRef>,
 }
@@ -75,16 +82,29 @@ pub async fn start_reply(
     let query = request.model.unwrap_or_else(|| DEFAULT_MODEL.to_owned());
     let members = Members::of(node);
     let model = members.find_model(&query)?;
-    let route = members.route(&model.info.digest, request.pin.as_deref());
+    let context = node.engine.context() as u32;
+    let route = members.route(
+        &model.info.digest,
+        &RouteAsk {
+            pin: request.pin.as_deref(),
+            split: request.split.clone(),
+            wire: request.wire,
+            exclude: &[],
+            context,
+        },
+    );
     if route.ranked.is_empty() {
         if let Some(pin) = request.pin.filter(|p| members.named(p).is_none()) {
             return Err(ReplyError::UnknownNode(pin));
         }
-        let reasons: Vec<String> = route
+        let mut reasons: Vec<String> = route
             .rejected
             .iter()
             .map(|r| format!("{} {}", r.node, r.reason))
             .collect();
+        if let Some(SplitRoute::Impossible(no)) = &route.split {
+            reasons.push(format!("and no split fits: {no}"));
+        }
         return Err(ReplyError::NoRoute {
             model: model.info.name,
             reasons: reasons.join("; "),
@@ -116,16 +136,29 @@ pub async fn start_reply(
         prompt: request.prompt,
         params,
         resume: Resume::default(),
+        split: None,
     };
     let (tx, mut replies) = mpsc::channel(64);
     let serving = node.clone();
+    let (digest, split, wire) = (model.info.digest.clone(), request.split, request.wire);
     tokio::spawn(async move {
         let _in_flight = serving.drain.enter();
         let open = |c: &Candidate, job: JobRequest| match c.peer_id {
             None => serving.engine.submit("this node's API", job),
             Some(peer) => jobs::open(&serving.mesh, peer, job),
         };
-        dispatch::drive(&route.ranked, job, open, &serving.metrics, tx).await;
+        // Without the nodes lost so far, as the household looks now.
+        let replan = |lost: &[libp2p::PeerId]| {
+            let ask = RouteAsk {
+                pin: None,
+                split: split.clone(),
+                wire,
+                exclude: lost,
+                context,
+            };
+            Members::of(&serving).route(&digest, &ask).ranked
+        };
+        dispatch::drive(route.ranked, job, open, replan, &serving.metrics, tx).await;
     });
     let first = replies.recv().await;
     if let Some(Reply::Started { node: serving, .. }) = first {

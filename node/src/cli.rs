@@ -44,6 +44,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show where a request for MODEL would run: the ranked nodes, or the split over several
+    /// (each stage's node, layers and memory) with its estimated speed (needs a running node).
+    Route {
+        /// Model name or digest prefix.
+        model: String,
+        /// Plan a split over this many nodes even if one could serve the model whole.
+        #[arg(long, value_name = "N", conflicts_with = "stages")]
+        split: Option<u32>,
+        /// Plan a split over these nodes, in this order (comma-separated names).
+        #[arg(long, value_name = "NAMES")]
+        stages: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `hearth node`.

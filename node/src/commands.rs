@@ -45,6 +45,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Household(cmd) => household::household(&data, cmd),
         Command::History(cmd) => history::history(&data, cmd),
         Command::Peers { json } => peers::peers(&data, json),
+        Command::Route {
+            model,
+            split,
+            stages,
+            json,
+        } => peers::route(&data, &model, split, stages.as_deref(), json),
     }
 }
 

@@ -61,6 +61,10 @@ pub struct Settings {
     /// Context length per job, in tokens [default: 4096, capped at the model's].
     #[arg(long, env = "HEARTH_CTX", value_name = "TOKENS")]
     pub ctx: Option<u32>,
+    /// Memory this node offers for models and split stages, e.g. 300MB or 2GiB [default: all
+    /// that is free]. Routing and split planning respect it.
+    #[arg(long, env = "HEARTH_MAX_MEMORY", value_name = "SIZE")]
+    pub max_memory: Option<String>,
     /// Models to load at start rather than at their first request (repeatable).
     #[arg(
         long = "load",
@@ -104,6 +108,8 @@ pub struct NodeConfig {
     pub max_queue: usize,
     pub threads: Option<usize>,
     pub ctx: usize,
+    /// Bytes offered for models; `None`: all that is free.
+    pub max_memory: Option<u64>,
     pub load: Vec<String>,
     pub grace: std::time::Duration,
     pub log_format: LogFormat,
@@ -138,6 +144,7 @@ impl Settings {
             max_queue: self.max_queue.or(fallback.max_queue),
             threads: self.threads.or(fallback.threads),
             ctx: self.ctx.or(fallback.ctx),
+            max_memory: self.max_memory.or(fallback.max_memory),
             load: vec_or(self.load, fallback.load),
             grace: self.grace.or(fallback.grace),
             log_format: self.log_format.or(fallback.log_format),
@@ -212,6 +219,12 @@ impl Settings {
             max_queue: positive(self.max_queue, 16, "--max-queue")?,
             threads: self.threads.map(|t| t.max(1) as usize),
             ctx: positive(self.ctx, 4096, "--ctx")?.max(16),
+            max_memory: self
+                .max_memory
+                .as_deref()
+                .map(crate::memory::parse_size)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--max-memory: {e}"))?,
             load: self.load,
             grace: std::time::Duration::from_secs(self.grace.unwrap_or(5)),
             log_format,

@@ -1,5 +1,5 @@
 //! `hearth node`: the composition root. Starts the engine, the mesh and each protocol over it
-//! (cards, jobs, history sync), then the HTTP API; records where it listens; and on SIGINT/SIGTERM stops taking
+//! (cards, jobs, split stages, history sync), then the HTTP API; records where it listens; and on SIGINT/SIGTERM stops taking
 //! work, lets in-flight replies finish, tells peers and exits.
 
 use std::sync::Arc;
@@ -14,11 +14,13 @@ use crate::drain::Drain;
 use crate::history::{self, History};
 use crate::household::Household;
 use crate::jobs::{self, Engine, EngineConfig};
+use crate::memory::Budget;
 use crate::mesh::{Mesh, MeshConfig};
 use crate::metrics::Metrics;
 use crate::models::ModelCache;
 use crate::node::Node;
 use crate::runtime_file::RuntimeInfo;
+use crate::split;
 use crate::{api, durable, identity, logs};
 
 /// Test hook: milliseconds added to every model load, so tests can watch a node while it loads.
@@ -64,6 +66,7 @@ async fn serve(
         cache.clone(),
         metrics.clone(),
         drain.clone(),
+        Budget::new(config.max_memory),
     );
     for model in &config.load {
         let digest = cache
@@ -115,6 +118,18 @@ async fn serve(
     };
     let cards = cards::start(&mesh, card.clone())?;
     jobs::serve(&mesh, engine.clone())?;
+    let stages = split::Host::new(
+        mesh.clone(),
+        cache.clone(),
+        config
+            .threads
+            .unwrap_or_else(hearth_shards::default_threads),
+        engine.budget().clone(),
+        metrics.clone(),
+        drain.clone(),
+    );
+    split::serve(stages.clone())?;
+    engine.serve_splits(stages);
     let history_dir = data.root().join("history");
     let device = mesh.peer_id().to_string();
     let history = tokio::task::spawn_blocking(move || History::open(&history_dir, &device))

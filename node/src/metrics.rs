@@ -12,6 +12,23 @@ pub struct Metrics {
     pub jobs_served: AtomicU64,
     pub failovers: AtomicU64,
     pub refused_connections: AtomicU64,
+    /// Replies served as a split, and re-plans after a stage was lost.
+    pub split_replies: AtomicU64,
+    pub split_replans: AtomicU64,
+    /// Stage frames refused (wrong session, shape, dtype, layers).
+    pub stage_frames_refused: AtomicU64,
+    /// Bytes this node sent to the next stage of a split, by the sending stage's index.
+    pub split_hop_bytes: [AtomicU64; MAX_HOPS],
+}
+
+/// Hops counted separately in `/metrics` (stages beyond share the last count).
+pub const MAX_HOPS: usize = 8;
+
+impl Metrics {
+    /// Counts `bytes` sent by stage `index` to the next stage.
+    pub fn hop_bytes(&self, index: usize, bytes: usize) {
+        self.split_hop_bytes[index.min(MAX_HOPS - 1)].fetch_add(bytes as u64, Ordering::Relaxed);
+    }
 }
 
 /// Gauges read at scrape time.
@@ -77,6 +94,21 @@ impl Metrics {
                 counter(&self.refused_connections),
             ),
             (
+                "hearth_split_replies_total",
+                "Replies this node served through a split over several nodes.",
+                counter(&self.split_replies),
+            ),
+            (
+                "hearth_split_replans_total",
+                "Split replies re-planned after a stage was lost.",
+                counter(&self.split_replans),
+            ),
+            (
+                "hearth_stage_frames_refused_total",
+                "Stage frames refused: wrong session, shape, dtype or layers.",
+                counter(&self.stage_frames_refused),
+            ),
+            (
                 "hearth_queue_depth",
                 "Jobs waiting for a slot.",
                 gauge(gauges.queue_depth),
@@ -115,6 +147,19 @@ impl Metrics {
                 )
             })
             .collect();
+        let hops: Vec<(String, f64)> = self
+            .split_hop_bytes
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (format!("{{stage=\"{i}\"}}"), b.load(Ordering::Relaxed) as f64))
+            .filter(|(_, b)| *b > 0.0)
+            .collect();
+        metric(
+            "hearth_split_hop_bytes_total",
+            "counter",
+            "Bytes sent from split stage STAGE to the next (the last stage's are tokens to the first).",
+            &hops,
+        );
         metric(
             "hearth_tokens_per_second",
             "gauge",

@@ -46,6 +46,10 @@ pub struct Card {
     pub draining: bool,
     /// Peer ids this node's household has revoked; peers merge them into their own lists.
     pub revoked: Vec<String>,
+    /// Bytes the node offers for models (`--max-memory`); `None`: as much as is free.
+    pub max_memory: Option<u64>,
+    /// Bytes its loaded models and split stages take now.
+    pub memory_used: u64,
 }
 
 /// A compute device.
@@ -81,6 +85,50 @@ pub struct ModelInfo {
     pub layers: u32,
     /// Weights in the model (0: not known).
     pub parameters: u64,
+    /// The model's layers, for planning splits; `None` for architectures hearth cannot run.
+    pub layout: Option<ModelLayout>,
+}
+
+/// What a model's parts weigh in memory: what the split planner places on nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelLayout {
+    /// Weight bytes of each layer, in order.
+    pub layer_bytes: Vec<u64>,
+    /// The token embedding (held by the first stage).
+    pub embedding_bytes: u64,
+    /// The final norm and output head (held by the last stage; a copy of the embedding when the
+    /// model ties them).
+    pub head_bytes: u64,
+    /// Key and value cache bytes per position per layer.
+    pub kv_bytes_per_token: u64,
+    /// Width of the hidden states passed between stages.
+    pub dim: u32,
+    /// The model's own context length.
+    pub context: u32,
+}
+
+impl ModelLayout {
+    /// Layers in the model.
+    pub fn layers(&self) -> u32 {
+        self.layer_bytes.len() as u32
+    }
+
+    /// Bytes a stage holding `start..end` needs with a cache of `context` positions.
+    pub fn stage_bytes(&self, start: u32, end: u32, context: u32) -> u64 {
+        let n = self.layers();
+        let layers: u64 = self.layer_bytes[start.min(n) as usize..end.min(n) as usize]
+            .iter()
+            .sum();
+        let kv = self.kv_bytes_per_token * u64::from(end.saturating_sub(start)) * u64::from(context);
+        let embedding = if start == 0 { self.embedding_bytes } else { 0 };
+        let head = if end == n { self.head_bytes } else { 0 };
+        layers + kv + embedding + head
+    }
+
+    /// Bytes the whole model needs with a cache of `context` positions.
+    pub fn whole_bytes(&self, context: u32) -> u64 {
+        self.stage_bytes(0, self.layers(), context)
+    }
 }
 
 /// Measured decode speed of one model on one node.
@@ -91,6 +139,15 @@ pub struct ModelSpeed {
 }
 
 impl Card {
+    /// Bytes free for models: the free memory of its best device, within what it offers.
+    pub fn memory_free(&self) -> u64 {
+        let free = self.free_memory();
+        match self.max_memory {
+            Some(cap) => free.min(cap.saturating_sub(self.memory_used)),
+            None => free,
+        }
+    }
+
     /// Free memory of the device a model would run on: the largest free GPU memory, else RAM.
     pub fn free_memory(&self) -> u64 {
         self.devices

@@ -23,6 +23,9 @@ pub struct JobRequest {
     pub params: JobParams,
     /// Tokens another peer already produced for this reply, when failing over.
     pub resume: Resume,
+    /// Run the model as this pipeline of stages, of which the receiving node is the last;
+    /// `None`: the whole model on the receiving node.
+    pub split: Option<crate::stage::Split>,
 }
 
 impl JobRequest {
@@ -158,6 +161,9 @@ pub enum JobEvent {
     Busy { reason: String },
     /// The job failed.
     Failed { code: FailCode, message: String },
+    /// A split job lost one of its stages (`peer`, a peer id): the requester may re-plan without
+    /// it and resume.
+    StageLost { peer: String, message: String },
 }
 
 /// Token counts of a finished reply.
@@ -213,6 +219,7 @@ mod tests {
             prompt: Prompt::text("hi"),
             params: JobParams::greedy(1),
             resume: Resume::default(),
+            split: None,
         };
         assert_eq!(r.check(), Ok(()));
         for bad in [

@@ -6,21 +6,25 @@ pub mod frame;
 pub mod history;
 pub mod household;
 pub mod job;
+pub mod stage;
 pub mod sync;
 
-pub use card::{Card, CardReply, CardRequest, Device, DeviceKind, ModelInfo, ModelSpeed};
+pub use card::{
+    Card, CardReply, CardRequest, Device, DeviceKind, ModelInfo, ModelLayout, ModelSpeed,
+};
 pub use frame::{decode, encode, FrameBuffer, FrameError, MAX_FRAME};
 pub use household::{HouseholdSecret, JoinCodeError};
 pub use job::{
     is_digest, ChatMessage, FailCode, Finish, JobEvent, JobParams, JobRequest, Prompt, Resume,
     SamplingOverrides, Usage, MAX_PROMPT_TOKENS,
 };
+pub use stage::{Split, StageFrame, StageOpen, StagePlan, WireDtype};
 pub use sync::SyncFrame;
 
 /// Version of the hearth protocol spoken by this build; peers with another version are refused.
 /// (2: jobs name models by full digest only; `FailCode::ContextOverflow`; sampling settings
 /// left unset for the serving node; raw prompts say whether control tokens are parsed.)
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// libp2p protocol name of the capability-card exchange.
 pub const CARD_PROTOCOL: &str = "/hearth/card/1";
@@ -30,3 +34,6 @@ pub const JOB_PROTOCOL: &str = "/hearth/job/1";
 
 /// libp2p protocol name of history sync.
 pub const SYNC_PROTOCOL: &str = "/hearth/sync/1";
+
+/// Pipeline stages of a split model: sessions, token ids and hidden states.
+pub const STAGE_PROTOCOL: &str = "/hearth/stage/1";

@@ -152,7 +152,8 @@ impl Generator {
         params: &GenerateParams,
         mut on_piece: impl FnMut(Piece<'_>) -> bool,
     ) -> Result<Completion> {
-        let mut sampler = Sampler::new(params.sampling.clone())?;
+        // Settings are checked before any work.
+        Sampler::new(params.sampling.clone())?;
         if prompt.is_empty() {
             return Err(Error::BadParameter("the prompt is empty".into()));
         }
@@ -176,82 +177,156 @@ impl Generator {
         let prefill_time = start.elapsed();
 
         let start = Instant::now();
-        let mut decoder = StreamDecoder::default();
-        let mut stops = StopScanner::new(&params.stop);
-        // Replay what was produced before so held-back text and split characters carry over;
-        // text the client has not seen yet goes out with the first new piece.
-        let mut stopped = false;
-        for &token in &resume.tokens {
-            stopped = stops.push(&decoder.push(&self.tokenizer, token)).1;
-        }
-        let mut backlog = stops
-            .emitted
-            .get(resume.emitted_bytes as usize..)
-            .unwrap_or_default()
-            .to_owned();
-        let mut tokens = resume.tokens.clone();
-        let mut finish = if stopped {
-            Finish::Stop
-        } else {
-            Finish::Length
-        };
-        let full_context = |cache: &KvCache| cache.len() + 1 >= cache.capacity();
-        // Batched steps wait for this session's tokens while it is in the loop below.
+        // Batched steps wait for this session's tokens while it decodes.
         let _decoding = self.batcher.as_ref().map(|b| b.enter());
-        let mut more = !stopped && tokens.len() < params.max_tokens;
-        while more {
-            let token = sampler.sample(&mut self.logits, &self.cached);
-            if self.tokenizer.stop_tokens().contains(&token) {
-                finish = Finish::Stop;
-                break;
-            }
-            tokens.push(token);
-            let (ready, stopped) = stops.push(&decoder.push(&self.tokenizer, token));
-            backlog.push_str(&ready);
-            if !on_piece(Piece::Token {
-                id: token,
-                text: &backlog,
-            }) {
-                finish = Finish::Cancelled;
-                break;
-            }
-            backlog.clear();
-            if stopped {
-                finish = Finish::Stop;
-                break;
-            }
-            more = tokens.len() < params.max_tokens && !full_context(&self.cache);
-            if more {
-                match &self.batcher {
-                    Some(b) => b.decode(&mut self.cache, token, &mut self.logits)?,
-                    None => {
-                        self.stage.forward(
-                            &mut self.cache,
-                            StageInput::Tokens(&[token]),
-                            &mut self.logits,
-                        )?;
-                    }
-                }
-                self.cached.push(token);
-            }
-        }
-        if finish != Finish::Cancelled {
-            let (rest, _) = stops.push(&decoder.finish());
-            backlog.push_str(&stops.flush(rest));
-            if !backlog.is_empty() {
-                on_piece(Piece::Tail(&backlog));
-            }
-        }
+        let mut steps = LocalSteps {
+            stage: &self.stage,
+            cache: &mut self.cache,
+            batcher: self.batcher.as_deref(),
+        };
+        let capacity = steps.cache.capacity();
+        let reply = decode_reply(
+            &mut steps,
+            &self.tokenizer,
+            &mut self.cached,
+            capacity,
+            &mut self.logits,
+            resume,
+            params,
+            &mut on_piece,
+        )?;
         Ok(Completion {
-            text: stops.emitted,
-            tokens,
-            finish,
+            text: reply.text,
+            tokens: reply.tokens,
+            finish: reply.finish,
             prompt_tokens: prompt.len(),
             reused_tokens: reused,
             prefill_time,
             decode_time: start.elapsed(),
         })
     }
+}
+
+/// Runs tokens through a model to the next token's logits: a whole model in this process, or a
+/// split's pipeline of stages on several nodes.
+pub trait Steps {
+    /// Runs `tokens` at the next positions; `logits` gets the last position's logits.
+    fn feed(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<()>;
+
+    /// Runs one decoded token (where the steps batch decoding, with other sessions').
+    fn step(&mut self, token: u32, logits: &mut Vec<f32>) -> Result<()> {
+        self.feed(&[token], logits)
+    }
+}
+
+/// A whole model's stage and one session's cache, decoding through a batcher when there is one.
+struct LocalSteps<'a> {
+    stage: &'a Stage,
+    cache: &'a mut KvCache,
+    batcher: Option<&'a DecodeBatcher>,
+}
+
+impl Steps for LocalSteps<'_> {
+    fn feed(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<()> {
+        self.stage
+            .forward(self.cache, StageInput::Tokens(tokens), logits)
+            .map(|_| ())
+    }
+
+    fn step(&mut self, token: u32, logits: &mut Vec<f32>) -> Result<()> {
+        match self.batcher {
+            Some(b) => b.decode(self.cache, token, logits),
+            None => self.feed(&[token], logits),
+        }
+    }
+}
+
+/// A reply decoded by [`decode_reply`].
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    /// The reply's text (stop strings cut).
+    pub text: String,
+    /// Its tokens, the resumed ones first.
+    pub tokens: Vec<u32>,
+    pub finish: Finish,
+}
+
+/// Decodes a reply once the prompt and any resumed tokens have been fed through `steps` (`fed`
+/// holds them, `logits` the last one's logits; the context holds `capacity` positions): samples,
+/// stops at stop tokens, stop strings, `max_tokens` or a full context, streams text as it
+/// completes, and continues a resumed reply as if it had never stopped. The one decoding loop
+/// for whole models and splits.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_reply(
+    steps: &mut dyn Steps,
+    tokenizer: &Tokenizer,
+    fed: &mut Vec<u32>,
+    capacity: usize,
+    logits: &mut Vec<f32>,
+    resume: &Resume,
+    params: &GenerateParams,
+    on_piece: &mut dyn FnMut(Piece<'_>) -> bool,
+) -> Result<Decoded> {
+    let mut sampler = Sampler::new(params.sampling.clone())?;
+    let mut decoder = StreamDecoder::default();
+    let mut stops = StopScanner::new(&params.stop);
+    // Replay what was produced before so held-back text and split characters carry over;
+    // text the client has not seen yet goes out with the first new piece.
+    let mut stopped = false;
+    for &token in &resume.tokens {
+        stopped = stops.push(&decoder.push(tokenizer, token)).1;
+    }
+    let mut backlog = stops
+        .emitted
+        .get(resume.emitted_bytes as usize..)
+        .unwrap_or_default()
+        .to_owned();
+    let mut tokens = resume.tokens.clone();
+    let mut finish = if stopped {
+        Finish::Stop
+    } else {
+        Finish::Length
+    };
+    let mut more = !stopped && tokens.len() < params.max_tokens;
+    while more {
+        let token = sampler.sample(logits, fed);
+        if tokenizer.stop_tokens().contains(&token) {
+            finish = Finish::Stop;
+            break;
+        }
+        tokens.push(token);
+        let (ready, stopped) = stops.push(&decoder.push(tokenizer, token));
+        backlog.push_str(&ready);
+        if !on_piece(Piece::Token {
+            id: token,
+            text: &backlog,
+        }) {
+            finish = Finish::Cancelled;
+            break;
+        }
+        backlog.clear();
+        if stopped {
+            finish = Finish::Stop;
+            break;
+        }
+        more = tokens.len() < params.max_tokens && fed.len() + 1 < capacity;
+        if more {
+            steps.step(token, logits)?;
+            fed.push(token);
+        }
+    }
+    if finish != Finish::Cancelled {
+        let (rest, _) = stops.push(&decoder.finish());
+        backlog.push_str(&stops.flush(rest));
+        if !backlog.is_empty() {
+            on_piece(Piece::Tail(&backlog));
+        }
+    }
+    Ok(Decoded {
+        text: stops.emitted,
+        tokens,
+        finish,
+    })
 }
 
 /// What generation hands its caller as it goes.

@@ -23,7 +23,9 @@ pub mod tokenizer;
 pub use batch::{BatchStats, DecodeBatcher};
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use error::{Error, Result};
-pub use generate::{Completion, Finish, GenerateParams, Generator, Piece, Resume};
+pub use generate::{
+    decode_reply, Completion, Decoded, Finish, GenerateParams, Generator, Piece, Resume, Steps,
+};
 pub use gguf::Gguf;
 pub use kv_cache::KvCache;
 pub use model::{default_threads, thread_pool, Model, ModelSummary};

@@ -5,7 +5,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
-use hearth_protocol::Prompt;
+use hearth_protocol::{ModelLayout, Prompt};
 use rayon::ThreadPool;
 
 use crate::chat_template::{ChatMessage, ChatTemplate};
@@ -33,6 +33,10 @@ pub struct ModelSummary {
     /// recorded it.
     #[serde(default)]
     pub parameters: u64,
+    /// What its parts weigh, for planning splits; `None` where hearth cannot run the file (and
+    /// in cache entries written before hearth recorded it).
+    #[serde(default)]
+    pub layout: Option<ModelLayout>,
 }
 
 impl ModelSummary {
@@ -62,8 +66,39 @@ impl ModelSummary {
                 .values()
                 .map(|t| t.dims.iter().map(|&d| d as u64).product::<u64>())
                 .sum(),
+            layout: layout(gguf).ok(),
         })
     }
+}
+
+/// What each part of a model in a file weighs once loaded (the quantized blocks as stored).
+pub fn layout(gguf: &Gguf) -> Result<ModelLayout> {
+    let spec = family::spec_for(gguf)?;
+    let bytes = |name: &str| gguf.tensor(name).map(|t| t.len as u64);
+    let layer_bytes = (0..spec.n_layers())
+        .map(|i| {
+            let prefix = format!("blk.{i}.");
+            gguf.tensors
+                .values()
+                .filter(|t| t.name.starts_with(&prefix))
+                .map(|t| t.len as u64)
+                .sum()
+        })
+        .collect();
+    let output = if gguf.tensors.contains_key("output.weight") {
+        "output.weight"
+    } else {
+        "token_embd.weight"
+    };
+    Ok(ModelLayout {
+        layer_bytes,
+        embedding_bytes: bytes("token_embd.weight")?,
+        head_bytes: bytes(output)? + bytes("output_norm.weight")?,
+        // Keys and values, f16 each.
+        kv_bytes_per_token: 2 * 2 * spec.kv_dim() as u64,
+        dim: spec.dim as u32,
+        context: spec.context as u32,
+    })
 }
 
 /// llama.cpp's `general.file_type` names.

@@ -12,7 +12,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::ApiError;
-use crate::chat::Members;
+use crate::chat::{Members, RouteAsk};
+use crate::split::plan::Ask;
 use crate::node::Node;
 
 /// `GET /healthz`.
@@ -34,9 +35,14 @@ pub async fn peers(State(node): State<Arc<Node>>) -> impl IntoResponse {
 pub struct RouteQuery {
     model: Option<String>,
     node: Option<String>,
+    split: Option<u32>,
+    /// Node names, comma-separated.
+    stages: Option<String>,
 }
 
-/// `GET /api/route?model=NAME[&node=PIN]`: the ranking a request would get, with reasons.
+/// `GET /api/route?model=NAME[&node=PIN][&split=N|&stages=A,B]`: the ranking a request would
+/// get, with reasons, and the split it would take (each stage's node, layers and memory, and
+/// the estimate) when no node can serve the model whole or one is asked for.
 pub async fn route(
     State(node): State<Arc<Node>>,
     Query(q): Query<RouteQuery>,
@@ -48,11 +54,24 @@ pub async fn route(
     let model = members
         .find_model(&query)
         .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "model_not_found", e.to_string()))?;
-    let route = members.route(&model.info.digest, q.node.as_deref());
+    let stages = q
+        .stages
+        .map(|s| s.split(',').map(|n| n.trim().to_owned()).collect());
+    let split = Ask::from_request(q.split, stages).map_err(|e| ApiError::bad_param("split", e))?;
+    let route = members.route(
+        &model.info.digest,
+        &RouteAsk {
+            pin: q.node.as_deref(),
+            split,
+            context: node.engine.context() as u32,
+            ..RouteAsk::default()
+        },
+    );
     Ok(Json(json!({
         "model": model,
         "ranked": route.ranked,
         "rejected": route.rejected,
+        "split": route.split,
     })))
 }
 

@@ -13,6 +13,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::Stream;
+use super::HearthOptions;
 use hearth_protocol::{ChatMessage, Finish, JobParams, Prompt, SamplingOverrides, Usage};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -277,13 +278,6 @@ struct Common {
     hearth: HearthOptions,
 }
 
-/// hearth's own options, as on the OpenAI endpoints.
-#[derive(Debug, Default, Deserialize)]
-struct HearthOptions {
-    node: Option<String>,
-    conversation: Option<String>,
-}
-
 #[derive(Debug, Deserialize)]
 struct InMessage {
     role: String,
@@ -427,6 +421,7 @@ async fn respond(
             "format {f} is not supported: hearth cannot constrain replies to a format yet"
         )));
     }
+    let (split, wire) = common.hearth.split().map_err(|e| bad(format!("hearth: {e}")))?;
     let conversation = common
         .hearth
         .conversation
@@ -439,6 +434,8 @@ async fn respond(
         prompt,
         params: job_params(common.options)?,
         pin: common.hearth.node,
+        split,
+        wire,
         conversation,
     };
     let start = Instant::now();

@@ -17,8 +17,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::ApiError;
-use crate::chat::{self, Members, Reply, ReplyRequest};
+use super::{ApiError, HearthOptions};
+use crate::chat::{self, Members, Reply, ReplyRequest, RouteAsk};
 use crate::history::ConversationRef;
 use crate::jobs;
 use crate::node::Node;
@@ -56,16 +56,6 @@ impl OneOrMany {
             OneOrMany::Many(v) => v,
         }
     }
-}
-
-/// hearth's own request options: `"hearth": {"node": NAME}` pins the serving node;
-/// `"conversation": ID` (or `"new"`) records the request and its reply in the history;
-/// `"parse_special": false` makes control tokens written in a raw prompt plain text.
-#[derive(Debug, Default, Deserialize)]
-struct HearthOptions {
-    node: Option<String>,
-    conversation: Option<String>,
-    parse_special: Option<bool>,
 }
 
 /// Fields both endpoints take besides their input.
@@ -247,6 +237,10 @@ async fn respond(
     prompt: Prompt,
     shape: Shape,
 ) -> Result<Response, ApiError> {
+    let (split, wire) = common
+        .hearth
+        .split()
+        .map_err(|e| ApiError::bad_param("hearth", e))?;
     let Common {
         model,
         stream,
@@ -272,6 +266,8 @@ async fn respond(
         prompt,
         params: job_params(sampling)?,
         pin,
+        split,
+        wire,
         conversation,
     };
     let started = chat::start_reply(&node, request)
@@ -464,10 +460,22 @@ fn sse_stream(
 
 /// `GET /v1/models`: every model on any node of the household, with where it lives.
 pub async fn models(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    let data: Vec<Value> = Members::of(&node)
+    let members = Members::of(&node);
+    let ask = RouteAsk {
+        context: node.engine.context() as u32,
+        ..RouteAsk::default()
+    };
+    let data: Vec<Value> = members
         .models()
         .into_iter()
         .map(|m| {
+            // How a request would run it now: whole on a node, split over several, or not.
+            let route = members.route(&m.info.digest, &ask);
+            let servable = match (&route.ranked.first(), &route.split) {
+                (Some(r), _) if r.split.is_none() => "whole",
+                (Some(_), _) => "split",
+                (None, _) => "no",
+            };
             json!({
                 "id": m.info.name,
                 "object": "model",
@@ -481,6 +489,7 @@ pub async fn models(State(node): State<Arc<Node>>) -> impl IntoResponse {
                     "layers": m.info.layers,
                     "nodes": m.nodes,
                     "loaded_on": m.loaded_on,
+                    "servable": servable,
                 },
             })
         })

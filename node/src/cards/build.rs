@@ -23,6 +23,7 @@ pub fn build_card(name: &str, mesh: &Mesh, engine: &Engine) -> Card {
             size: m.size,
             layers: m.summary.layers.unwrap_or(0) as u32,
             parameters: m.summary.parameters,
+            layout: m.summary.layout,
         })
         .collect();
     Card {
@@ -46,5 +47,7 @@ pub fn build_card(name: &str, mesh: &Mesh, engine: &Engine) -> Card {
         max_jobs: engine.max_jobs() as u32,
         draining: engine.is_draining(),
         revoked: mesh.revoked().iter().map(ToString::to_string).collect(),
+        max_memory: engine.budget().cap(),
+        memory_used: engine.budget().used(),
     }
 }

@@ -2,7 +2,10 @@
 //! serving node dies, drops or fails mid-reply, on the next candidate, resuming from the tokens
 //! already delivered, so the client sees one unbroken reply.
 
+use std::collections::VecDeque;
+
 use hearth_protocol::{FailCode, Finish, JobEvent, JobRequest, Usage};
+use libp2p::PeerId;
 use tokio::sync::mpsc;
 
 use super::routing::{Candidate, Ranked};
@@ -43,6 +46,8 @@ enum Stop {
     Failed(String),
     /// The event stream ended without a final event: the node died or the link broke.
     Dropped,
+    /// A split lost the stage on this node (when known): re-plan without it.
+    Lost(Option<PeerId>, String),
     /// Failed in a way no node will do better (a bad request, a prompt too long): stop here.
     Final(FailKind, String),
 }
@@ -60,20 +65,30 @@ fn failed(node: &str, code: FailCode, message: String) -> Stop {
     Stop::Final(kind, message)
 }
 
+/// Re-plans after a stage was lost at most this many times per reply.
+const MAX_REPLANS: usize = 3;
+
 /// Runs `request` over `ranked`, starting each attempt with `open`; the reply's events go to
-/// `tx`. Returns when the reply is done, failed, or the client went away (`tx` closed).
+/// `tx`. When a split loses a stage (or a split's driving node drops the reply), `replan` is
+/// asked for new candidates without the nodes lost so far, and the reply resumes on them.
+/// Returns when the reply is done, failed, or the client went away (`tx` closed).
 pub(super) async fn drive(
-    ranked: &[Ranked],
+    ranked: Vec<Ranked>,
     mut request: JobRequest,
     open: impl Fn(&Candidate, JobRequest) -> mpsc::Receiver<JobEvent>,
+    mut replan: impl FnMut(&[PeerId]) -> Vec<Ranked>,
     metrics: &Metrics,
     tx: mpsc::Sender<Reply>,
 ) {
     let mut started = false;
     let mut problems: Vec<String> = Vec::new();
     let mut all_busy = true;
-    for candidate in ranked {
+    let mut queue: VecDeque<Ranked> = ranked.into();
+    let mut lost: Vec<PeerId> = Vec::new();
+    let mut replans = 0;
+    while let Some(candidate) = queue.pop_front() {
         let c = &candidate.candidate;
+        request.split.clone_from(&candidate.split);
         let mut events = open(c, request.clone());
         let stop = loop {
             let Some(event) = events.recv().await else {
@@ -82,6 +97,7 @@ pub(super) async fn drive(
             let out = match event {
                 JobEvent::Busy { reason } => break Stop::Busy(reason),
                 JobEvent::Failed { code, message } => break failed(&c.node, code, message),
+                JobEvent::StageLost { peer, message } => break Stop::Lost(peer.parse().ok(), message),
                 JobEvent::Started { node: name, .. } => {
                     let resumed = started;
                     if resumed {
@@ -91,6 +107,9 @@ pub(super) async fn drive(
                             tokens = request.resume.tokens.len(),
                             "reply resumed on another node"
                         );
+                    }
+                    if candidate.split.is_some() {
+                        Metrics::inc(&metrics.split_replies);
                     }
                     started = true;
                     Reply::Started {
@@ -117,11 +136,15 @@ pub(super) async fn drive(
                 return;
             }
         };
-        match stop {
-            Stop::Busy(reason) => problems.push(reason),
+        let gone = match stop {
+            Stop::Busy(reason) => {
+                problems.push(reason);
+                None
+            }
             Stop::Failed(message) => {
                 all_busy = false;
                 problems.push(message);
+                None
             }
             Stop::Dropped => {
                 all_busy = false;
@@ -131,10 +154,30 @@ pub(super) async fn drive(
                     "serving node dropped the reply; trying the next candidate"
                 );
                 problems.push(format!("{} went away", c.node));
+                c.peer_id.filter(|_| candidate.split.is_some())
+            }
+            Stop::Lost(peer, message) => {
+                all_busy = false;
+                tracing::warn!(
+                    node = %c.node,
+                    tokens = request.resume.tokens.len(),
+                    reason = %message,
+                    "a split lost a stage; re-planning without it"
+                );
+                problems.push(format!("{}: {message}", c.node));
+                peer
             }
             Stop::Final(kind, message) => {
                 let _ = tx.send(Reply::Failed { kind, message }).await;
                 return;
+            }
+        };
+        if let Some(peer) = gone {
+            if replans < MAX_REPLANS {
+                replans += 1;
+                lost.push(peer);
+                Metrics::inc(&metrics.split_replans);
+                queue = replan(&lost).into();
             }
         }
     }
@@ -177,6 +220,7 @@ mod tests {
                     draining: false,
                 },
                 reasons: Vec::new(),
+                split: None,
             })
             .collect()
     }
@@ -188,6 +232,7 @@ mod tests {
             prompt: Prompt::text("hi"),
             params: JobParams::greedy(8),
             resume: Resume::default(),
+            split: None,
         }
     }
 
@@ -234,7 +279,7 @@ mod tests {
             }
             erx
         };
-        drive(&ranked(nodes), request(), open, &metrics, tx).await;
+        drive(ranked(nodes), request(), open, |_| Vec::new(), &metrics, tx).await;
         let mut heard = Vec::new();
         while let Some(r) = rx.recv().await {
             heard.push(r);

@@ -2,11 +2,12 @@
 //! Pure data: which models exist where, which one a request names, and how routing ranks the
 //! nodes for it.
 
-use hearth_protocol::{Card, ModelInfo};
+use hearth_protocol::{Card, ModelInfo, Split, StagePlan, WireDtype};
 use libp2p::PeerId;
 use serde::Serialize;
 
-use super::routing::{self, Candidate, Route};
+use super::routing::{self, Candidate, Route, SplitRoute};
+use crate::split::plan::{self, NoPlan};
 use crate::mesh::peers::peer_id_text;
 use crate::node::Node;
 
@@ -133,8 +134,13 @@ impl Members {
             })
     }
 
-    /// Ranks the household's nodes for the model with `digest`.
-    pub fn route(&self, digest: &str, pin: Option<&str>) -> Route {
+    /// Ranks the household's nodes for the model with `digest` as `ask` says: whole on one
+    /// node where any can serve it, else (or when asked) split over several.
+    pub fn route(&self, digest: &str, ask: &RouteAsk<'_>) -> Route {
+        let lost = |m: &Member| ask.exclude.contains(&m.peer_id);
+        let model = self.0.iter().find_map(|m| m.card.model(digest));
+        let layout = model.and_then(|m| m.layout.as_ref());
+        let context = layout.map_or(ask.context, |l| ask.context.min(l.context));
         let candidates = self
             .0
             .iter()
@@ -146,18 +152,109 @@ impl Members {
                     peer_id: (!m.this_node).then_some(m.peer_id),
                     loaded: card.loaded.iter().any(|d| d == digest),
                     cached: model.is_some(),
-                    free_memory: card.free_memory(),
-                    model_size: model.map_or(0, |m| m.size),
+                    free_memory: card.memory_free(),
+                    model_size: model.map_or(0, |m| {
+                        m.layout.as_ref().map_or(m.size, |l| l.whole_bytes(context))
+                    }),
                     queue_depth: card.queue_depth,
                     active_jobs: card.active_jobs,
                     tokens_per_s: card.speed(digest),
                     latency_ms: m.latency_ms,
-                    draining: card.draining,
+                    // A node lost during this reply is as good as gone.
+                    draining: card.draining || lost(m),
                 }
             })
             .collect();
-        routing::rank(candidates, pin)
+        let mut route = routing::rank(candidates, ask.pin);
+        let split_ask = match &ask.split {
+            Some(a) => a.clone(),
+            None if route.ranked.is_empty() && ask.pin.is_none() => plan::Ask::Auto,
+            None => return route,
+        };
+        if ask.split.is_some() {
+            // Asked for a split: the whole-model candidates are not used.
+            route.ranked.clear();
+        }
+        let Some(layout) = layout else {
+            route.split = Some(SplitRoute::Impossible(NoPlan {
+                reasons: vec![
+                    "the model's cards do not describe its layers (an unsupported architecture, or imported by an older hearth: import it again)".into(),
+                ],
+            }));
+            return route;
+        };
+        let nodes: Vec<plan::PlanNode> = self
+            .0
+            .iter()
+            .map(|m| plan::PlanNode {
+                name: m.card.name.clone(),
+                has_model: m.card.model(digest).is_some(),
+                memory_free: m.card.memory_free(),
+                tokens_per_s: m.card.speed(digest),
+                latency_ms: m.latency_ms,
+                busy: m.card.queue_depth + m.card.active_jobs,
+                draining: m.card.draining || lost(m),
+            })
+            .collect();
+        match plan::plan(layout, context, &nodes, &split_ask) {
+            Ok(p) => {
+                let stages: Vec<StagePlan> = p
+                    .stages
+                    .iter()
+                    .map(|s| StagePlan {
+                        peer: self.0[s.node_index].peer_id.to_string(),
+                        start: s.start,
+                        end: s.end,
+                    })
+                    .collect();
+                let last = p.stages.last().expect("a plan has stages").node_index;
+                let driver = &self.0[last];
+                let mut candidate = routing::rank(
+                    vec![Candidate {
+                        node: driver.card.name.clone(),
+                        peer_id: (!driver.this_node).then_some(driver.peer_id),
+                        loaded: false,
+                        cached: true,
+                        free_memory: driver.card.memory_free(),
+                        model_size: 0,
+                        queue_depth: driver.card.queue_depth,
+                        active_jobs: driver.card.active_jobs,
+                        tokens_per_s: Some(p.tokens_per_s as f32),
+                        latency_ms: driver.latency_ms,
+                        draining: false,
+                    }],
+                    None,
+                )
+                .ranked;
+                for c in &mut candidate {
+                    c.reasons = p.reasons.clone();
+                    c.split = Some(Split {
+                        stages: stages.clone(),
+                        wire: ask.wire,
+                    });
+                }
+                route.ranked.extend(candidate);
+                route.split = Some(SplitRoute::Planned(p));
+            }
+            Err(no) => route.split = Some(SplitRoute::Impossible(no)),
+        }
+        route
     }
+}
+
+/// What a request asks of routing.
+#[derive(Debug, Clone, Default)]
+pub struct RouteAsk<'a> {
+    /// Serve on this node only.
+    pub pin: Option<&'a str>,
+    /// Split the model as this says, even when one node could serve it whole.
+    pub split: Option<plan::Ask>,
+    /// How hidden states travel in a split.
+    pub wire: WireDtype,
+    /// Nodes lost earlier in this reply.
+    pub exclude: &'a [PeerId],
+    /// Positions a reply's cache must hold (capped at the model's).
+    pub context: u32,
 }
 
 #[cfg(test)]
@@ -174,6 +271,7 @@ mod tests {
             size: 1 << 20,
             layers: 30,
             parameters: 135_000_000,
+            layout: None,
         }
     }
 
@@ -224,7 +322,13 @@ mod tests {
             member("study", false, std::slice::from_ref(&a), &[&a]),
             member("attic", false, &[], &[]),
         ]);
-        let route = members.route(&a.digest, None);
+        let route = members.route(
+            &a.digest,
+            &RouteAsk {
+                context: 4096,
+                ..RouteAsk::default()
+            },
+        );
         let order: Vec<(&str, bool)> = route
             .ranked
             .iter()

@@ -7,6 +7,7 @@ use libp2p::PeerId;
 use serde::Serialize;
 
 use crate::mesh::peers::optional_peer_id_text;
+use crate::split::plan::{NoPlan, Plan};
 
 /// What routing knows about one node for one model.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -22,7 +23,7 @@ pub struct Candidate {
     pub cached: bool,
     /// Bytes free on the device the model would run on.
     pub free_memory: u64,
-    /// The model file's size: roughly what loading it takes.
+    /// What loading the model takes: its weights and one reply's cache.
     pub model_size: u64,
     pub queue_depth: u32,
     pub active_jobs: u32,
@@ -40,6 +41,9 @@ pub struct Ranked {
     #[serde(flatten)]
     pub candidate: Candidate,
     pub reasons: Vec<String>,
+    /// The split this candidate drives as its last stage; `None`: it runs the whole model.
+    #[serde(skip)]
+    pub split: Option<hearth_protocol::Split>,
 }
 
 /// A node that cannot serve, and why.
@@ -49,11 +53,22 @@ pub struct Rejected {
     pub reason: String,
 }
 
-/// The routing decision: candidates best first, and the nodes left out.
+/// The routing decision: candidates best first, the nodes left out, and the split considered
+/// when no node can serve the model whole (or the request asks for one).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Route {
     pub ranked: Vec<Ranked>,
     pub rejected: Vec<Rejected>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitRoute>,
+}
+
+/// The split a route would take, or why there is none.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum SplitRoute {
+    Planned(Plan),
+    Impossible(NoPlan),
 }
 
 const MB: u64 = 1 << 20;
@@ -86,11 +101,16 @@ pub fn rank(candidates: Vec<Candidate>, pin: Option<&str>) -> Route {
             ranked.push(Ranked {
                 candidate: c,
                 reasons,
+                split: None,
             });
         }
     }
     ranked.sort_by(|a, b| compare(&a.candidate, &b.candidate));
-    Route { ranked, rejected }
+    Route {
+        ranked,
+        rejected,
+        split: None,
+    }
 }
 
 fn compare(a: &Candidate, b: &Candidate) -> Ordering {

@@ -1,4 +1,5 @@
-//! `hearth peers`: the household's nodes as the local node sees them.
+//! `hearth peers` and `hearth route`: the household's nodes as the local node sees them, and
+//! where a request for a model would run.
 
 use anyhow::{Context, Result};
 use serde_json::Value;
@@ -107,6 +108,101 @@ pub(super) fn peers(data: &DataDir, json: bool) -> Result<()> {
                 speeds.join(", ")
             },
             devices.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// Percent-encodes a query value (names are plain, but a user may type anything).
+fn query_value(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b',' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub(super) fn route(
+    data: &DataDir,
+    model: &str,
+    split: Option<u32>,
+    stages: Option<&str>,
+    json: bool,
+) -> Result<()> {
+    let node = LocalNode::find(data)
+        .context("no hearth node is running here; start one with `hearth node`")?;
+    let mut path = format!("/api/route?model={}", query_value(model));
+    if let Some(n) = split {
+        path.push_str(&format!("&split={n}"));
+    }
+    if let Some(s) = stages {
+        path.push_str(&format!("&stages={}", query_value(s)));
+    }
+    let route = node.get(&path)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&route)?);
+        return Ok(());
+    }
+    let name = route["model"]["info"]["name"].as_str().unwrap_or(model);
+    let ranked = route["ranked"].as_array().cloned().unwrap_or_default();
+    let split_plan = &route["split"];
+    if split_plan["status"] == "planned" {
+        let stages = split_plan["stages"].as_array().cloned().unwrap_or_default();
+        println!(
+            "{name}: split over {} nodes, about {:.1} tokens/s",
+            stages.len(),
+            split_plan["tokens_per_s"].as_f64().unwrap_or(0.0)
+        );
+        println!(
+            "  {:<16} {:>10} {:<16} {:>10} {:>10} {:>9}",
+            "NODE", "LAYERS", "HOLDS", "MEMORY", "FREE", "MS/TOKEN"
+        );
+        for s in &stages {
+            let holds: Vec<&str> = [("embedding", "embedding"), ("head", "head")]
+                .iter()
+                .filter(|(k, _)| s[*k] == true)
+                .map(|(_, v)| *v)
+                .collect();
+            println!(
+                "  {:<16} {:>10} {:<16} {:>7.0} MB {:>7.0} MB {:>9.1}",
+                s["node"].as_str().unwrap_or("?"),
+                format!("{}..{}", s["start"], s["end"]),
+                holds.join("+"),
+                s["memory"].as_f64().unwrap_or(0.0) / MB,
+                s["memory_free"].as_f64().unwrap_or(0.0) / MB,
+                s["ms_per_token"].as_f64().unwrap_or(0.0),
+            );
+        }
+        for r in split_plan["reasons"].as_array().into_iter().flatten() {
+            println!("  - {}", r.as_str().unwrap_or(""));
+        }
+    } else if let Some(best) = ranked.first() {
+        println!("{name}: whole on {}", best["node"].as_str().unwrap_or("?"));
+        for r in &ranked {
+            let reasons: Vec<&str> = r["reasons"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            println!("  {:<16} {}", r["node"].as_str().unwrap_or("?"), reasons.join(", "));
+        }
+    } else {
+        println!("{name}: no node can serve it now");
+        if split_plan["status"] == "impossible" {
+            for r in split_plan["reasons"].as_array().into_iter().flatten() {
+                println!("  - {}", r.as_str().unwrap_or(""));
+            }
+        }
+    }
+    for r in route["rejected"].as_array().into_iter().flatten() {
+        println!(
+            "  not {}: {}",
+            r["node"].as_str().unwrap_or("?"),
+            r["reason"].as_str().unwrap_or("")
         );
     }
     Ok(())

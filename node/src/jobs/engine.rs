@@ -5,20 +5,22 @@
 //! back through a channel; when its receiver is dropped the job stops at the next token.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use hearth_protocol::{
     FailCode, Finish, JobEvent, JobParams, JobRequest, Usage, MAX_PROMPT_TOKENS,
 };
 use hearth_shards::{
-    BatchStats, DecodeBatcher, Error as EngineError, GenerateParams, Generator, Model, Piece,
-    SamplingParams,
+    decode_reply, BatchStats, DecodeBatcher, Error as EngineError, GenerateParams, Generator,
+    Model, Piece, SamplingParams, Steps,
 };
 use tokio::sync::mpsc;
 
 use super::fair_queue::FairQueue;
 use crate::drain::{Drain, InFlight};
+use crate::memory::{Budget, Reservation};
+use crate::split;
 use crate::metrics::Metrics;
 use crate::models::ModelCache;
 
@@ -59,6 +61,12 @@ pub enum JobError {
     /// Something broke here; another node may succeed.
     #[error("{0}")]
     Internal(String),
+    /// A split lost the stage on `peer`: a plan without it may succeed.
+    #[error("{message}")]
+    StageLost {
+        peer: libp2p::PeerId,
+        message: String,
+    },
 }
 
 impl JobError {
@@ -68,7 +76,21 @@ impl JobError {
             JobError::BadRequest(_) => FailCode::BadRequest,
             JobError::ContextOverflow(_) => FailCode::ContextOverflow,
             JobError::NoModel(_) => FailCode::NoModel,
-            JobError::Internal(_) => FailCode::Internal,
+            JobError::Internal(_) | JobError::StageLost { .. } => FailCode::Internal,
+        }
+    }
+
+    /// The event that tells a requester about it.
+    pub fn event(&self) -> JobEvent {
+        match self {
+            JobError::StageLost { peer, message } => JobEvent::StageLost {
+                peer: peer.to_string(),
+                message: message.clone(),
+            },
+            other => JobEvent::Failed {
+                code: other.code(),
+                message: other.to_string(),
+            },
         }
     }
 }
@@ -87,6 +109,8 @@ impl From<EngineError> for JobError {
 
 struct Loaded {
     model: Model,
+    /// The model's weights, reserved in the node's memory budget.
+    _memory: Reservation,
     /// Every job's decoding steps on this model go through it.
     batcher: Arc<DecodeBatcher>,
 }
@@ -119,6 +143,10 @@ pub struct Engine {
     speeds: Mutex<HashMap<String, f32>>,
     /// (model digest, generator), least recently used first.
     idle: Mutex<Vec<(String, Generator)>>,
+    /// What this node offers for models.
+    budget: Arc<Budget>,
+    /// Runs split jobs' stages; set once the mesh is up.
+    split: OnceLock<Arc<split::Host>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -141,6 +169,7 @@ impl Engine {
         cache: ModelCache,
         metrics: Arc<Metrics>,
         drain: Arc<Drain>,
+        budget: Arc<Budget>,
     ) -> Arc<Self> {
         Arc::new(Engine {
             slots: Mutex::new(Slots {
@@ -155,7 +184,24 @@ impl Engine {
             loading: Mutex::new(HashMap::new()),
             speeds: Mutex::new(HashMap::new()),
             idle: Mutex::new(Vec::new()),
+            budget,
+            split: OnceLock::new(),
         })
+    }
+
+    /// Lets split jobs run their stages through `host`.
+    pub fn serve_splits(&self, host: Arc<split::Host>) {
+        let _ = self.split.set(host);
+    }
+
+    /// Context length per job (the model's own is the cap).
+    pub fn context(&self) -> usize {
+        self.config.context
+    }
+
+    /// What this node offers for models, and what is reserved.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
     }
 
     /// The model cache this engine serves from.
@@ -309,15 +355,27 @@ impl Engine {
         }
         std::thread::sleep(self.config.load_delay);
         let path = self.cache.file_path(&entry.digest);
-        let opened = Model::open(&path, self.config.threads)
-            .and_then(|model| {
-                let stage = model.full_stage()?;
-                Ok(Loaded {
-                    batcher: Arc::new(DecodeBatcher::new(Arc::new(stage))),
-                    model,
+        let need = entry
+            .summary
+            .layout
+            .as_ref()
+            .map_or(entry.size, |l| l.whole_bytes(0));
+        let memory = self
+            .budget
+            .reserve(&entry.name, need)
+            .map_err(|e| JobError::Internal(e.to_string()));
+        let opened = memory.and_then(|memory| {
+            Model::open(&path, self.config.threads)
+                .and_then(|model| {
+                    let stage = model.full_stage()?;
+                    Ok(Loaded {
+                        batcher: Arc::new(DecodeBatcher::new(Arc::new(stage))),
+                        model,
+                        _memory: memory,
+                    })
                 })
-            })
-            .map_err(|e| JobError::Internal(format!("cannot load {}: {e}", entry.name)));
+                .map_err(|e| JobError::Internal(format!("cannot load {}: {e}", entry.name)))
+        });
         let m = match opened {
             Ok(m) => Arc::new(m),
             Err(e) => {
@@ -374,10 +432,7 @@ impl Engine {
             Ok(done) => done,
             Err(e) => {
                 tracing::warn!(model = %request.model, error = %e, "job failed");
-                JobEvent::Failed {
-                    code: e.code(),
-                    message: e.to_string(),
-                }
+                e.event()
             }
         };
         let _ = events.blocking_send(event);
@@ -390,28 +445,12 @@ impl Engine {
     ) -> Result<JobEvent, JobError> {
         request.check().map_err(JobError::BadRequest)?;
         check_params(&request.params)?;
+        if let Some(split) = &request.split {
+            return self.generate_split(request, split, events);
+        }
         let loaded = self.model(&request.model)?;
         let model = &loaded.model;
-        let (prompt, stops) = model
-            .prompt_tokens(&request.prompt)
-            .map_err(|e| JobError::BadRequest(e.to_string()))?;
-        let sampling = model.sampling(&request.params.sampling, request.params.seed)?;
-        let params = GenerateParams {
-            sampling,
-            max_tokens: request.params.max_tokens as usize,
-            stop: request.params.stop.iter().chain(&stops).cloned().collect(),
-        };
-        let full: Vec<u32> = prompt
-            .iter()
-            .chain(&request.resume.tokens)
-            .copied()
-            .collect();
-        if full.len() > MAX_PROMPT_TOKENS {
-            return Err(JobError::BadRequest(format!(
-                "the prompt is {} tokens; a job takes at most {MAX_PROMPT_TOKENS}",
-                full.len()
-            )));
-        }
+        let (prompt, full, params) = prepare(model, request)?;
         let mut generator = self.take_generator(&request.model, &loaded, &full)?;
         // Before `Started`, so that a prompt too long is an error the API can still answer
         // with a status rather than in the middle of a stream.
@@ -419,20 +458,42 @@ impl Engine {
             self.put_generator(&request.model, generator);
             return Err(e.into());
         }
+        if let Some(cancelled) = self.start(events, prompt.len()) {
+            return Ok(cancelled);
+        }
+        let completion =
+            generator.resume(&prompt, &request.resume, &params, self.relay(events))?;
+        let fresh = completion.tokens.len() - request.resume.tokens.len();
+        self.record_speed(&request.model, fresh, completion.decode_time);
+        self.put_generator(&request.model, generator);
+        Ok(JobEvent::Done {
+            finish: completion.finish,
+            usage: Usage {
+                prompt_tokens: completion.prompt_tokens as u32,
+                completion_tokens: completion.tokens.len() as u32,
+                cached_tokens: completion.reused_tokens as u32,
+            },
+        })
+    }
+
+    /// Sends `Started`; the final event to send instead when the requester has gone.
+    fn start(&self, events: &mpsc::Sender<JobEvent>, prompt_tokens: usize) -> Option<JobEvent> {
         let started = JobEvent::Started {
             node: self.config.node.clone(),
-            prompt_tokens: prompt.len() as u32,
+            prompt_tokens: prompt_tokens as u32,
         };
-        if events.blocking_send(started).is_err() {
-            return Ok(JobEvent::Done {
-                finish: Finish::Cancelled,
-                usage: Usage {
-                    prompt_tokens: prompt.len() as u32,
-                    ..Usage::default()
-                },
-            });
-        }
-        let completion = generator.resume(&prompt, &request.resume, &params, |piece| {
+        events.blocking_send(started).is_err().then(|| JobEvent::Done {
+            finish: Finish::Cancelled,
+            usage: Usage {
+                prompt_tokens: prompt_tokens as u32,
+                ..Usage::default()
+            },
+        })
+    }
+
+    /// Hands each piece of the reply to the requester; `false` once it has gone.
+    fn relay<'a>(&'a self, events: &'a mpsc::Sender<JobEvent>) -> impl FnMut(Piece<'_>) -> bool + 'a {
+        move |piece| {
             let event = match piece {
                 Piece::Token { id, text } => {
                     Metrics::inc(&self.metrics.tokens_generated);
@@ -446,16 +507,61 @@ impl Engine {
                 },
             };
             events.blocking_send(event).is_ok()
-        })?;
-        let fresh = completion.tokens.len() - request.resume.tokens.len();
-        self.record_speed(&request.model, fresh, completion.decode_time);
-        self.put_generator(&request.model, generator);
+        }
+    }
+
+    /// Runs a split job: this node holds the last stage and drives the ring of stages.
+    fn generate_split(
+        &self,
+        request: &JobRequest,
+        split: &hearth_protocol::Split,
+        events: &mpsc::Sender<JobEvent>,
+    ) -> Result<JobEvent, JobError> {
+        let host = self
+            .split
+            .get()
+            .ok_or_else(|| JobError::Internal("this node does not run split stages".into()))?;
+        let model = host.model(&request.model)?;
+        let (prompt, full, params) = prepare(&model, request)?;
+        let context = self.config.context.min(model.spec().context);
+        if full.len() >= context {
+            return Err(JobError::ContextOverflow(
+                EngineError::ContextOverflow {
+                    prompt: full.len(),
+                    context,
+                }
+                .to_string(),
+            ));
+        }
+        let mut ring = split::Ring::open(host, &request.model, split, context as u32)?;
+        if let Some(cancelled) = self.start(events, prompt.len()) {
+            return Ok(cancelled);
+        }
+        let mut logits = Vec::new();
+        let mut fed = full.clone();
+        let capacity = ring.context();
+        let decoded = ring.feed(&full, &mut logits).and_then(|()| {
+            decode_reply(
+                &mut ring,
+                model.tokenizer(),
+                &mut fed,
+                capacity,
+                &mut logits,
+                &request.resume,
+                &params,
+                &mut self.relay(events),
+            )
+        });
+        let decoded = match decoded {
+            Ok(d) => d,
+            Err(e) => return Err(ring.take_failure().unwrap_or_else(|| e.into())),
+        };
         Ok(JobEvent::Done {
-            finish: completion.finish,
+            finish: decoded.finish,
             usage: Usage {
-                prompt_tokens: completion.prompt_tokens as u32,
-                completion_tokens: completion.tokens.len() as u32,
-                cached_tokens: completion.reused_tokens as u32,
+                prompt_tokens: prompt.len() as u32,
+                completion_tokens: decoded.tokens.len() as u32,
+                cached_tokens: 0,
             },
         })
     }
@@ -494,6 +600,32 @@ impl Engine {
     }
 }
 
+/// A job's prompt tokens, the tokens to feed (prompt and resumed reply), and its settings
+/// resolved against the model's.
+fn prepare(model: &Model, request: &JobRequest) -> Result<(Vec<u32>, Vec<u32>, GenerateParams), JobError> {
+    let (prompt, stops) = model
+        .prompt_tokens(&request.prompt)
+        .map_err(|e| JobError::BadRequest(e.to_string()))?;
+    let sampling = model.sampling(&request.params.sampling, request.params.seed)?;
+    let params = GenerateParams {
+        sampling,
+        max_tokens: request.params.max_tokens as usize,
+        stop: request.params.stop.iter().chain(&stops).cloned().collect(),
+    };
+    let full: Vec<u32> = prompt
+        .iter()
+        .chain(&request.resume.tokens)
+        .copied()
+        .collect();
+    if full.len() > MAX_PROMPT_TOKENS {
+        return Err(JobError::BadRequest(format!(
+            "the prompt is {} tokens; a job takes at most {MAX_PROMPT_TOKENS}",
+            full.len()
+        )));
+    }
+    Ok((prompt, full, params))
+}
+
 /// Checks a job's settings before any model is at hand: those it sets must be in range (the
 /// serving node fills the rest from the model's recommendation or hearth's defaults, in range).
 pub fn check_params(p: &JobParams) -> Result<(), JobError> {
@@ -522,6 +654,7 @@ mod tests {
             cache,
             Arc::new(Metrics::default()),
             drain,
+            Budget::new(None),
         )
     }
 
@@ -532,6 +665,7 @@ mod tests {
             prompt: Prompt::text("hello"),
             params: JobParams::greedy(4),
             resume: Resume::default(),
+            split: None,
         }
     }
 

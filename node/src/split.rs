@@ -1,0 +1,202 @@
+//! Splitting one model over several nodes: the planner (pure), the stage server that runs a
+//! layer range for a peer's session, and the ring a driving node runs a reply through. See
+//! `hearth_protocol::stage` for the protocol.
+
+mod link;
+pub mod plan;
+mod ring;
+mod server;
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use hearth_protocol::{ModelLayout, STAGE_PROTOCOL};
+use hearth_shards::{Model, Stage};
+use libp2p::Stream;
+use libp2p::PeerId;
+use tokio::sync::oneshot;
+
+use crate::drain::Drain;
+use crate::jobs::JobError;
+use crate::memory::{Budget, Reservation};
+use crate::mesh::Mesh;
+use crate::metrics::Metrics;
+use crate::models::ModelCache;
+pub use ring::Ring;
+
+/// Loaded stages not used for this long are dropped.
+const STAGE_IDLE: Duration = Duration::from_secs(600);
+
+/// A stage's weights in memory, with what they reserve.
+struct LoadedStage {
+    stage: Arc<Stage>,
+    _memory: Reservation,
+    last_used: Instant,
+}
+
+/// What this node needs to take part in splits: the mesh, its models, its memory budget, the
+/// stages loaded, and the drivers here waiting for their ring to close.
+pub struct Host {
+    mesh: Mesh,
+    cache: ModelCache,
+    threads: usize,
+    budget: Arc<Budget>,
+    metrics: Arc<Metrics>,
+    drain: Arc<Drain>,
+    runtime: tokio::runtime::Handle,
+    models: Mutex<HashMap<String, Arc<Model>>>,
+    stages: Mutex<HashMap<(String, u32, u32), LoadedStage>>,
+    /// A gate per stage being loaded: sessions that want the same stage wait for one load.
+    loading: Mutex<HashMap<(String, u32, u32), Arc<Mutex<()>>>>,
+    /// Drivers here waiting for the stream that closes their ring, by session.
+    returns: Mutex<HashMap<u64, (PeerId, oneshot::Sender<Stream>)>>,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "split::Host({})", self.mesh.peer_id())
+    }
+}
+
+impl Host {
+    /// A host on `mesh` serving stages of models in `cache`.
+    pub fn new(
+        mesh: Mesh,
+        cache: ModelCache,
+        threads: usize,
+        budget: Arc<Budget>,
+        metrics: Arc<Metrics>,
+        drain: Arc<Drain>,
+    ) -> Arc<Self> {
+        Arc::new(Host {
+            mesh,
+            cache,
+            threads,
+            budget,
+            metrics,
+            drain,
+            runtime: tokio::runtime::Handle::current(),
+            models: Mutex::new(HashMap::new()),
+            stages: Mutex::new(HashMap::new()),
+            loading: Mutex::new(HashMap::new()),
+            returns: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The opened model file with `digest` (tokenizer, template, spec; no weights loaded).
+    /// Blocks: call it off the async runtime.
+    pub fn model(&self, digest: &str) -> Result<Arc<Model>, JobError> {
+        if let Some(m) = self.models.lock().expect("models lock").get(digest) {
+            return Ok(m.clone());
+        }
+        let entry = self
+            .cache
+            .by_digest(digest)
+            .map_err(|e| JobError::Internal(format!("{e:#}")))?
+            .ok_or_else(|| JobError::NoModel(digest.to_owned()))?;
+        let model = Model::open(&self.cache.file_path(&entry.digest), self.threads)
+            .map_err(|e| JobError::Internal(format!("cannot open {}: {e}", entry.name)))?;
+        let model = Arc::new(model);
+        self.models
+            .lock()
+            .expect("models lock")
+            .insert(entry.digest, model.clone());
+        Ok(model)
+    }
+
+    /// The stage of `digest` holding `layers`, loading it (within the memory budget) if needed.
+    /// Blocks: call it off the async runtime.
+    pub fn stage(&self, digest: &str, layers: Range<u32>) -> Result<Arc<Stage>, JobError> {
+        let key = (digest.to_owned(), layers.start, layers.end);
+        if let Some(s) = self.stages.lock().expect("stages lock").get_mut(&key) {
+            s.last_used = Instant::now();
+            return Ok(s.stage.clone());
+        }
+        let gate = self
+            .loading
+            .lock()
+            .expect("loading lock")
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _one_load = gate.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = self.stages.lock().expect("stages lock").get_mut(&key) {
+            return Ok(s.stage.clone());
+        }
+        let model = self.model(digest)?;
+        let layout = hearth_shards::model::layout(model.gguf())
+            .map_err(|e| JobError::BadRequest(e.to_string()))?;
+        if layers.start >= layers.end || layers.end > layout.layers() {
+            return Err(JobError::BadRequest(format!(
+                "layers {}..{} are not a range of this model's {}",
+                layers.start,
+                layers.end,
+                layout.layers()
+            )));
+        }
+        let bytes = layout.stage_bytes(layers.start, layers.end, 0);
+        let what = format!("layers {}..{}", layers.start, layers.end);
+        let memory = self.reserve(&what, bytes)?;
+        let stage = model
+            .stage(layers.start as usize..layers.end as usize)
+            .map_err(|e| JobError::Internal(format!("cannot load {what}: {e}")))?;
+        tracing::info!(model = digest, layers = %what, mb = bytes >> 20, "stage loaded");
+        let stage = Arc::new(stage);
+        self.stages.lock().expect("stages lock").insert(
+            key.clone(),
+            LoadedStage {
+                stage: stage.clone(),
+                _memory: memory,
+                last_used: Instant::now(),
+            },
+        );
+        self.loading.lock().expect("loading lock").remove(&key);
+        Ok(stage)
+    }
+
+    /// Reserves `bytes` for `what`, dropping stages no session uses if that makes room.
+    fn reserve(&self, what: &str, bytes: u64) -> Result<Reservation, JobError> {
+        if let Ok(r) = self.budget.reserve(what, bytes) {
+            return Ok(r);
+        }
+        self.stages
+            .lock()
+            .expect("stages lock")
+            .retain(|_, s| Arc::strong_count(&s.stage) > 1);
+        self.budget
+            .reserve(what, bytes)
+            .map_err(|e| JobError::Internal(e.to_string()))
+    }
+
+    /// Reserves the cache of a session of `layers` layers at `context` positions.
+    fn reserve_cache(&self, layout: &ModelLayout, layers: u32, context: u32) -> Result<Reservation, JobError> {
+        let bytes = layout.kv_bytes_per_token * u64::from(layers) * u64::from(context);
+        self.reserve("a session's cache", bytes)
+    }
+
+    /// Drops stages idle for [`STAGE_IDLE`] that no session uses.
+    fn forget_idle(&self) {
+        self.stages
+            .lock()
+            .expect("stages lock")
+            .retain(|_, s| Arc::strong_count(&s.stage) > 1 || s.last_used.elapsed() < STAGE_IDLE);
+    }
+}
+
+/// Serves peers' stage sessions (and the streams that close this node's own rings).
+pub fn serve(host: Arc<Host>) -> Result<()> {
+    let incoming = host.mesh.accept(STAGE_PROTOCOL)?;
+    tokio::spawn(server::serve(incoming, host.clone()));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let h = host.clone();
+            let _ = tokio::task::spawn_blocking(move || h.forget_idle()).await;
+        }
+    });
+    Ok(())
+}
