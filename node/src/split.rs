@@ -33,6 +33,7 @@ const STAGE_IDLE: Duration = Duration::from_secs(600);
 /// A stage's weights in memory, with what they reserve.
 struct LoadedStage {
     stage: Arc<Stage>,
+    bytes: u64,
     _memory: Reservation,
     last_used: Instant,
 }
@@ -149,6 +150,7 @@ impl Host {
             key.clone(),
             LoadedStage {
                 stage: stage.clone(),
+                bytes,
                 _memory: memory,
                 last_used: Instant::now(),
             },
@@ -162,10 +164,7 @@ impl Host {
         if let Ok(r) = self.budget.reserve(what, bytes) {
             return Ok(r);
         }
-        self.stages
-            .lock()
-            .expect("stages lock")
-            .retain(|_, s| Arc::strong_count(&s.stage) > 1);
+        self.release_idle();
         self.budget
             .reserve(what, bytes)
             .map_err(|e| JobError::Internal(e.to_string()))
@@ -175,6 +174,25 @@ impl Host {
     fn reserve_cache(&self, layout: &ModelLayout, layers: u32, context: u32) -> Result<Reservation, JobError> {
         let bytes = layout.kv_bytes_per_token * u64::from(layers) * u64::from(context);
         self.reserve("a session's cache", bytes)
+    }
+
+    /// Bytes held by loaded stages' weights. Sessions of the same stage share them, and a load
+    /// takes back those no session uses, so planners count them as free.
+    pub fn stage_bytes(&self) -> u64 {
+        self.stages
+            .lock()
+            .expect("stages lock")
+            .values()
+            .map(|s| s.bytes)
+            .sum()
+    }
+
+    /// Drops every loaded stage no session uses (to make room for something else).
+    pub fn release_idle(&self) {
+        self.stages
+            .lock()
+            .expect("stages lock")
+            .retain(|_, s| Arc::strong_count(&s.stage) > 1);
     }
 
     /// Drops stages idle for [`STAGE_IDLE`] that no session uses.

@@ -48,7 +48,8 @@ pub struct Card {
     pub revoked: Vec<String>,
     /// Bytes the node offers for models (`--max-memory`); `None`: as much as is free.
     pub max_memory: Option<u64>,
-    /// Bytes its loaded models and split stages take now.
+    /// Bytes its loaded models and running split sessions' caches take now (split stages'
+    /// weights are shared by sessions and taken back when idle, so they do not count).
     pub memory_used: u64,
 }
 

@@ -405,11 +405,21 @@ pub async fn household_client(
     household: &Household,
     node: &TestNode,
 ) -> (libp2p_stream::Control, libp2p::PeerId) {
+    let identity = libp2p::identity::Keypair::generate_ed25519();
+    household_client_as(household, node, identity).await
+}
+
+/// [`household_client`] with the identity `identity`.
+pub async fn household_client_as(
+    household: &Household,
+    node: &TestNode,
+    identity: libp2p::identity::Keypair,
+) -> (libp2p_stream::Control, libp2p::PeerId) {
     let key = hearth_protocol::HouseholdSecret::from_join_code(&household.code)
         .unwrap()
         .network_key();
     let mut swarm =
-        libp2p::SwarmBuilder::with_existing_identity(libp2p::identity::Keypair::generate_ed25519())
+        libp2p::SwarmBuilder::with_existing_identity(identity)
             .with_tokio()
             .with_other_transport(|k| {
                 hearth_node::mesh::transport(k, key)

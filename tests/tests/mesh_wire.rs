@@ -34,6 +34,7 @@ fn request(version: u32) -> JobRequest {
             ..JobParams::greedy(3)
         },
         resume: Resume::default(),
+        split: None,
     }
 }
 

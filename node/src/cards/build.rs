@@ -48,6 +48,6 @@ pub fn build_card(name: &str, mesh: &Mesh, engine: &Engine) -> Card {
         draining: engine.is_draining(),
         revoked: mesh.revoked().iter().map(ToString::to_string).collect(),
         max_memory: engine.budget().cap(),
-        memory_used: engine.budget().used(),
+        memory_used: engine.memory_used(),
     }
 }

@@ -204,6 +204,14 @@ impl Engine {
         &self.budget
     }
 
+    /// Bytes taken by whole models and split sessions' caches. Split stages' weights do not
+    /// count: sessions of the same stage share them, and a load takes back idle ones, so a card
+    /// polled while a reply ran does not keep the node's memory looking full.
+    pub fn memory_used(&self) -> u64 {
+        let stages = self.split.get().map_or(0, |h| h.stage_bytes());
+        self.budget.used().saturating_sub(stages)
+    }
+
     /// The model cache this engine serves from.
     pub fn cache(&self) -> &ModelCache {
         &self.cache
@@ -360,10 +368,15 @@ impl Engine {
             .layout
             .as_ref()
             .map_or(entry.size, |l| l.whole_bytes(0));
-        let memory = self
-            .budget
-            .reserve(&entry.name, need)
-            .map_err(|e| JobError::Internal(e.to_string()));
+        let memory = self.budget.reserve(&entry.name, need).or_else(|_| {
+            // Split stages no session uses give their memory back to a whole model.
+            if let Some(host) = self.split.get() {
+                host.release_idle();
+            }
+            self.budget
+                .reserve(&entry.name, need)
+                .map_err(|e| JobError::Internal(e.to_string()))
+        });
         let opened = memory.and_then(|memory| {
             Model::open(&path, self.config.threads)
                 .and_then(|model| {

@@ -4,8 +4,8 @@
 //! Every stage must fit its node's free memory with its cache at the requested context. Among
 //! the plans that fit, the planner minimises the estimated time per token: each stage's share
 //! of the model's compute at its node's measured speed (slowed by the jobs it already runs),
-//! plus one network hop per stage boundary and one for the sampled token's way back to the
-//! first stage. A plan with fewer stages wins when its estimate is within [`FEWER_STAGES`].
+//! plus one network hop per stage boundary, one for the sampled token's way back to the first
+//! stage and one to the planning node, which serves the client (so it prefers to drive itself). A plan with fewer stages wins when its estimate is within [`FEWER_STAGES`].
 
 use hearth_protocol::ModelLayout;
 use serde::Serialize;
@@ -21,6 +21,9 @@ const MAX_NODES: usize = 8;
 const NOMINAL_TOKENS_PER_S: f64 = 20.0;
 /// Assumed link throughput for hidden states, bytes per millisecond (1 Gbit/s).
 const LINK_BYTES_PER_MS: f64 = 125_000.0;
+
+/// Weight of the evenness term (per ms², against ms): small enough that it only breaks ties.
+const BALANCE: f64 = 1e-4;
 
 const MB: u64 = 1 << 20;
 
@@ -321,7 +324,9 @@ fn best_ranges(
                     continue;
                 }
                 if let Some(t) = ms(i - 1, start, end) {
-                    let c = cost[i - 1][start] + t;
+                    // Among splits of equal time, the most even one: it keeps every stage busy
+                    // when several replies share the pipeline.
+                    let c = cost[i - 1][start] + t + BALANCE * t * t;
                     if c < cost[i][end] {
                         cost[i][end] = c;
                         from[i][end] = start;
@@ -362,16 +367,18 @@ fn best_ranges(
         let l = |i: usize| f64::from(nodes[i].latency_ms.unwrap_or(1.0));
         (l(a) + l(b)) / 2.0
     };
+    // The last stage also sends each token to the planning node, which serves the client.
     let hops: f64 = (0..k)
         .map(|i| hop(order[i], order[(i + 1) % k]) + if i + 1 < k { hidden } else { 0.0 })
-        .sum();
-    let compute = cost[k][layers];
+        .sum::<f64>()
+        + f64::from(nodes[order[k - 1]].latency_ms.unwrap_or(1.0)) / 2.0;
+    let compute: f64 = stages.iter().map(|s| s.ms_per_token).sum();
     let total_ms = compute + hops;
     Some(Plan {
         stages,
         tokens_per_s: 1000.0 / total_ms,
         reasons: vec![format!(
-            "{k} stages: about {:.1} tokens/s ({compute:.1} ms compute + {hops:.1} ms for {k} hops per token)",
+            "{k} stages: about {:.1} tokens/s ({compute:.1} ms compute + {hops:.1} ms on the network per token)",
             1000.0 / total_ms
         )],
     })
