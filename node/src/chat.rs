@@ -147,11 +147,12 @@ pub async fn start_reply(
             None => serving.engine.submit("this node's API", job),
             Some(peer) => jobs::open(&serving.mesh, peer, job),
         };
-        // Without the nodes lost so far, as the household looks now.
+        // Without the nodes lost so far, as the household looks now: any split that fits (a
+        // pinned pipeline or stage count may no longer exist).
         let replan = |lost: &[libp2p::PeerId]| {
             let ask = RouteAsk {
                 pin: None,
-                split: split.clone(),
+                split: split.as_ref().map(|_| plan::Ask::Auto),
                 wire,
                 exclude: lost,
                 context,

@@ -138,6 +138,11 @@ impl Host {
                 layout.layers()
             )));
         }
+        // Another range of the same model that no session uses belongs to an older plan.
+        self.stages
+            .lock()
+            .expect("stages lock")
+            .retain(|k, s| k.0 != digest || Arc::strong_count(&s.stage) > 1);
         let bytes = layout.stage_bytes(layers.start, layers.end, 0);
         let what = format!("layers {}..{}", layers.start, layers.end);
         let memory = self.reserve(&what, bytes)?;
