@@ -118,6 +118,7 @@ pub(crate) fn sample_card(name: &str) -> Card {
         speeds: Vec::new(),
         queue_depth: 0,
         active_jobs: 0,
+        split_jobs: 0,
         max_jobs: 4,
         draining: false,
         revoked: Vec::new(),

@@ -151,7 +151,12 @@ impl Metrics {
             .split_hop_bytes
             .iter()
             .enumerate()
-            .map(|(i, b)| (format!("{{stage=\"{i}\"}}"), b.load(Ordering::Relaxed) as f64))
+            .map(|(i, b)| {
+                (
+                    format!("{{stage=\"{i}\"}}"),
+                    b.load(Ordering::Relaxed) as f64,
+                )
+            })
             .filter(|(_, b)| *b > 0.0)
             .collect();
         metric(

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use hearth_protocol::{ModelLayout, STAGE_PROTOCOL};
-use hearth_shards::{Model, Stage};
-use libp2p::Stream;
+use hearth_shards::{DecodeBatcher, Model};
 use libp2p::PeerId;
+use libp2p::Stream;
 use tokio::sync::oneshot;
 
 use crate::drain::Drain;
@@ -30,9 +30,13 @@ pub use ring::Ring;
 /// Loaded stages not used for this long are dropped.
 const STAGE_IDLE: Duration = Duration::from_secs(600);
 
-/// A stage's weights in memory, with what they reserve.
+/// A loaded stage's key: model digest and layer range.
+type StageKey = (String, u32, u32);
+
+/// A stage's weights in memory, with what they reserve; its sessions' single-row steps go
+/// through its batcher, one batched step for every session stepping at the time.
 struct LoadedStage {
-    stage: Arc<Stage>,
+    batcher: Arc<DecodeBatcher>,
     bytes: u64,
     _memory: Reservation,
     last_used: Instant,
@@ -49,9 +53,9 @@ pub struct Host {
     drain: Arc<Drain>,
     runtime: tokio::runtime::Handle,
     models: Mutex<HashMap<String, Arc<Model>>>,
-    stages: Mutex<HashMap<(String, u32, u32), LoadedStage>>,
+    stages: Mutex<HashMap<StageKey, LoadedStage>>,
     /// A gate per stage being loaded: sessions that want the same stage wait for one load.
-    loading: Mutex<HashMap<(String, u32, u32), Arc<Mutex<()>>>>,
+    loading: Mutex<HashMap<StageKey, Arc<Mutex<()>>>>,
     /// Drivers here waiting for the stream that closes their ring, by session.
     returns: Mutex<HashMap<u64, (PeerId, oneshot::Sender<Stream>)>>,
 }
@@ -108,13 +112,13 @@ impl Host {
         Ok(model)
     }
 
-    /// The stage of `digest` holding `layers`, loading it (within the memory budget) if needed.
-    /// Blocks: call it off the async runtime.
-    pub fn stage(&self, digest: &str, layers: Range<u32>) -> Result<Arc<Stage>, JobError> {
+    /// The stage of `digest` holding `layers` (behind its batcher), loading it (within the
+    /// memory budget) if needed. Blocks: call it off the async runtime.
+    pub fn stage(&self, digest: &str, layers: Range<u32>) -> Result<Arc<DecodeBatcher>, JobError> {
         let key = (digest.to_owned(), layers.start, layers.end);
         if let Some(s) = self.stages.lock().expect("stages lock").get_mut(&key) {
             s.last_used = Instant::now();
-            return Ok(s.stage.clone());
+            return Ok(s.batcher.clone());
         }
         let gate = self
             .loading
@@ -125,7 +129,7 @@ impl Host {
             .clone();
         let _one_load = gate.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = self.stages.lock().expect("stages lock").get_mut(&key) {
-            return Ok(s.stage.clone());
+            return Ok(s.batcher.clone());
         }
         let model = self.model(digest)?;
         let layout = hearth_shards::model::layout(model.gguf())
@@ -142,7 +146,7 @@ impl Host {
         self.stages
             .lock()
             .expect("stages lock")
-            .retain(|k, s| k.0 != digest || Arc::strong_count(&s.stage) > 1);
+            .retain(|k, s| k.0 != digest || Arc::strong_count(&s.batcher) > 1);
         let bytes = layout.stage_bytes(layers.start, layers.end, 0);
         let what = format!("layers {}..{}", layers.start, layers.end);
         let memory = self.reserve(&what, bytes)?;
@@ -150,18 +154,18 @@ impl Host {
             .stage(layers.start as usize..layers.end as usize)
             .map_err(|e| JobError::Internal(format!("cannot load {what}: {e}")))?;
         tracing::info!(model = digest, layers = %what, mb = bytes >> 20, "stage loaded");
-        let stage = Arc::new(stage);
+        let batcher = Arc::new(DecodeBatcher::new(Arc::new(stage)));
         self.stages.lock().expect("stages lock").insert(
             key.clone(),
             LoadedStage {
-                stage: stage.clone(),
+                batcher: batcher.clone(),
                 bytes,
                 _memory: memory,
                 last_used: Instant::now(),
             },
         );
         self.loading.lock().expect("loading lock").remove(&key);
-        Ok(stage)
+        Ok(batcher)
     }
 
     /// Reserves `bytes` for `what`, dropping stages no session uses if that makes room.
@@ -176,7 +180,12 @@ impl Host {
     }
 
     /// Reserves the cache of a session of `layers` layers at `context` positions.
-    fn reserve_cache(&self, layout: &ModelLayout, layers: u32, context: u32) -> Result<Reservation, JobError> {
+    fn reserve_cache(
+        &self,
+        layout: &ModelLayout,
+        layers: u32,
+        context: u32,
+    ) -> Result<Reservation, JobError> {
         let bytes = layout.kv_bytes_per_token * u64::from(layers) * u64::from(context);
         self.reserve("a session's cache", bytes)
     }
@@ -192,12 +201,26 @@ impl Host {
             .sum()
     }
 
+    /// Decoding steps run by the loaded stages, and the session-steps they served.
+    pub fn batch_stats(&self) -> hearth_shards::BatchStats {
+        self.stages.lock().expect("stages lock").values().fold(
+            hearth_shards::BatchStats::default(),
+            |acc, s| {
+                let b = s.batcher.stats();
+                hearth_shards::BatchStats {
+                    steps: acc.steps + b.steps,
+                    rows: acc.rows + b.rows,
+                }
+            },
+        )
+    }
+
     /// Drops every loaded stage no session uses (to make room for something else).
     pub fn release_idle(&self) {
         self.stages
             .lock()
             .expect("stages lock")
-            .retain(|_, s| Arc::strong_count(&s.stage) > 1);
+            .retain(|_, s| Arc::strong_count(&s.batcher) > 1);
     }
 
     /// Drops stages idle for [`STAGE_IDLE`] that no session uses.
@@ -205,7 +228,7 @@ impl Host {
         self.stages
             .lock()
             .expect("stages lock")
-            .retain(|_, s| Arc::strong_count(&s.stage) > 1 || s.last_used.elapsed() < STAGE_IDLE);
+            .retain(|_, s| Arc::strong_count(&s.batcher) > 1 || s.last_used.elapsed() < STAGE_IDLE);
     }
 }
 

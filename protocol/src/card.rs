@@ -14,7 +14,7 @@ pub struct CardRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum CardReply {
     /// The node's card.
-    Card(Card),
+    Card(Box<Card>),
     /// The asker speaks another protocol version.
     Refused { reason: String },
 }
@@ -40,6 +40,9 @@ pub struct Card {
     pub queue_depth: u32,
     /// Jobs running now.
     pub active_jobs: u32,
+    /// Of the jobs queued and running, replies the node drives through a split (their load is
+    /// the split's own, so planners leave it out).
+    pub split_jobs: u32,
     /// Jobs the node runs at once.
     pub max_jobs: u32,
     /// Whether the node is shutting down (takes no new work).
@@ -120,7 +123,8 @@ impl ModelLayout {
         let layers: u64 = self.layer_bytes[start.min(n) as usize..end.min(n) as usize]
             .iter()
             .sum();
-        let kv = self.kv_bytes_per_token * u64::from(end.saturating_sub(start)) * u64::from(context);
+        let kv =
+            self.kv_bytes_per_token * u64::from(end.saturating_sub(start)) * u64::from(context);
         let embedding = if start == 0 { self.embedding_bytes } else { 0 };
         let head = if end == n { self.head_bytes } else { 0 };
         layers + kv + embedding + head

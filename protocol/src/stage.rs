@@ -121,9 +121,13 @@ pub enum StageFrame {
         last: bool,
     },
     /// The answer to `Open`: this stage and every one after it are loaded and connected.
-    Ready { session: u64 },
+    Ready {
+        session: u64,
+    },
     /// The session is over; pass it on and free it.
-    Close { session: u64 },
+    Close {
+        session: u64,
+    },
     /// The session failed; `lost` names the stage's node that went away, if that is why.
     Error {
         session: u64,
@@ -367,8 +371,11 @@ mod tests {
 
     #[test]
     fn the_largest_hidden_frame_fits_the_frame_limit_and_rows_round_trip() {
-        for (dim, dtype) in [(576, WireDtype::F32), (640, WireDtype::F16), (8192, WireDtype::F32)]
-        {
+        for (dim, dtype) in [
+            (576, WireDtype::F32),
+            (640, WireDtype::F16),
+            (8192, WireDtype::F32),
+        ] {
             let rows = max_rows(dim, dtype);
             let values: Vec<f32> = (0..rows * dim).map(|i| i as f32 * 0.25).collect();
             let frame = StageFrame::Hidden {

@@ -1,8 +1,9 @@
-//! Batched decoding for sessions that run on separate threads (a node's concurrent jobs): each
-//! thread hands its session's next token to the model's [`DecodeBatcher`], and whichever thread
-//! finds no step running runs one [`Stage::decode_batch`] step for every session waiting. N
-//! sessions decoding at once then read each weight once per step instead of N times, and each
-//! still gets exactly the logits it would get alone.
+//! Batched decoding for sessions that run on separate threads (a node's concurrent jobs, or the
+//! sessions of one split stage): each thread hands its session's next row (a token, or a hidden
+//! state from the previous stage) to the stage's [`DecodeBatcher`], and whichever thread finds no
+//! step running runs one [`Stage::step_batch`] step for every session waiting. N sessions
+//! decoding at once then read each weight once per step instead of N times, and each still gets
+//! exactly the output it would get alone.
 //!
 //! Sessions in their decoding loop say so ([`DecodeBatcher::enter`]); a step waits for all of them
 //! to hand in their tokens (they sample and send text between steps), at most [`GATHER`], so that
@@ -42,6 +43,10 @@ struct State {
     running: bool,
     /// Sessions in their decoding loop.
     active: usize,
+    /// Sessions of a pipeline stage (see [`DecodeBatcher::join`]), and into how many groups
+    /// they are stepped.
+    members: usize,
+    groups: usize,
     next_ticket: u64,
     /// Steps run and sessions they served, for [`DecodeBatcher::stats`].
     steps: u64,
@@ -54,8 +59,14 @@ type Stepped = (KvCache, Vec<f32>, Result<()>);
 struct Request {
     ticket: u64,
     cache: KvCache,
-    token: u32,
-    logits: Vec<f32>,
+    row: Row,
+    out: Vec<f32>,
+}
+
+/// One session's input to a step.
+enum Row {
+    Token(u32),
+    Hidden(Vec<f32>),
 }
 
 /// How much batching happened: steps run and session-steps they served.
@@ -66,7 +77,7 @@ pub struct BatchStats {
 }
 
 impl DecodeBatcher {
-    /// A batcher for `stage`, which must hold the whole model.
+    /// A batcher for `stage`.
     pub fn new(stage: Arc<Stage>) -> Self {
         DecodeBatcher {
             stage,
@@ -89,6 +100,17 @@ impl DecodeBatcher {
         }
     }
 
+    /// Counts a session of a pipeline of `stages` stages until the returned guard is dropped.
+    /// Steps then take at most a `stages`-th of the sessions, so that they move through the
+    /// pipeline in groups and every stage has a group to work on, instead of all of them
+    /// stepping together while the other stages wait.
+    pub fn join(self: &Arc<Self>, stages: usize) -> Member {
+        let mut s = self.state.lock().expect("batcher lock");
+        s.members += 1;
+        s.groups = stages.max(1);
+        Member(self.clone())
+    }
+
     /// Marks a session as decoding until the returned guard is dropped: steps wait for it.
     pub fn enter(self: &Arc<Self>) -> Decoding {
         self.state.lock().expect("batcher lock").active += 1;
@@ -97,23 +119,40 @@ impl DecodeBatcher {
 
     /// Feeds `token` to the session in `cache` at its next position and puts its logits in
     /// `logits`, in one step with every other session decoding through this batcher meanwhile.
-    /// Blocks until that step has run.
+    /// Blocks until that step has run. Needs the first stage.
     pub fn decode(&self, cache: &mut KvCache, token: u32, logits: &mut Vec<f32>) -> Result<()> {
+        self.step(cache, Row::Token(token), logits)
+    }
+
+    /// Feeds one row of hidden states to the session in `cache` at its next position and puts
+    /// the stage's output (logits on the last stage, hidden states otherwise) in `out`, in one
+    /// step with every other session stepping through this batcher meanwhile. Blocks until that
+    /// step has run. Needs a stage after the first.
+    pub fn step_hidden(
+        &self,
+        cache: &mut KvCache,
+        hidden: &[f32],
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        self.step(cache, Row::Hidden(hidden.to_vec()), out)
+    }
+
+    fn step(&self, cache: &mut KvCache, row: Row, out: &mut Vec<f32>) -> Result<()> {
         let mut state = self.state.lock().expect("batcher lock");
         let ticket = state.next_ticket;
         state.next_ticket += 1;
         state.waiting.push(Request {
             ticket,
             cache: std::mem::replace(cache, KvCache::new(0, 0, 0)),
-            token,
-            logits: std::mem::take(logits),
+            row,
+            out: std::mem::take(out),
         });
         self.stepped.notify_all();
         let mut deadline = None;
         loop {
-            if let Some((c, l, result)) = state.done.remove(&ticket) {
+            if let Some((c, o, result)) = state.done.remove(&ticket) {
                 *cache = c;
-                *logits = l;
+                *out = o;
                 return result;
             }
             if state.running {
@@ -122,7 +161,14 @@ impl DecodeBatcher {
             }
             let deadline = *deadline.get_or_insert_with(|| Instant::now() + GATHER);
             let now = Instant::now();
-            if state.waiting.len() < state.active && now < deadline {
+            // Whole-model sessions: wait for every one in its decoding loop. A pipeline stage's
+            // sessions: wait for a group's worth, so that groups form and stay together.
+            let want = if state.groups > 1 {
+                state.members.div_ceil(state.groups)
+            } else {
+                state.active
+            };
+            if state.waiting.len() < want && now < deadline {
                 state = self
                     .stepped
                     .wait_timeout(state, deadline - now)
@@ -130,13 +176,24 @@ impl DecodeBatcher {
                     .0;
                 continue;
             }
-            // No step is running: this thread runs one for everyone waiting, itself included.
-            let batch = std::mem::take(&mut state.waiting);
+            // No step is running: this thread runs one for everyone waiting (up to a group of a
+            // pipeline's sessions), itself included, or not if a group before it fills the step.
+            let cap = if state.groups > 1 {
+                state
+                    .members
+                    .max(state.waiting.len())
+                    .div_ceil(state.groups)
+            } else {
+                usize::MAX
+            };
+            let take = cap.min(state.waiting.len());
+            let rest = state.waiting.split_off(take);
+            let batch = std::mem::replace(&mut state.waiting, rest);
             state.running = true;
             drop(state);
             let rows = batch.len() as u64;
             let tickets: Vec<u64> = batch.iter().map(|r| r.ticket).collect();
-            let results = match catch_unwind(AssertUnwindSafe(|| self.step(batch))) {
+            let results = match catch_unwind(AssertUnwindSafe(|| self.run(batch))) {
                 Ok(results) => results,
                 Err(panic) => {
                     // The sessions' caches went down with the step: their threads get an error
@@ -165,33 +222,59 @@ impl DecodeBatcher {
 
     /// One step for `batch`; a session whose step cannot run (its cache is full) gets its own
     /// error without failing the others.
-    fn step(&self, mut batch: Vec<Request>) -> Vec<(u64, Stepped)> {
-        let vocab = self.stage.spec().vocab;
-        let tokens: Vec<u32> = batch.iter().map(|r| r.token).collect();
+    fn run(&self, mut batch: Vec<Request>) -> Vec<(u64, Stepped)> {
+        let width = if self.stage.is_last() {
+            self.stage.spec().vocab
+        } else {
+            self.stage.spec().dim
+        };
+        let tokens: Vec<u32> = batch
+            .iter()
+            .filter_map(|r| match r.row {
+                Row::Token(t) => Some(t),
+                Row::Hidden(_) => None,
+            })
+            .collect();
+        let hidden: Vec<f32> = batch
+            .iter()
+            .flat_map(|r| match &r.row {
+                Row::Hidden(h) => h.as_slice(),
+                Row::Token(_) => &[],
+            })
+            .copied()
+            .collect();
+        let input = if tokens.len() == batch.len() {
+            StageInput::Tokens(&tokens)
+        } else {
+            StageInput::Hidden(&hidden)
+        };
         // The first session's buffer takes every row, then keeps its own.
-        let mut all = std::mem::take(&mut batch[0].logits);
+        let mut all = std::mem::take(&mut batch[0].out);
         let together = {
             let mut caches: Vec<&mut KvCache> = batch.iter_mut().map(|r| &mut r.cache).collect();
-            self.stage.decode_batch(&mut caches, &tokens, &mut all)
+            self.stage.step_batch(&mut caches, input, &mut all)
         };
         let results: Vec<Result<()>> = match together {
             Ok(()) => {
-                for (r, row) in batch.iter_mut().zip(all.chunks_exact(vocab)).skip(1) {
-                    r.logits.clear();
-                    r.logits.extend_from_slice(row);
+                for (r, row) in batch.iter_mut().zip(all.chunks_exact(width)).skip(1) {
+                    r.out.clear();
+                    r.out.extend_from_slice(row);
                 }
-                all.truncate(vocab);
-                batch[0].logits = all;
+                all.truncate(width);
+                batch[0].out = all;
                 batch.iter().map(|_| Ok(())).collect()
             }
             Err(_) => {
-                batch[0].logits = all;
+                batch[0].out = all;
                 batch
                     .iter_mut()
                     .map(|r| {
-                        let input = StageInput::Tokens(std::slice::from_ref(&r.token));
+                        let input = match &r.row {
+                            Row::Token(t) => StageInput::Tokens(std::slice::from_ref(t)),
+                            Row::Hidden(h) => StageInput::Hidden(h),
+                        };
                         self.stage
-                            .forward(&mut r.cache, input, &mut r.logits)
+                            .forward(&mut r.cache, input, &mut r.out)
                             .map(|_| ())
                     })
                     .collect()
@@ -200,8 +283,21 @@ impl DecodeBatcher {
         batch
             .into_iter()
             .zip(results)
-            .map(|(r, result)| (r.ticket, (r.cache, r.logits, result)))
+            .map(|(r, result)| (r.ticket, (r.cache, r.out, result)))
             .collect()
+    }
+}
+
+/// A session of a pipeline stage (see [`DecodeBatcher::join`]).
+pub struct Member(Arc<DecodeBatcher>);
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().expect("batcher lock");
+        state.members = state.members.saturating_sub(1);
+        if state.members == 0 {
+            state.groups = 1;
+        }
     }
 }
 

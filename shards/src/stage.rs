@@ -285,28 +285,60 @@ impl Stage {
                 self.range
             )));
         }
-        if caches.is_empty() || caches.len() != tokens.len() {
-            return Err(Error::BadStageInput(format!(
-                "{} sessions but {} tokens",
-                caches.len(),
+        self.step_batch(caches, StageInput::Tokens(tokens), logits)
+    }
+
+    /// One step for several sessions of this stage at once, one row each: session `i` feeds
+    /// token `i` (first stage) or hidden row `i` at its cache's next position, and `out` gets
+    /// one row per session: logits on the last stage, hidden states otherwise. Every weight is
+    /// read once for the whole step; each session's row is bit-identical to what
+    /// [`Stage::forward`] gives it alone.
+    pub fn step_batch(
+        &self,
+        caches: &mut [&mut KvCache],
+        input: StageInput<'_>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let rows = match input {
+            StageInput::Tokens(tokens) => {
+                if !self.is_first() {
+                    return Err(Error::BadStageInput(format!(
+                        "stage {:?} starts mid-model and takes hidden states, not tokens",
+                        self.range
+                    )));
+                }
+                self.check_tokens(tokens)?;
                 tokens.len()
+            }
+            StageInput::Hidden(h) => {
+                if self.is_first() {
+                    return Err(Error::BadStageInput(
+                        "the first stage takes token ids, not hidden states".into(),
+                    ));
+                }
+                if h.len() != caches.len() * self.spec.dim {
+                    return Err(Error::BadStageInput(format!(
+                        "{} floats for {} sessions of {}-wide rows",
+                        h.len(),
+                        caches.len(),
+                        self.spec.dim
+                    )));
+                }
+                caches.len()
+            }
+        };
+        if caches.is_empty() || caches.len() != rows {
+            return Err(Error::BadStageInput(format!(
+                "{} sessions but {rows} rows",
+                caches.len()
             )));
         }
-        self.check_tokens(tokens)?;
         for cache in caches.iter() {
             self.check_cache(cache, 1)?;
         }
-        let rows = Rows::Sessions(caches.iter().map(|c| c.len).collect());
-        self.pool.install(|| {
-            self.run(
-                caches,
-                &rows,
-                StageInput::Tokens(tokens),
-                tokens.len(),
-                logits,
-                true,
-            )
-        });
+        let positions = Rows::Sessions(caches.iter().map(|c| c.len).collect());
+        self.pool
+            .install(|| self.run(caches, &positions, input, rows, out, true));
         caches.iter_mut().for_each(|c| c.len += 1);
         Ok(())
     }

@@ -418,18 +418,17 @@ pub async fn household_client_as(
     let key = hearth_protocol::HouseholdSecret::from_join_code(&household.code)
         .unwrap()
         .network_key();
-    let mut swarm =
-        libp2p::SwarmBuilder::with_existing_identity(identity)
-            .with_tokio()
-            .with_other_transport(|k| {
-                hearth_node::mesh::transport(k, key)
-                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-            })
-            .unwrap()
-            .with_behaviour(|_| libp2p_stream::Behaviour::new())
-            .unwrap()
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-            .build();
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(identity)
+        .with_tokio()
+        .with_other_transport(|k| {
+            hearth_node::mesh::transport(k, key)
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        })
+        .unwrap()
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
     let control = swarm.behaviour().new_control();
     let peer: libp2p::PeerId = node.peer_id.parse().unwrap();
     swarm

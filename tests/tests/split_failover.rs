@@ -83,7 +83,12 @@ fn a_stage_killed_mid_reply_is_replanned_around_and_the_reply_is_unbroken() {
     assert_eq!(last["usage"]["completion_tokens"], 120, "{last}");
     assert_eq!(text, expected, "the re-planned reply differs");
     let entry = &nodes[0];
-    assert_eq!(entry.metric("hearth_split_replans_total"), 1.0, "{}", entry.log());
+    assert_eq!(
+        entry.metric("hearth_split_replans_total"),
+        1.0,
+        "{}",
+        entry.log()
+    );
     assert!(
         entry.log().contains("re-planning without it"),
         "{}",

@@ -69,8 +69,14 @@ fn reply(node: &TestNode, path: &str, body: &Value) -> (String, String) {
     let (status, v) = post(node, path, body.to_string());
     assert_eq!(status, 200, "{v}\n{}", node.log());
     let c = &v["choices"][0];
-    let text = c["message"]["content"].as_str().or(c["text"].as_str()).unwrap();
-    (text.to_owned(), v["hearth"]["nodes"][0].as_str().unwrap_or("").to_owned())
+    let text = c["message"]["content"]
+        .as_str()
+        .or(c["text"].as_str())
+        .unwrap();
+    (
+        text.to_owned(),
+        v["hearth"]["nodes"][0].as_str().unwrap_or("").to_owned(),
+    )
 }
 
 /// Peak resident memory of a node's process, in MiB.
@@ -170,7 +176,10 @@ fn split_replies_match_the_single_node(model: TestModel, two_way: &str, three_wa
             let last = &planned.last().unwrap().0;
             assert_eq!(&serving, last, "the last stage drives the reply");
         }
-        let served: f64 = nodes.iter().map(|n| n.metric("hearth_split_replies_total")).sum();
+        let served: f64 = nodes
+            .iter()
+            .map(|n| n.metric("hearth_split_replies_total"))
+            .sum();
         assert!(served >= 4.0, "{served}");
         let peaks: Vec<String> = planned
             .iter()
@@ -186,7 +195,11 @@ fn split_replies_match_the_single_node(model: TestModel, two_way: &str, three_wa
             peaks.join(", ")
         );
         for n in &nodes {
-            assert!(peak_rss_mib(n) < whole_peak, "{}: {peaks:?} vs {whole_peak}", n.name);
+            assert!(
+                peak_rss_mib(n) < whole_peak,
+                "{}: {peaks:?} vs {whole_peak}",
+                n.name
+            );
         }
     }
 }

@@ -101,7 +101,13 @@ impl Client {
         let stages = vec![stage(self.node, 0, 15), stage(self.me, 15, 30)];
         let (s, first) = self.open(session, stages, 0).await;
         assert_eq!(first, StageFrame::Ready { session });
-        (s, self.downstream.recv().await.expect("the node opened the next stage"))
+        (
+            s,
+            self.downstream
+                .recv()
+                .await
+                .expect("the node opened the next stage"),
+        )
     }
 
     /// A running session with the node as the middle stage (layers 10..20).
@@ -113,7 +119,13 @@ impl Client {
         ];
         let (s, first) = self.open(session, stages, 1).await;
         assert_eq!(first, StageFrame::Ready { session });
-        (s, self.downstream.recv().await.expect("the node opened the next stage"))
+        (
+            s,
+            self.downstream
+                .recv()
+                .await
+                .expect("the node opened the next stage"),
+        )
     }
 }
 
@@ -124,7 +136,11 @@ async fn refusal(up: &mut Stream, down: &mut Stream, frame: &StageFrame) -> Stri
     let on: StageFrame = read_message(down).await.expect("an error frame downstream");
     assert_eq!(back, on);
     match back {
-        StageFrame::Error { lost: None, message, .. } => message,
+        StageFrame::Error {
+            lost: None,
+            message,
+            ..
+        } => message,
         other => panic!("{other:?}"),
     }
 }
@@ -157,7 +173,11 @@ async fn closed(s: &mut Stream) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_stage_frames_are_refused_and_the_node_carries_on() {
     let household = Household::new();
-    let node = TestNode::start("stage", &household, NodeOptions::holding(TestModel::SmolLm2));
+    let node = TestNode::start(
+        "stage",
+        &household,
+        NodeOptions::holding(TestModel::SmolLm2),
+    );
     let mut c = client(&household, &node).await;
 
     // The first stage: a good frame gets hidden states for every position, straight on.
@@ -168,7 +188,9 @@ async fn bad_stage_frames_are_refused_and_the_node_carries_on() {
         ids,
         last: true,
     };
-    write_frame(&mut up, &tokens(1, 0, vec![1, 2, 3])).await.unwrap();
+    write_frame(&mut up, &tokens(1, 0, vec![1, 2, 3]))
+        .await
+        .unwrap();
     match read_message::<StageFrame>(&mut down).await {
         Some(StageFrame::Hidden {
             session: 1,
@@ -189,7 +211,10 @@ async fn bad_stage_frames_are_refused_and_the_node_carries_on() {
         (tokens(99, 0, vec![1]), "session"),
         (tokens(2, 0, vec![49_152]), "vocabulary"),
         (tokens(2, 0, vec![1; 65]), "context"),
-        (hidden(2, 1, DIM, WireDtype::F32, DIM as usize * 4), "first stage"),
+        (
+            hidden(2, 1, DIM, WireDtype::F32, DIM as usize * 4),
+            "first stage",
+        ),
     ];
     for (frame, want) in first_stage_cases {
         let (mut up, mut down) = c.first_stage(2).await;
@@ -201,7 +226,10 @@ async fn bad_stage_frames_are_refused_and_the_node_carries_on() {
     let middle_cases = [
         (hidden(3, 1, 640, WireDtype::F32, 640 * 4), "640 wide"),
         (hidden(3, 1, DIM, WireDtype::F16, DIM as usize * 2), "f16"),
-        (hidden(3, 2, DIM, WireDtype::F32, DIM as usize * 4), "expected"),
+        (
+            hidden(3, 2, DIM, WireDtype::F32, DIM as usize * 4),
+            "expected",
+        ),
         (tokens(3, 0, vec![1]), "takes hidden"),
     ];
     for (frame, want) in middle_cases {
@@ -223,7 +251,11 @@ async fn bad_stage_frames_are_refused_and_the_node_carries_on() {
     write_frame(&mut up, &good).await.unwrap();
     assert!(matches!(
         read_message::<StageFrame>(&mut down).await,
-        Some(StageFrame::Hidden { rows: 2, pos: 0, .. })
+        Some(StageFrame::Hidden {
+            rows: 2,
+            pos: 0,
+            ..
+        })
     ));
 
     // Sessions the node must not open: each answered with an error, nothing loaded for it.
@@ -232,13 +264,19 @@ async fn bad_stage_frames_are_refused_and_the_node_carries_on() {
         (vec![stage(n, 0, 15), stage(me, 15, 31)], 0, "31"),
         (vec![stage(n, 0, 15), stage(me, 16, 30)], 0, "continue"),
         (vec![stage(me, 0, 15), stage(n, 15, 30)], 0, "another node"),
-        (vec![stage(n, 0, 10), stage(n, 10, 20), stage(me, 20, 30)], 1, "takes its input"),
+        (
+            vec![stage(n, 0, 10), stage(n, 10, 20), stage(me, 20, 30)],
+            1,
+            "takes its input",
+        ),
         (vec![stage(n, 0, 30)], 0, "does not exist"),
     ];
     for (stages, index, want) in refused_opens {
         let (_, first) = c.open(5, stages, index).await;
         match first {
-            StageFrame::Error { message, .. } => assert!(message.contains(want), "{want}: {message}"),
+            StageFrame::Error { message, .. } => {
+                assert!(message.contains(want), "{want}: {message}")
+            }
             other => panic!("{want}: {other:?}"),
         }
     }
@@ -254,13 +292,19 @@ async fn bad_stage_frames_are_refused_and_the_node_carries_on() {
         index: 0,
         context: 64,
     };
-    write_frame(&mut s, &StageFrame::Open(open.clone())).await.unwrap();
-    assert!(matches!(read_message(&mut s).await, Some(StageFrame::Error { message, .. }) if message.contains("version")));
+    write_frame(&mut s, &StageFrame::Open(open.clone()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(read_message(&mut s).await, Some(StageFrame::Error { message, .. }) if message.contains("version"))
+    );
     open.version = PROTOCOL_VERSION;
     open.model = "ab".repeat(32);
     let mut s = c.stream().await;
     write_frame(&mut s, &StageFrame::Open(open)).await.unwrap();
-    assert!(matches!(read_message(&mut s).await, Some(StageFrame::Error { message, .. }) if message.contains("no model")));
+    assert!(
+        matches!(read_message(&mut s).await, Some(StageFrame::Error { message, .. }) if message.contains("no model"))
+    );
 
     // An oversized length, garbage, a truncated frame, data before any open: closed streams.
     let truncated = encode(&tokens(7, 0, vec![1; 100])).unwrap();
@@ -284,7 +328,11 @@ async fn bad_stage_frames_are_refused_and_the_node_carries_on() {
         Some(StageFrame::Error { .. })
     ));
 
-    assert!(node.metric("hearth_stage_frames_refused_total") >= 12.0, "{}", node.log());
+    assert!(
+        node.metric("hearth_stage_frames_refused_total") >= 12.0,
+        "{}",
+        node.log()
+    );
     assert!(node.log().contains("stage frame refused"), "{}", node.log());
     assert_eq!(node.get("/healthz")["status"], "ok");
 }

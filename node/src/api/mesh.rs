@@ -13,8 +13,8 @@ use serde_json::json;
 
 use super::ApiError;
 use crate::chat::{Members, RouteAsk};
-use crate::split::plan::Ask;
 use crate::node::Node;
+use crate::split::plan::Ask;
 
 /// `GET /healthz`.
 pub async fn healthz(State(node): State<Arc<Node>>) -> impl IntoResponse {

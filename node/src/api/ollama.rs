@@ -7,13 +7,13 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use super::HearthOptions;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::Stream;
-use super::HearthOptions;
 use hearth_protocol::{ChatMessage, Finish, JobParams, Prompt, SamplingOverrides, Usage};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -421,7 +421,10 @@ async fn respond(
             "format {f} is not supported: hearth cannot constrain replies to a format yet"
         )));
     }
-    let (split, wire) = common.hearth.split().map_err(|e| bad(format!("hearth: {e}")))?;
+    let (split, wire) = common
+        .hearth
+        .split()
+        .map_err(|e| bad(format!("hearth: {e}")))?;
     let conversation = common
         .hearth
         .conversation

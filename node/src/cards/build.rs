@@ -44,6 +44,7 @@ pub fn build_card(name: &str, mesh: &Mesh, engine: &Engine) -> Card {
             .collect(),
         queue_depth: occupancy.waiting,
         active_jobs: occupancy.running,
+        split_jobs: occupancy.split,
         max_jobs: engine.max_jobs() as u32,
         draining: engine.is_draining(),
         revoked: mesh.revoked().iter().map(ToString::to_string).collect(),

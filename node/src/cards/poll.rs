@@ -43,7 +43,7 @@ async fn fetch(mesh: Mesh, cards: Cards, peer: PeerId) {
         Ok(Ok((mut stream, reply))) => {
             let _ = stream.close().await;
             match reply {
-                CardReply::Card(card) => Some(card),
+                CardReply::Card(card) => Some(*card),
                 CardReply::Refused { reason } => {
                     tracing::warn!(%peer, %reason, "peer refused to give its card");
                     None

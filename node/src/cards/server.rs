@@ -22,7 +22,7 @@ pub(super) async fn serve(mut incoming: IncomingStreams, source: CardSource) {
             let reply = match request {
                 Ok(Ok(Some(r))) if r.version == PROTOCOL_VERSION => {
                     match tokio::task::spawn_blocking(move || source()).await {
-                        Ok(card) => CardReply::Card(card),
+                        Ok(card) => CardReply::Card(Box::new(card)),
                         Err(e) => {
                             tracing::warn!(error = %e, "building this node's card failed");
                             return;

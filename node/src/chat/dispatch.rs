@@ -97,7 +97,9 @@ pub(super) async fn drive(
             let out = match event {
                 JobEvent::Busy { reason } => break Stop::Busy(reason),
                 JobEvent::Failed { code, message } => break failed(&c.node, code, message),
-                JobEvent::StageLost { peer, message } => break Stop::Lost(peer.parse().ok(), message),
+                JobEvent::StageLost { peer, message } => {
+                    break Stop::Lost(peer.parse().ok(), message)
+                }
                 JobEvent::Started { node: name, .. } => {
                     let resumed = started;
                     if resumed {

@@ -7,9 +7,9 @@ use libp2p::PeerId;
 use serde::Serialize;
 
 use super::routing::{self, Candidate, Route, SplitRoute};
-use crate::split::plan::{self, NoPlan};
 use crate::mesh::peers::peer_id_text;
 use crate::node::Node;
+use crate::split::plan::{self, NoPlan};
 
 /// One household node with its card, as `/api/peers` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -192,7 +192,9 @@ impl Members {
                 memory_free: m.card.memory_free(),
                 tokens_per_s: m.card.speed(digest),
                 latency_ms: m.latency_ms,
-                busy: m.card.queue_depth + m.card.active_jobs,
+                // Split replies' own load is not a reason to move their stages (which would
+                // stop concurrent replies sharing, and batching in, the same stages).
+                busy: (m.card.queue_depth + m.card.active_jobs).saturating_sub(m.card.split_jobs),
                 draining: m.card.draining || lost(m),
             })
             .collect();

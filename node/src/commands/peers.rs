@@ -188,7 +188,11 @@ pub(super) fn route(
                 .flatten()
                 .filter_map(Value::as_str)
                 .collect();
-            println!("  {:<16} {}", r["node"].as_str().unwrap_or("?"), reasons.join(", "));
+            println!(
+                "  {:<16} {}",
+                r["node"].as_str().unwrap_or("?"),
+                reasons.join(", ")
+            );
         }
     } else {
         println!("{name}: no node can serve it now");

@@ -5,6 +5,7 @@
 //! back through a channel; when its receiver is dropped the job stops at the next token.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -20,9 +21,9 @@ use tokio::sync::mpsc;
 use super::fair_queue::FairQueue;
 use crate::drain::{Drain, InFlight};
 use crate::memory::{Budget, Reservation};
-use crate::split;
 use crate::metrics::Metrics;
 use crate::models::ModelCache;
+use crate::split;
 
 /// Events buffered per job before generation waits for the reader.
 const EVENT_BUFFER: usize = 64;
@@ -120,6 +121,17 @@ struct Pending {
     events: mpsc::Sender<JobEvent>,
     /// Counts the job for shutdown until it ends.
     _in_flight: InFlight,
+    /// Counts a split job until it ends.
+    _split: Option<SplitJob>,
+}
+
+/// One split job counted in [`Engine::occupancy`], from its arrival to its end.
+struct SplitJob(Arc<AtomicU32>);
+
+impl Drop for SplitJob {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Jobs waiting for a slot, and how many run.
@@ -147,6 +159,8 @@ pub struct Engine {
     budget: Arc<Budget>,
     /// Runs split jobs' stages; set once the mesh is up.
     split: OnceLock<Arc<split::Host>>,
+    /// Split jobs waiting or running here.
+    split_jobs: Arc<AtomicU32>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -160,6 +174,8 @@ impl std::fmt::Debug for Engine {
 pub struct Occupancy {
     pub waiting: u32,
     pub running: u32,
+    /// Of those waiting and running, replies this node drives through a split.
+    pub split: u32,
 }
 
 impl Engine {
@@ -186,6 +202,7 @@ impl Engine {
             idle: Mutex::new(Vec::new()),
             budget,
             split: OnceLock::new(),
+            split_jobs: Arc::new(AtomicU32::new(0)),
         })
     }
 
@@ -228,13 +245,20 @@ impl Engine {
         Occupancy {
             waiting: s.waiting.len() as u32,
             running: s.running as u32,
+            split: self.split_jobs.load(Ordering::SeqCst),
         }
     }
 
-    /// Decoding steps run and the session-steps they served, over every loaded model.
+    /// Decoding steps run and the session-steps they served, over every loaded model and split
+    /// stage.
     pub fn batch_stats(&self) -> BatchStats {
         let loaded = self.loaded.lock().expect("loaded lock");
-        loaded.values().fold(BatchStats::default(), |acc, m| {
+        let stages = self
+            .split
+            .get()
+            .map(|h| h.batch_stats())
+            .unwrap_or_default();
+        loaded.values().fold(stages, |acc, m| {
             let s = m.batcher.stats();
             BatchStats {
                 steps: acc.steps + s.steps,
@@ -287,10 +311,15 @@ impl Engine {
             });
             return rx;
         }
+        let split = request.split.is_some().then(|| {
+            self.split_jobs.fetch_add(1, Ordering::SeqCst);
+            SplitJob(self.split_jobs.clone())
+        });
         let pending = Pending {
             request,
             events: tx,
             _in_flight: self.drain.enter(),
+            _split: split,
         };
         let refused = {
             let mut s = self.slots.lock().expect("slots lock");
@@ -474,8 +503,7 @@ impl Engine {
         if let Some(cancelled) = self.start(events, prompt.len()) {
             return Ok(cancelled);
         }
-        let completion =
-            generator.resume(&prompt, &request.resume, &params, self.relay(events))?;
+        let completion = generator.resume(&prompt, &request.resume, &params, self.relay(events))?;
         let fresh = completion.tokens.len() - request.resume.tokens.len();
         self.record_speed(&request.model, fresh, completion.decode_time);
         self.put_generator(&request.model, generator);
@@ -495,17 +523,23 @@ impl Engine {
             node: self.config.node.clone(),
             prompt_tokens: prompt_tokens as u32,
         };
-        events.blocking_send(started).is_err().then(|| JobEvent::Done {
-            finish: Finish::Cancelled,
-            usage: Usage {
-                prompt_tokens: prompt_tokens as u32,
-                ..Usage::default()
-            },
-        })
+        events
+            .blocking_send(started)
+            .is_err()
+            .then(|| JobEvent::Done {
+                finish: Finish::Cancelled,
+                usage: Usage {
+                    prompt_tokens: prompt_tokens as u32,
+                    ..Usage::default()
+                },
+            })
     }
 
     /// Hands each piece of the reply to the requester; `false` once it has gone.
-    fn relay<'a>(&'a self, events: &'a mpsc::Sender<JobEvent>) -> impl FnMut(Piece<'_>) -> bool + 'a {
+    fn relay<'a>(
+        &'a self,
+        events: &'a mpsc::Sender<JobEvent>,
+    ) -> impl FnMut(Piece<'_>) -> bool + 'a {
         move |piece| {
             let event = match piece {
                 Piece::Token { id, text } => {
@@ -615,7 +649,10 @@ impl Engine {
 
 /// A job's prompt tokens, the tokens to feed (prompt and resumed reply), and its settings
 /// resolved against the model's.
-fn prepare(model: &Model, request: &JobRequest) -> Result<(Vec<u32>, Vec<u32>, GenerateParams), JobError> {
+fn prepare(
+    model: &Model,
+    request: &JobRequest,
+) -> Result<(Vec<u32>, Vec<u32>, GenerateParams), JobError> {
     let (prompt, stops) = model
         .prompt_tokens(&request.prompt)
         .map_err(|e| JobError::BadRequest(e.to_string()))?;

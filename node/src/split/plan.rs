@@ -59,9 +59,14 @@ pub enum Ask {
 impl Ask {
     /// What a request's `split` (a stage count) and `stages` (node names in order) options ask;
     /// `None` when neither is set.
-    pub fn from_request(split: Option<u32>, stages: Option<Vec<String>>) -> Result<Option<Ask>, String> {
+    pub fn from_request(
+        split: Option<u32>,
+        stages: Option<Vec<String>>,
+    ) -> Result<Option<Ask>, String> {
         match (split, stages) {
-            (Some(_), Some(_)) => Err("give either split (a number of stages) or stages (node names), not both".into()),
+            (Some(_), Some(_)) => Err(
+                "give either split (a number of stages) or stages (node names), not both".into(),
+            ),
             (Some(n), None) if n < 2 => Err(format!("split must be at least 2 stages, not {n}")),
             (Some(n), None) => Ok(Some(Ask::Stages(n as usize))),
             (None, Some(names)) if names.len() < 2 => Err(format!(
@@ -109,14 +114,21 @@ pub struct NoPlan {
 }
 
 /// Plans `layout` at `context` positions over `nodes` as `ask` says.
-pub fn plan(layout: &ModelLayout, context: u32, nodes: &[PlanNode], ask: &Ask) -> Result<Plan, NoPlan> {
+pub fn plan(
+    layout: &ModelLayout,
+    context: u32,
+    nodes: &[PlanNode],
+    ask: &Ask,
+) -> Result<Plan, NoPlan> {
     let mut reasons = Vec::new();
     let usable: Vec<usize> = match ask {
         Ask::Nodes(names) => {
             let mut picked = Vec::new();
             for name in names {
                 match nodes.iter().position(|n| &n.name == name) {
-                    Some(i) if picked.contains(&i) => reasons.push(format!("{name} is named twice")),
+                    Some(i) if picked.contains(&i) => {
+                        reasons.push(format!("{name} is named twice"))
+                    }
                     Some(i) => match unusable(&nodes[i]) {
                         Some(why) => reasons.push(format!("{name} {why}")),
                         None => picked.push(i),
@@ -449,7 +461,13 @@ mod tests {
 
     #[test]
     fn a_faster_node_gets_more_layers() {
-        let even = plan(&layout(), CTX, &[node("a", 200), node("b", 200)], &Ask::Stages(2)).unwrap();
+        let even = plan(
+            &layout(),
+            CTX,
+            &[node("a", 200), node("b", 200)],
+            &Ask::Stages(2),
+        )
+        .unwrap();
         let fast = PlanNode {
             tokens_per_s: Some(200.0),
             ..node("b", 200)
@@ -496,7 +514,13 @@ mod tests {
             assert!(p.stages.iter().all(|s| s.node != "tiny"), "{:?}", shape(&p));
         }
         // Asked for by name, it is refused with the figures rather than overfilled.
-        let err = plan(&layout(), CTX, &nodes, &Ask::Nodes(vec!["tiny".into(), "a".into()])).unwrap_err();
+        let err = plan(
+            &layout(),
+            CTX,
+            &nodes,
+            &Ask::Nodes(vec!["tiny".into(), "a".into()]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("tiny 5 MB"), "{err}");
     }
 
@@ -518,14 +542,26 @@ mod tests {
         let nodes = [node("a", 200), node("b", 200), node("c", 200)];
         let p = plan(&layout(), CTX, &nodes, &Ask::Stages(3)).unwrap();
         assert_eq!(p.stages.len(), 3);
-        let p = plan(&layout(), CTX, &nodes, &Ask::Nodes(vec!["c".into(), "a".into()])).unwrap();
+        let p = plan(
+            &layout(),
+            CTX,
+            &nodes,
+            &Ask::Nodes(vec!["c".into(), "a".into()]),
+        )
+        .unwrap();
         assert_eq!(
             p.stages.iter().map(|s| s.node.as_str()).collect::<Vec<_>>(),
             ["c", "a"]
         );
         let err = plan(&layout(), CTX, &nodes, &Ask::Stages(4)).unwrap_err();
         assert!(err.to_string().contains("at least 4 nodes"), "{err}");
-        let err = plan(&layout(), CTX, &nodes, &Ask::Nodes(vec!["a".into(), "zz".into()])).unwrap_err();
+        let err = plan(
+            &layout(),
+            CTX,
+            &nodes,
+            &Ask::Nodes(vec!["a".into(), "zz".into()]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("no node named zz"), "{err}");
     }
 
@@ -539,9 +575,17 @@ mod tests {
             draining: true,
             ..node("leaving", 500)
         };
-        let p = plan(&layout(), CTX, &[missing, leaving, node("a", 90), node("b", 90)], &Ask::Auto).unwrap();
+        let p = plan(
+            &layout(),
+            CTX,
+            &[missing, leaving, node("a", 90), node("b", 90)],
+            &Ask::Auto,
+        )
+        .unwrap();
         assert!(p.stages.iter().all(|s| s.node == "a" || s.node == "b"));
-        assert!(p.reasons.contains(&"missing does not have the model file".to_owned()));
+        assert!(p
+            .reasons
+            .contains(&"missing does not have the model file".to_owned()));
         assert!(p.reasons.contains(&"leaving is shutting down".to_owned()));
     }
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 use futures::{AsyncReadExt, AsyncWriteExt};
 use hearth_protocol::stage::{decode_rows, max_rows, Expect, Input};
 use hearth_protocol::{Split, StageFrame, StageOpen, WireDtype, PROTOCOL_VERSION, STAGE_PROTOCOL};
-use hearth_shards::{Error as EngineError, KvCache, Stage, StageInput, Steps};
+use hearth_shards::batch::Member;
+use hearth_shards::{DecodeBatcher, Error as EngineError, KvCache, StageInput, Steps};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot};
 
@@ -26,13 +27,18 @@ enum Event {
     /// A frame from the stage before the last.
     Frame(StageFrame),
     /// The ring broke; `lost` names the stage's node that went away, when known.
-    Broken { lost: Option<PeerId>, message: String },
+    Broken {
+        lost: Option<PeerId>,
+        message: String,
+    },
 }
 
 /// A reply's pipeline of stages, seen from the node running the last one.
 pub struct Ring {
     session: u64,
-    stage: Arc<Stage>,
+    /// The last stage, behind the batcher its sessions' decoding steps share.
+    stage: Arc<DecodeBatcher>,
+    _member: Member,
     cache: KvCache,
     _memory: Reservation,
     to_first: mpsc::UnboundedSender<StageFrame>,
@@ -66,7 +72,12 @@ impl Ring {
     /// Opens a session on every stage of `split` for `digest` (this node being the last) with
     /// caches of `context` positions, and waits until the ring is closed. Blocks: call it from a
     /// job thread.
-    pub fn open(host: &Arc<Host>, digest: &str, split: &Split, context: u32) -> Result<Ring, JobError> {
+    pub fn open(
+        host: &Arc<Host>,
+        digest: &str,
+        split: &Split,
+        context: u32,
+    ) -> Result<Ring, JobError> {
         let k = split.stages.len();
         let me = host.mesh.peer_id();
         if k < 2 || split.stages[k - 1].peer != me.to_string() {
@@ -115,7 +126,12 @@ impl Ring {
                         other.kind()
                     )))
                 }
-                Ok(Err(e)) => return Err(broken(Some(first), format!("cannot reach the first stage: {e}"))),
+                Ok(Err(e)) => {
+                    return Err(broken(
+                        Some(first),
+                        format!("cannot reach the first stage: {e}"),
+                    ))
+                }
                 Err(_) => return Err(broken(Some(first), "the stages did not load in time")),
             };
             match tokio::time::timeout(Duration::from_secs(10), rx).await {
@@ -128,7 +144,17 @@ impl Ring {
         let (events_tx, events) = std_mpsc::channel();
         let (to_first, frames) = mpsc::unbounded_channel();
         let _guard = host.runtime.enter();
-        spawn_links(host.clone(), session, k, first, before_last, first_stream, back, frames, events_tx);
+        spawn_links(
+            host.clone(),
+            session,
+            k,
+            first,
+            before_last,
+            first_stream,
+            back,
+            frames,
+            events_tx,
+        );
         let wire = split.wire;
         Ok(Ring {
             session,
@@ -141,7 +167,8 @@ impl Ring {
                 vocab: 0,
             },
             chunk: max_rows(layout.dim as usize, wire),
-            cache: stage.new_cache(context as usize),
+            cache: stage.stage().new_cache(context as usize),
+            _member: stage.join(k),
             stage,
             _memory: memory,
             to_first,
@@ -202,7 +229,10 @@ fn spawn_links(
                 StageFrame::Tokens { ids, .. } => ids.len() * 4,
                 _ => 0,
             };
-            if crate::mesh::wire::write_frame(&mut first_write, &frame).await.is_err() {
+            if crate::mesh::wire::write_frame(&mut first_write, &frame)
+                .await
+                .is_err()
+            {
                 let _ = to_driver.send(Event::Broken {
                     lost: Some(first),
                     message: "the first stage went away".into(),
@@ -212,7 +242,8 @@ fn spawn_links(
             host.metrics.hop_bytes(stages - 1, bytes);
         }
         // The reply is over: the close goes round the ring.
-        let _ = crate::mesh::wire::write_frame(&mut first_write, &StageFrame::Close { session }).await;
+        let _ =
+            crate::mesh::wire::write_frame(&mut first_write, &StageFrame::Close { session }).await;
         let _ = first_write.close().await;
     });
     let mut from_first = reader(first_read);
@@ -301,8 +332,16 @@ impl Steps for Ring {
                 unreachable!("checked as hidden states")
             };
             decode_rows(&data, self.wire, &mut self.hidden);
-            self.stage
-                .forward(&mut self.cache, StageInput::Hidden(&self.hidden), logits)?;
+            if rows == 1 {
+                self.stage
+                    .step_hidden(&mut self.cache, &self.hidden, logits)?;
+            } else {
+                self.stage.stage().forward(
+                    &mut self.cache,
+                    StageInput::Hidden(&self.hidden),
+                    logits,
+                )?;
+            }
             self.expect.pos += rows as u32;
             if last {
                 return Ok(());

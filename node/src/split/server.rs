@@ -13,15 +13,15 @@ use std::time::Duration;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use hearth_protocol::stage::{decode_rows, encode_rows, max_rows, Expect, Input};
 use hearth_protocol::{is_digest, StageFrame, StageOpen, PROTOCOL_VERSION, STAGE_PROTOCOL};
-use hearth_shards::{KvCache, Stage, StageInput};
+use hearth_shards::{DecodeBatcher, KvCache, StageInput};
 use libp2p::PeerId;
 use libp2p::Stream;
 use libp2p_stream::IncomingStreams;
 
 use super::link::{reader, Incoming};
 use super::Host;
-use crate::metrics::Metrics;
 use crate::mesh::wire::{read_frame, write_frame};
+use crate::metrics::Metrics;
 
 /// Longest wait for a session's opening frame.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,12 +50,18 @@ fn error(session: u64, lost: Option<PeerId>, message: impl Into<String>) -> Stag
 }
 
 async fn accept(host: Arc<Host>, peer: PeerId, mut stream: Stream) {
-    let open = match tokio::time::timeout(OPEN_TIMEOUT, read_frame::<_, StageFrame>(&mut stream)).await {
+    let open = match tokio::time::timeout(OPEN_TIMEOUT, read_frame::<_, StageFrame>(&mut stream))
+        .await
+    {
         Ok(Ok(Some(StageFrame::Open(open)))) => open,
         Ok(Ok(Some(other))) => {
             Metrics::inc(&host.metrics.stage_frames_refused);
             tracing::warn!(%peer, kind = other.kind(), "stage stream did not start with an open frame");
-            let _ = write_frame(&mut stream, &error(0, None, "a stage stream starts with an open frame")).await;
+            let _ = write_frame(
+                &mut stream,
+                &error(0, None, "a stage stream starts with an open frame"),
+            )
+            .await;
             return;
         }
         other => {
@@ -77,16 +83,30 @@ async fn accept(host: Arc<Host>, peer: PeerId, mut stream: Stream) {
         let waiting = host.returns.lock().expect("returns lock").remove(&session);
         match waiting {
             Some((from, tx)) if from == peer => {
-                if write_frame(&mut stream, &StageFrame::Ready { session }).await.is_ok() {
+                if write_frame(&mut stream, &StageFrame::Ready { session })
+                    .await
+                    .is_ok()
+                {
                     let _ = tx.send(stream);
                 }
             }
             other => {
                 if let Some(w) = other {
-                    host.returns.lock().expect("returns lock").insert(session, w);
+                    host.returns
+                        .lock()
+                        .expect("returns lock")
+                        .insert(session, w);
                 }
                 Metrics::inc(&host.metrics.stage_frames_refused);
-                let _ = write_frame(&mut stream, &error(session, None, "no ring of that session waits here for that peer")).await;
+                let _ = write_frame(
+                    &mut stream,
+                    &error(
+                        session,
+                        None,
+                        "no ring of that session waits here for that peer",
+                    ),
+                )
+                .await;
             }
         }
         return;
@@ -117,7 +137,11 @@ fn check_open(host: &Host, peer: PeerId, open: &StageOpen) -> Result<(), String>
     if stages[index].peer != me {
         return Err(format!("stage {index} is planned on another node"));
     }
-    let before = if index == 0 { stages.len() - 1 } else { index - 1 };
+    let before = if index == 0 {
+        stages.len() - 1
+    } else {
+        index - 1
+    };
     if stages[before].peer != peer.to_string() {
         return Err(format!(
             "stage {index} takes its input from stage {before}'s node, not this peer"
@@ -145,14 +169,22 @@ async fn run_stage(host: Arc<Host>, up_peer: PeerId, mut up: Stream, open: Stage
             return;
         }
         Err(e) => {
-            let _ = write_frame(&mut up, &error(session, None, format!("stage setup failed: {e}"))).await;
+            let _ = write_frame(
+                &mut up,
+                &error(session, None, format!("stage setup failed: {e}")),
+            )
+            .await;
             return;
         }
     };
     let next_peer: PeerId = match open.split.stages[index + 1].peer.parse() {
         Ok(p) => p,
         Err(_) => {
-            let _ = write_frame(&mut up, &error(session, None, "the next stage's peer id is not one")).await;
+            let _ = write_frame(
+                &mut up,
+                &error(session, None, "the next stage's peer id is not one"),
+            )
+            .await;
             return;
         }
     };
@@ -162,7 +194,8 @@ async fn run_stage(host: Arc<Host>, up_peer: PeerId, mut up: Stream, open: Stage
     });
     let asked = tokio::time::timeout(
         SETUP_TIMEOUT,
-        host.mesh.ask::<_, StageFrame>(next_peer, STAGE_PROTOCOL, &next_open),
+        host.mesh
+            .ask::<_, StageFrame>(next_peer, STAGE_PROTOCOL, &next_open),
     )
     .await;
     let down = match asked {
@@ -173,23 +206,51 @@ async fn run_stage(host: Arc<Host>, up_peer: PeerId, mut up: Stream, open: Stage
             return;
         }
         Ok(Ok((_, other))) => {
-            let _ = write_frame(&mut up, &error(session, Some(next_peer), format!("the next stage answered {}", other.kind()))).await;
+            let _ = write_frame(
+                &mut up,
+                &error(
+                    session,
+                    Some(next_peer),
+                    format!("the next stage answered {}", other.kind()),
+                ),
+            )
+            .await;
             return;
         }
         Ok(Err(e)) => {
-            let _ = write_frame(&mut up, &error(session, Some(next_peer), format!("cannot reach the next stage: {e}"))).await;
+            let _ = write_frame(
+                &mut up,
+                &error(
+                    session,
+                    Some(next_peer),
+                    format!("cannot reach the next stage: {e}"),
+                ),
+            )
+            .await;
             return;
         }
         Err(_) => {
-            let _ = write_frame(&mut up, &error(session, Some(next_peer), "the next stage did not answer in time")).await;
+            let _ = write_frame(
+                &mut up,
+                &error(
+                    session,
+                    Some(next_peer),
+                    "the next stage did not answer in time",
+                ),
+            )
+            .await;
             return;
         }
     };
-    if write_frame(&mut up, &StageFrame::Ready { session }).await.is_err() {
+    if write_frame(&mut up, &StageFrame::Ready { session })
+        .await
+        .is_err()
+    {
         return;
     }
-    tracing::debug!(session, index, layers = ?stage.layers(), "stage session running");
-    let cache = stage.new_cache(open.context as usize);
+    tracing::debug!(session, index, layers = ?stage.stage().layers(), "stage session running");
+    let cache = stage.stage().new_cache(open.context as usize);
+    let _member = stage.join(open.split.stages.len());
     let ends = Ends {
         host: &host,
         session,
@@ -202,7 +263,10 @@ async fn run_stage(host: Arc<Host>, up_peer: PeerId, mut up: Stream, open: Stage
 }
 
 /// Opens the model, checks the split against it, loads this stage and reserves its cache.
-fn load(host: &Host, open: &StageOpen) -> Result<(Arc<Stage>, Expect, crate::memory::Reservation), String> {
+fn load(
+    host: &Host,
+    open: &StageOpen,
+) -> Result<(Arc<DecodeBatcher>, Expect, crate::memory::Reservation), String> {
     let model = host.model(&open.model).map_err(|e| e.to_string())?;
     let layout = hearth_shards::model::layout(model.gguf()).map_err(|e| e.to_string())?;
     open.split.check(layout.layers())?;
@@ -246,7 +310,14 @@ struct End {
 }
 
 impl Ends<'_> {
-    async fn run(&self, stage: Arc<Stage>, cache: KvCache, mut expect: Expect, up: Stream, down: Stream) {
+    async fn run(
+        &self,
+        stage: Arc<DecodeBatcher>,
+        cache: KvCache,
+        mut expect: Expect,
+        up: Stream,
+        down: Stream,
+    ) {
         let (up_read, mut up_write) = up.split();
         let (down_read, mut down_write) = down.split();
         let mut from_up = reader(up_read);
@@ -283,22 +354,33 @@ impl Ends<'_> {
         }
         let _ = up_write.close().await;
         let _ = down_write.close().await;
-        tracing::debug!(session = self.session, index = self.index, "stage session ended");
+        tracing::debug!(
+            session = self.session,
+            index = self.index,
+            "stage session ended"
+        );
     }
 
     /// Handles what came from upstream: data runs through the stage and goes on.
     async fn upstream(
         &self,
         frame: Option<Incoming>,
-        stage: &Arc<Stage>,
+        stage: &Arc<DecodeBatcher>,
         cache: &mut Option<KvCache>,
         expect: &mut Expect,
         down: &mut (impl futures::AsyncWrite + Unpin),
     ) -> Result<(), End> {
         let frame = match frame {
             None | Some(Err(_)) => {
-                let lost = error(self.session, Some(self.up_peer), "the previous stage went away");
-                return Err(End { up: None, down: Some(lost) });
+                let lost = error(
+                    self.session,
+                    Some(self.up_peer),
+                    "the previous stage went away",
+                );
+                return Err(End {
+                    up: None,
+                    down: Some(lost),
+                });
             }
             Some(Ok(f)) => f,
         };
@@ -306,10 +388,17 @@ impl Ends<'_> {
             StageFrame::Close { .. } => {
                 return Err(End {
                     up: None,
-                    down: Some(StageFrame::Close { session: self.session }),
+                    down: Some(StageFrame::Close {
+                        session: self.session,
+                    }),
                 })
             }
-            StageFrame::Error { .. } => return Err(End { up: None, down: Some(frame) }),
+            StageFrame::Error { .. } => {
+                return Err(End {
+                    up: None,
+                    down: Some(frame),
+                })
+            }
             _ => {}
         }
         let rows = match expect.check(&frame) {
@@ -318,7 +407,10 @@ impl Ends<'_> {
                 Metrics::inc(&self.host.metrics.stage_frames_refused);
                 tracing::warn!(peer = %self.up_peer, session = self.session, reason = %why, "stage frame refused");
                 let e = error(self.session, None, format!("stage {}: {why}", self.index));
-                return Err(End { up: Some(e.clone()), down: Some(e) });
+                return Err(End {
+                    up: Some(e.clone()),
+                    down: Some(e),
+                });
             }
         };
         let (input, last) = match frame {
@@ -334,28 +426,51 @@ impl Ends<'_> {
         let (stage2, mut taken) = (stage.clone(), cache.take().expect("cache between frames"));
         let ran = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
-            let input = match &input {
-                Data::Tokens(ids) => StageInput::Tokens(ids),
-                Data::Hidden(h) => StageInput::Hidden(h),
+            let dim = stage2.stage().spec().dim;
+            // A decoding step joins the other sessions stepping this stage; a prompt runs alone.
+            let r = match &input {
+                Data::Tokens(ids) if ids.len() == 1 => stage2.decode(&mut taken, ids[0], &mut out),
+                Data::Hidden(h) if h.len() == dim => stage2.step_hidden(&mut taken, h, &mut out),
+                Data::Tokens(ids) => stage2
+                    .stage()
+                    .forward(&mut taken, StageInput::Tokens(ids), &mut out)
+                    .map(|_| ()),
+                Data::Hidden(h) => stage2
+                    .stage()
+                    .forward(&mut taken, StageInput::Hidden(h), &mut out)
+                    .map(|_| ()),
             };
-            let r = stage2.forward(&mut taken, input, &mut out);
             (taken, out, r)
         })
         .await;
         let (back, out, result) = match ran {
             Ok(r) => r,
             Err(e) => {
-                let e = error(self.session, None, format!("stage {} failed: {e}", self.index));
-                return Err(End { up: Some(e.clone()), down: Some(e) });
+                let e = error(
+                    self.session,
+                    None,
+                    format!("stage {} failed: {e}", self.index),
+                );
+                return Err(End {
+                    up: Some(e.clone()),
+                    down: Some(e),
+                });
             }
         };
         *cache = Some(back);
         if let Err(e) = result {
-            let e = error(self.session, None, format!("stage {} failed: {e}", self.index));
-            return Err(End { up: Some(e.clone()), down: Some(e) });
+            let e = error(
+                self.session,
+                None,
+                format!("stage {} failed: {e}", self.index),
+            );
+            return Err(End {
+                up: Some(e.clone()),
+                down: Some(e),
+            });
         }
         expect.pos += rows as u32;
-        let dim = stage.spec().dim;
+        let dim = stage.stage().spec().dim;
         let per_frame = max_rows(dim, self.dtype) * dim;
         let chunks = out.chunks(per_frame).count();
         let mut at = pos;
@@ -373,8 +488,15 @@ impl Ends<'_> {
             at += n;
             let bytes = chunk.len() * self.dtype.size();
             if write_frame(down, &frame).await.is_err() {
-                let lost = error(self.session, Some(self.next_peer), "the next stage went away");
-                return Err(End { up: Some(lost), down: None });
+                let lost = error(
+                    self.session,
+                    Some(self.next_peer),
+                    "the next stage went away",
+                );
+                return Err(End {
+                    up: Some(lost),
+                    down: None,
+                });
             }
             self.host.metrics.hop_bytes(self.index, bytes);
         }
@@ -384,13 +506,24 @@ impl Ends<'_> {
     /// Handles what came back from downstream: only errors, which go upstream.
     fn downstream(&self, frame: Option<Incoming>) -> End {
         match frame {
-            Some(Ok(f @ StageFrame::Error { .. })) => End { up: Some(f), down: None },
+            Some(Ok(f @ StageFrame::Error { .. })) => End {
+                up: Some(f),
+                down: None,
+            },
             Some(Ok(StageFrame::Close { .. })) | None | Some(Err(_)) => End {
-                up: Some(error(self.session, Some(self.next_peer), "the next stage went away")),
+                up: Some(error(
+                    self.session,
+                    Some(self.next_peer),
+                    "the next stage went away",
+                )),
                 down: None,
             },
             Some(Ok(other)) => End {
-                up: Some(error(self.session, None, format!("the next stage sent {} upstream", other.kind()))),
+                up: Some(error(
+                    self.session,
+                    None,
+                    format!("the next stage sent {} upstream", other.kind()),
+                )),
                 down: Some(error(self.session, None, "unexpected frame upstream")),
             },
         }
