@@ -15,7 +15,7 @@ use hearth_protocol::JOB_PROTOCOL;
 
 use crate::mesh::Mesh;
 pub use client::open;
-pub use engine::{check_params, Engine, EngineConfig, JobError, Occupancy};
+pub use engine::{cached, check_params, Engine, EngineConfig, JobError, Occupancy};
 
 /// Serves peers' jobs on `engine`.
 pub fn serve(mesh: &Mesh, engine: Arc<Engine>) -> Result<()> {

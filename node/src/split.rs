@@ -97,11 +97,7 @@ impl Host {
         if let Some(m) = self.models.lock().expect("models lock").get(digest) {
             return Ok(m.clone());
         }
-        let entry = self
-            .cache
-            .by_digest(digest)
-            .map_err(|e| JobError::Internal(format!("{e:#}")))?
-            .ok_or_else(|| JobError::NoModel(digest.to_owned()))?;
+        let entry = crate::jobs::cached(&self.cache, digest)?;
         let model = Model::open(&self.cache.file_path(&entry.digest), self.threads)
             .map_err(|e| JobError::Internal(format!("cannot open {}: {e}", entry.name)))?;
         let model = Arc::new(model);

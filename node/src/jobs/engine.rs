@@ -22,7 +22,7 @@ use super::fair_queue::FairQueue;
 use crate::drain::{Drain, InFlight};
 use crate::memory::{Budget, Reservation};
 use crate::metrics::Metrics;
-use crate::models::ModelCache;
+use crate::models::{CachedModel, ModelCache};
 use crate::split;
 
 /// Events buffered per job before generation waits for the reader.
@@ -374,11 +374,7 @@ impl Engine {
         if let Some(m) = self.loaded.lock().expect("loaded lock").get(digest) {
             return Ok(m.clone());
         }
-        let entry = self
-            .cache
-            .by_digest(digest)
-            .map_err(|e| JobError::Internal(format!("{e:#}")))?
-            .ok_or_else(|| JobError::NoModel(digest.to_owned()))?;
+        let entry = cached(&self.cache, digest)?;
         let gate = self
             .loading
             .lock()
@@ -645,6 +641,14 @@ impl Engine {
             idle.remove(0);
         }
     }
+}
+
+/// The entry of this node's cache with exactly `digest`.
+pub fn cached(cache: &ModelCache, digest: &str) -> Result<CachedModel, JobError> {
+    cache
+        .by_digest(digest)
+        .map_err(|e| JobError::Internal(format!("{e:#}")))?
+        .ok_or_else(|| JobError::NoModel(digest.to_owned()))
 }
 
 /// A job's prompt tokens, the tokens to feed (prompt and resumed reply), and its settings

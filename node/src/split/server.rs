@@ -443,32 +443,23 @@ impl Ends<'_> {
             (taken, out, r)
         })
         .await;
-        let (back, out, result) = match ran {
-            Ok(r) => r,
-            Err(e) => {
-                let e = error(
-                    self.session,
-                    None,
-                    format!("stage {} failed: {e}", self.index),
-                );
+        let out = match ran {
+            Ok((back, out, result)) => {
+                *cache = Some(back);
+                result.map(|()| out).map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let out = match out {
+            Ok(out) => out,
+            Err(why) => {
+                let e = error(self.session, None, format!("stage {} failed: {why}", self.index));
                 return Err(End {
                     up: Some(e.clone()),
                     down: Some(e),
                 });
             }
         };
-        *cache = Some(back);
-        if let Err(e) = result {
-            let e = error(
-                self.session,
-                None,
-                format!("stage {} failed: {e}", self.index),
-            );
-            return Err(End {
-                up: Some(e.clone()),
-                down: Some(e),
-            });
-        }
         expect.pos += rows as u32;
         let dim = stage.stage().spec().dim;
         let per_frame = max_rows(dim, self.dtype) * dim;
