@@ -95,21 +95,22 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let value: f64 = number
         .parse()
         .map_err(|_| format!("{text:?} is not a size like 300MB or 2GiB"))?;
-    let scale: u64 =
-        match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kb" => 1000,
-            "kib" => 1 << 10,
-            "m" | "mb" => 1000 * 1000,
-            "mib" => 1 << 20,
-            "g" | "gb" => 1000 * 1000 * 1000,
-            "gib" => 1 << 30,
-            "t" | "tb" => 1000u64.pow(4),
-            "tib" => 1 << 40,
-            other => return Err(format!(
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1000 * 1000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1000 * 1000 * 1000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1000u64.pow(4),
+        "tib" => 1 << 40,
+        other => {
+            return Err(format!(
                 "{other:?} in {text:?} is not a unit: use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB"
-            )),
-        };
+            ))
+        }
+    };
     let bytes = value * scale as f64;
     if !bytes.is_finite() || bytes < 1.0 {
         return Err(format!("{text:?} is not a size of at least one byte"));

@@ -44,6 +44,8 @@ const PING_TIMEOUT: Duration = Duration::from_secs(5);
 const REDIAL: Duration = Duration::from_secs(3);
 /// Longest wait for a stream to open.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Refused connections are logged one per this interval, with a count of the others.
+const REFUSALS_LOGGED_EVERY: Duration = Duration::from_secs(10);
 /// Streams [`Mesh::ask`] opens before giving up on a first answer.
 const ASK_ATTEMPTS: u32 = 5;
 
@@ -310,6 +312,7 @@ async fn run(
         .collect();
     let mut failed_once: HashSet<Multiaddr> = HashSet::new();
     let mut redial = tokio::time::interval(REDIAL);
+    let mut refusals = crate::logs::Throttle::new(REFUSALS_LOGGED_EVERY);
     loop {
         tokio::select! {
             event = swarm.select_next_some() => match event {
@@ -349,12 +352,16 @@ async fn run(
                 }
                 SwarmEvent::IncomingConnectionError { send_back_addr, error, peer_id, .. } => {
                     Metrics::inc(&shared.metrics.refused_connections);
-                    tracing::warn!(
-                        from = %send_back_addr,
-                        peer = ?peer_id.map(|p| p.to_string()),
-                        error = %error,
-                        "refused a connection: the peer did not prove it holds this household's secret, or was revoked"
-                    );
+                    // A flood of junk connections is one line per interval, and a count.
+                    if let Some(before) = refusals.allow(std::time::Instant::now()) {
+                        tracing::warn!(
+                            from = %send_back_addr,
+                            peer = ?peer_id.map(|p| p.to_string()),
+                            error = %error,
+                            more_since_last_logged = before,
+                            "refused a connection: the peer did not prove it holds this household's secret, or was revoked"
+                        );
+                    }
                 }
                 SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                     let first = statics.iter().any(|(a, p)| p.is_none() && failed_once.insert(a.clone()));
@@ -431,6 +438,9 @@ async fn run(
                 }
             },
             _ = redial.tick() => {
+                if let Some(count) = refusals.summary(std::time::Instant::now()) {
+                    tracing::warn!(count, interval_s = REFUSALS_LOGGED_EVERY.as_secs(), "refused more connections (not logged one by one)");
+                }
                 for (addr, peer) in &statics {
                     if peer.is_none_or(|p| !swarm.is_connected(&p)) {
                         let _ = swarm.dial(addr.clone());

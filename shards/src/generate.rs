@@ -55,7 +55,13 @@ pub struct Generator {
     logits: Vec<f32>,
     /// Decoding steps go through this when set, batched with other sessions of the model.
     batcher: Option<Arc<DecodeBatcher>>,
+    /// Most prompt tokens run in one forward pass.
+    prefill_chunk: usize,
 }
+
+/// Prompt tokens run in one forward pass by default: long enough for the kernels' full speed,
+/// short enough that other sessions sharing the workers wait at most one chunk for a turn.
+pub const PREFILL_CHUNK: usize = 128;
 
 impl std::fmt::Debug for Generator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -81,7 +87,13 @@ impl Generator {
             cached: Vec::new(),
             logits: Vec::new(),
             batcher: None,
+            prefill_chunk: PREFILL_CHUNK,
         })
+    }
+
+    /// Runs prompts in forward passes of at most `tokens` tokens (see [`PREFILL_CHUNK`]).
+    pub fn set_prefill_chunk(&mut self, tokens: usize) {
+        self.prefill_chunk = tokens.max(1);
     }
 
     /// A generator whose decoding steps join those of the other sessions decoding through
@@ -143,8 +155,8 @@ impl Generator {
 
     /// Continues a reply of which `resume.tokens` were already generated (elsewhere, say, by a
     /// peer that went away) and `resume.emitted_bytes` bytes of text delivered: the reply goes on
-    /// as if it had never stopped. `on_piece` sees every new token with the text it releases;
-    /// it returns `false` to stop early.
+    /// as if it had never stopped. `on_piece` sees the progress of a long prompt and every new
+    /// token with the text it releases; it returns `false` to stop early.
     pub fn resume(
         &mut self,
         prompt: &[u32],
@@ -168,12 +180,29 @@ impl Generator {
         self.cached.truncate(reused);
 
         let start = Instant::now();
-        self.stage.forward(
-            &mut self.cache,
-            StageInput::Tokens(&full[reused..]),
-            &mut self.logits,
-        )?;
-        self.cached.extend_from_slice(&full[reused..]);
+        // In chunks: other sessions' steps on the same workers get a turn between them, and the
+        // caller can stop a long prompt between two chunks.
+        let todo = &full[reused..];
+        for (i, chunk) in todo.chunks(self.prefill_chunk).enumerate() {
+            let done = i * self.prefill_chunk;
+            if done > 0 && !on_piece(Piece::Prefill {
+                done,
+                total: todo.len(),
+            }) {
+                return Ok(Completion {
+                    text: String::new(),
+                    tokens: resume.tokens.clone(),
+                    finish: Finish::Cancelled,
+                    prompt_tokens: prompt.len(),
+                    reused_tokens: reused,
+                    prefill_time: start.elapsed(),
+                    decode_time: Duration::ZERO,
+                });
+            }
+            self.stage
+                .forward(&mut self.cache, StageInput::Tokens(chunk), &mut self.logits)?;
+            self.cached.extend_from_slice(chunk);
+        }
         let prefill_time = start.elapsed();
 
         let start = Instant::now();
@@ -336,6 +365,9 @@ pub enum Piece<'a> {
     Token { id: u32, text: &'a str },
     /// Text released at the end, with no new token.
     Tail(&'a str),
+    /// `done` of the prompt's `total` tokens to run have run (between chunks of a long prompt):
+    /// returning `false` stops the prompt there.
+    Prefill { done: usize, total: usize },
 }
 
 impl<'a> Piece<'a> {
@@ -343,6 +375,7 @@ impl<'a> Piece<'a> {
     pub fn text(&self) -> &'a str {
         match *self {
             Piece::Token { text, .. } | Piece::Tail(text) => text,
+            Piece::Prefill { .. } => "",
         }
     }
 }

@@ -328,8 +328,12 @@ impl Stage {
             }
         };
         if caches.is_empty() || caches.len() != rows {
+            let what = match input {
+                StageInput::Tokens(_) => "tokens",
+                StageInput::Hidden(_) => "rows",
+            };
             return Err(Error::BadStageInput(format!(
-                "{} sessions but {rows} rows",
+                "{} sessions but {rows} {what}",
                 caches.len()
             )));
         }

@@ -376,6 +376,18 @@ impl SseReader {
         }
     }
 
+    /// Reads the rest of the stream, which must hold no error event: its text, and its last
+    /// event (`None` if none came).
+    pub fn rest(&mut self) -> (String, Option<Value>) {
+        let (mut text, mut last) = (String::new(), None);
+        while let Some(ev) = self.next_event() {
+            assert!(ev.get("error").is_none(), "the client saw an error: {ev}");
+            text.push_str(chunk_text(&ev));
+            last = Some(ev);
+        }
+        (text, last)
+    }
+
     /// The next event's data: JSON, or `None` at `[DONE]` or the end of the stream.
     pub fn next_event(&mut self) -> Option<Value> {
         for line in self.lines.by_ref() {

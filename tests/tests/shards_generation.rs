@@ -175,7 +175,7 @@ fn a_reply_resumed_elsewhere_continues_as_if_never_interrupted() {
         .resume(&prompt, &Resume::default(), &greedy(24), |p| {
             let id = match p {
                 Piece::Token { id, .. } => Some(id),
-                Piece::Tail(_) => None,
+                Piece::Tail(_) | Piece::Prefill { .. } => None,
             };
             pieces.push((id, p.text().to_owned()));
             true
@@ -237,4 +237,41 @@ fn a_models_own_sampling_recommendation_fills_what_a_request_leaves_unset() {
         smol.sampling(&Default::default(), 1).unwrap(),
         SamplingParams::resolve(&Default::default(), 1)
     );
+}
+
+#[test]
+fn a_prompt_run_in_chunks_gives_the_reply_it_gives_in_one_pass() {
+    for m in [TestModel::SmolLm2, TestModel::Gemma3] {
+        let model = m.open(2);
+        let text = "The kitchen light flickers when the kettle is on. ".repeat(12);
+        let prompt = model.encode_text(&text, true);
+        assert!(prompt.len() > 100, "{}", prompt.len());
+        let mut whole = model.generator(512).unwrap();
+        whole.set_prefill_chunk(usize::MAX);
+        let one_pass = whole.generate(&prompt, &greedy(16), |_| true).unwrap();
+        let mut chunked = model.generator(512).unwrap();
+        chunked.set_prefill_chunk(7);
+        let mut progress = Vec::new();
+        let c = chunked
+            .resume(&prompt, &Resume::default(), &greedy(16), |p| {
+                if let Piece::Prefill { done, total } = p {
+                    progress.push((done, total));
+                }
+                true
+            })
+            .unwrap();
+        assert_eq!(c.tokens, one_pass.tokens, "{}", m.name());
+        assert_eq!(progress.len(), prompt.len().div_ceil(7) - 1);
+        assert_eq!(progress[0], (7, prompt.len()));
+        // Stopped between two chunks: nothing generated, and the reply says so.
+        let mut stopped = model.generator(512).unwrap();
+        stopped.set_prefill_chunk(7);
+        let c = stopped
+            .resume(&prompt, &Resume::default(), &greedy(16), |p| {
+                !matches!(p, Piece::Prefill { done, .. } if done >= 21)
+            })
+            .unwrap();
+        assert_eq!(c.finish, Finish::Cancelled);
+        assert!(c.tokens.is_empty());
+    }
 }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use hearth_tests::mesh::{chunk_text, post, Household, NodeOptions, SseReader, TestNode};
+use hearth_tests::mesh::{post, Household, NodeOptions, SseReader, TestNode};
 use hearth_tests::TestModel;
 use serde_json::{json, Value};
 
@@ -59,12 +59,7 @@ fn reply(node: &TestNode, path: &str, body: &Value) -> (String, String) {
     if body["stream"] == true {
         let mut s = SseReader::open(&node.url(path), body);
         let serving = s.headers["x-hearth-node"].to_str().unwrap().to_owned();
-        let mut text = String::new();
-        while let Some(ev) = s.next_event() {
-            assert!(ev.get("error").is_none(), "{ev}");
-            text.push_str(chunk_text(&ev));
-        }
-        return (text, serving);
+        return (s.rest().0, serving);
     }
     let (status, v) = post(node, path, body.to_string());
     assert_eq!(status, 200, "{v}\n{}", node.log());

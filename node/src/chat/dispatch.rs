@@ -91,7 +91,13 @@ pub(super) async fn drive(
         request.split.clone_from(&candidate.split);
         let mut events = open(c, request.clone());
         let stop = loop {
-            let Some(event) = events.recv().await else {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                // The client went away (even while nothing is sent, as during a long prompt):
+                // dropping `events` stops the job.
+                () = tx.closed() => return,
+            };
+            let Some(event) = event else {
                 break Stop::Dropped;
             };
             let out = match event {

@@ -499,7 +499,16 @@ impl Engine {
         if let Some(cancelled) = self.start(events, prompt.len()) {
             return Ok(cancelled);
         }
-        let completion = generator.resume(&prompt, &request.resume, &params, self.relay(events))?;
+        let completion =
+            generator.resume(&prompt, &request.resume, &params, self.relay(events))?;
+        if completion.finish == Finish::Cancelled && !events.is_closed() && self.is_draining() {
+            // Stopped mid-prompt by the shutdown: another node can take the reply.
+            self.put_generator(&request.model, generator);
+            return Err(JobError::Internal(format!(
+                "{} is shutting down",
+                self.config.node
+            )));
+        }
         let fresh = completion.tokens.len() - request.resume.tokens.len();
         self.record_speed(&request.model, fresh, completion.decode_time);
         self.put_generator(&request.model, generator);
@@ -531,13 +540,27 @@ impl Engine {
             })
     }
 
-    /// Hands each piece of the reply to the requester; `false` once it has gone.
+    /// Hands each piece of the reply to the requester; `false` once it has gone (or, during a
+    /// long prompt, once the node is shutting down).
     fn relay<'a>(
         &'a self,
         events: &'a mpsc::Sender<JobEvent>,
     ) -> impl FnMut(Piece<'_>) -> bool + 'a {
         move |piece| {
             let event = match piece {
+                Piece::Prefill { done, total } => {
+                    let gone = events.is_closed();
+                    if gone || self.is_draining() {
+                        tracing::info!(
+                            done,
+                            total,
+                            reason = if gone { "the requester went away" } else { "shutting down" },
+                            "prompt processing stopped"
+                        );
+                        return false;
+                    }
+                    return true;
+                }
                 Piece::Token { id, text } => {
                     Metrics::inc(&self.metrics.tokens_generated);
                     JobEvent::Token {

@@ -453,7 +453,11 @@ impl Ends<'_> {
         let out = match out {
             Ok(out) => out,
             Err(why) => {
-                let e = error(self.session, None, format!("stage {} failed: {why}", self.index));
+                let e = error(
+                    self.session,
+                    None,
+                    format!("stage {} failed: {why}", self.index),
+                );
                 return Err(End {
                     up: Some(e.clone()),
                     down: Some(e),
