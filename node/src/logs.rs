@@ -77,7 +77,11 @@ mod tests {
         for i in 1..=99 {
             assert_eq!(t.allow(t0 + Duration::from_millis(i)), None);
         }
-        assert_eq!(t.summary(t0 + Duration::from_secs(5)), None, "the interval runs on");
+        assert_eq!(
+            t.summary(t0 + Duration::from_secs(5)),
+            None,
+            "the interval runs on"
+        );
         assert_eq!(t.summary(t0 + Duration::from_secs(10)), Some(99));
         assert_eq!(t.summary(t0 + Duration::from_secs(11)), None, "said once");
         assert_eq!(t.allow(t0 + Duration::from_secs(12)), Some(0));

@@ -185,10 +185,12 @@ impl Generator {
         let todo = &full[reused..];
         for (i, chunk) in todo.chunks(self.prefill_chunk).enumerate() {
             let done = i * self.prefill_chunk;
-            if done > 0 && !on_piece(Piece::Prefill {
-                done,
-                total: todo.len(),
-            }) {
+            if done > 0
+                && !on_piece(Piece::Prefill {
+                    done,
+                    total: todo.len(),
+                })
+            {
                 return Ok(Completion {
                     text: String::new(),
                     tokens: resume.tokens.clone(),

@@ -2,18 +2,13 @@
 //! their turn between them, so a short chat finishes while the long prompt is still being
 //! read; and a long prompt whose client leaves stops within a chunk.
 
-use std::io::Write;
-use std::time::{Duration, Instant};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
 
-use hearth_tests::mesh::{post, wait_for, Household, NodeOptions, SseReader, TestNode};
+use hearth_tests::mesh::{post, wait_for, Household, NodeOptions, TestNode};
 use hearth_tests::TestModel;
 use serde_json::json;
-
-/// A prompt of about 3,900 tokens (the node's context is 4,096).
-fn long_prompt() -> String {
-    "The boiler in the cellar was serviced in March and the radiators bled in October. "
-        .repeat(230)
-}
 
 fn node() -> TestNode {
     TestNode::start(
@@ -23,74 +18,99 @@ fn node() -> TestNode {
     )
 }
 
-#[test]
-fn a_short_chat_finishes_while_a_long_prompt_is_still_being_read() {
-    let node = node();
-    let url = node.url("/v1/completions");
-    let long = std::thread::spawn(move || {
-        let body = json!({"prompt": long_prompt(), "max_tokens": 2, "temperature": 0, "stream": true});
-        let mut s = SseReader::open(&url, &body);
-        s.next_event().expect("a first token");
-        let first = Instant::now();
-        s.rest();
-        first
-    });
-    // Once the long prompt is running, a short chat.
-    let running = wait_for(Duration::from_secs(30), || {
-        (node.metric("hearth_active_jobs") >= 1.0).then_some(())
-    });
-    assert!(running.is_some(), "{}", node.log());
-    let (status, reply) = post(
-        &node,
-        "/v1/chat/completions",
-        json!({"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "temperature": 0})
-            .to_string(),
-    );
-    let short_done = Instant::now();
-    assert_eq!(status, 200, "{reply}");
-    assert_eq!(reply["usage"]["completion_tokens"], 8, "{reply}");
-    let long_first = long.join().unwrap();
-    assert!(
-        short_done < long_first,
-        "the short chat waited for the whole long prompt"
-    );
-}
-
-#[test]
-fn a_long_prompt_whose_client_leaves_stops_within_a_chunk() {
-    let node = node();
-    let body = json!({"prompt": long_prompt(), "max_tokens": 2, "stream": true}).to_string();
+/// Sends a streamed completion of a prompt of about 3,800 tokens (the node's context is 4,096)
+/// and reads the reply's status line: the prompt is then being read.
+fn long_request(node: &TestNode) -> TcpStream {
+    let prompt =
+        "The boiler in the cellar was serviced in March and the radiators bled in October. "
+            .repeat(190);
+    let body =
+        json!({"prompt": prompt, "max_tokens": 2, "temperature": 0, "stream": true}).to_string();
     let addr = node.api.clone();
-    let mut client = std::net::TcpStream::connect(&addr).unwrap();
+    let mut client = TcpStream::connect(&addr).unwrap();
     write!(
         client,
         "POST /v1/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
-    let running = wait_for(Duration::from_secs(30), || {
-        (node.metric("hearth_active_jobs") >= 1.0).then_some(())
-    });
-    assert!(running.is_some(), "{}", node.log());
-    drop(client);
-    let stopped = wait_for(Duration::from_secs(120), || {
-        let log = node.log();
-        log.lines()
+    let mut head = [0u8; 12];
+    client.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    client
+}
+
+/// What the server has sent on `client` so far (without waiting).
+fn sent_so_far(client: &mut TcpStream) -> String {
+    client.set_nonblocking(true).unwrap();
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = client.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        all.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+/// The line of `node`'s log saying a prompt stopped, once there is one.
+fn stopped_line(node: &TestNode) -> String {
+    wait_for(Duration::from_secs(120), || {
+        node.log()
+            .lines()
             .find(|l| l.contains("prompt processing stopped"))
             .map(str::to_owned)
     })
-    .unwrap_or_else(|| panic!("the prompt ran on:\n{}", node.log()));
+    .unwrap_or_else(|| panic!("the prompt ran on:\n{}", node.log()))
+}
+
+/// A `name=N` field of a log line.
+fn field(line: &str, name: &str) -> usize {
+    let at = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_short_chat_finishes_while_a_long_prompt_is_still_being_read() {
+    let node = node();
+    let mut long = long_request(&node);
+    let (status, reply) = post(
+        &node,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "temperature": 0})
+            .to_string(),
+    );
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["usage"]["completion_tokens"], 8, "{reply}");
+    // The long reply has not produced its first token yet: the short one did not wait for it.
+    let sent = sent_so_far(&mut long);
+    assert!(
+        !sent.contains("data:"),
+        "the long prompt was done first: {sent}"
+    );
+    drop(long);
+    let stopped = stopped_line(&node);
+    assert!(
+        field(&stopped, "done") < field(&stopped, "total"),
+        "{stopped}"
+    );
+}
+
+#[test]
+fn a_long_prompt_whose_client_leaves_stops_within_a_chunk() {
+    let node = node();
+    drop(long_request(&node));
+    let stopped = stopped_line(&node);
     assert!(stopped.contains("the requester went away"), "{stopped}");
-    // Stopped before its end: `done` is below `total`.
-    let field = |name: &str| -> usize {
-        let at = stopped.find(&format!("{name}=")).unwrap() + name.len() + 1;
-        stopped[at..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    assert!(field("done") < field("total"), "{stopped}");
+    assert!(
+        field(&stopped, "done") < field(&stopped, "total"),
+        "{stopped}"
+    );
     assert_eq!(node.get("/healthz")["status"], "ok");
 }

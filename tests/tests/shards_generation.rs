@@ -267,9 +267,12 @@ fn a_prompt_run_in_chunks_gives_the_reply_it_gives_in_one_pass() {
         let mut stopped = model.generator(512).unwrap();
         stopped.set_prefill_chunk(7);
         let c = stopped
-            .resume(&prompt, &Resume::default(), &greedy(16), |p| {
-                !matches!(p, Piece::Prefill { done, .. } if done >= 21)
-            })
+            .resume(
+                &prompt,
+                &Resume::default(),
+                &greedy(16),
+                |p| !matches!(p, Piece::Prefill { done, .. } if done >= 21),
+            )
             .unwrap();
         assert_eq!(c.finish, Finish::Cancelled);
         assert!(c.tokens.is_empty());

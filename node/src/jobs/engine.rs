@@ -499,8 +499,7 @@ impl Engine {
         if let Some(cancelled) = self.start(events, prompt.len()) {
             return Ok(cancelled);
         }
-        let completion =
-            generator.resume(&prompt, &request.resume, &params, self.relay(events))?;
+        let completion = generator.resume(&prompt, &request.resume, &params, self.relay(events))?;
         if completion.finish == Finish::Cancelled && !events.is_closed() && self.is_draining() {
             // Stopped mid-prompt by the shutdown: another node can take the reply.
             self.put_generator(&request.model, generator);
@@ -554,7 +553,11 @@ impl Engine {
                         tracing::info!(
                             done,
                             total,
-                            reason = if gone { "the requester went away" } else { "shutting down" },
+                            reason = if gone {
+                                "the requester went away"
+                            } else {
+                                "shutting down"
+                            },
                             "prompt processing stopped"
                         );
                         return false;
