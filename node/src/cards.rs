@@ -38,9 +38,28 @@ pub struct Cards {
 }
 
 impl Cards {
-    /// The latest card of `peer`, if one arrived.
+    /// The latest card of `peer`, if one arrived, counting as running (or, beyond its slots,
+    /// queued) the jobs this node has sent it since: a burst of requests then spreads by free
+    /// capacity instead of piling onto whichever peer looked idle at the last poll.
     pub fn get(&self, peer: &PeerId) -> Option<Card> {
-        self.table.lock().expect("cards lock").card(peer).cloned()
+        self.with(|t| {
+            let e = t.entries.get(peer)?;
+            let mut card = e.card.clone()?;
+            let free = card.max_jobs.saturating_sub(card.active_jobs);
+            let running = e.sent.min(free);
+            card.active_jobs += running;
+            card.queue_depth += e.sent - running;
+            Some(card)
+        })
+    }
+
+    /// Counts a job this node sends to `peer`, until the peer's next card.
+    pub fn sent_to(&self, peer: &PeerId) {
+        self.with(|t| {
+            if let Some(e) = t.entries.get_mut(peer) {
+                e.sent += 1;
+            }
+        });
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut CardTable) -> T) -> T {
@@ -53,6 +72,8 @@ struct Entry {
     card: Option<Card>,
     last_poll: Option<Instant>,
     polling: bool,
+    /// Jobs sent to the peer since its card arrived.
+    sent: u32,
 }
 
 /// What is known of each peer's card, and when to ask again.
@@ -62,6 +83,7 @@ struct CardTable {
 }
 
 impl CardTable {
+    #[cfg(test)]
     fn card(&self, peer: &PeerId) -> Option<&Card> {
         self.entries.get(peer)?.card.as_ref()
     }
@@ -88,6 +110,7 @@ impl CardTable {
             e.last_poll = Some(now);
             if card.is_some() {
                 e.card = card;
+                e.sent = 0;
             }
         }
     }
@@ -161,5 +184,26 @@ mod tests {
         t.fetched(&b, Some(card("b")), t0);
         t.drop_peer(&b);
         assert!(t.card(&b).is_none());
+    }
+
+    #[test]
+    fn jobs_sent_since_the_last_card_count_as_running_then_queued() {
+        let peer = PeerId::random();
+        let cards = Cards::default();
+        let t0 = Instant::now();
+        cards.with(|t| {
+            t.due(&[peer], Duration::from_secs(2), t0);
+            t.fetched(&peer, Some(card("a")), t0);
+        });
+        for _ in 0..6 {
+            cards.sent_to(&peer);
+        }
+        let seen = cards.get(&peer).unwrap();
+        // Four slots, all taken by what was sent; two more wait.
+        assert_eq!((seen.active_jobs, seen.queue_depth), (4, 2));
+        // The next card says what the peer runs; the count starts over.
+        cards.with(|t| t.fetched(&peer, Some(card("a")), t0));
+        let seen = cards.get(&peer).unwrap();
+        assert_eq!((seen.active_jobs, seen.queue_depth), (0, 0));
     }
 }

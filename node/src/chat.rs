@@ -145,7 +145,10 @@ pub async fn start_reply(
         let _in_flight = serving.drain.enter();
         let open = |c: &Candidate, job: JobRequest| match c.peer_id {
             None => serving.engine.submit("this node's API", job),
-            Some(peer) => jobs::open(&serving.mesh, peer, job),
+            Some(peer) => {
+                serving.cards.sent_to(&peer);
+                jobs::open(&serving.mesh, peer, job)
+            }
         };
         // Without the nodes lost so far, as the household looks now: any split that fits (a
         // pinned pipeline or stage count may no longer exist).
