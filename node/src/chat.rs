@@ -162,7 +162,8 @@ pub async fn start_reply(
             };
             Members::of(&serving).route(&digest, &ask).ranked
         };
-        dispatch::drive(route.ranked, job, open, replan, &serving.metrics, tx).await;
+        let queue = serving.queue_timeout;
+        dispatch::drive(route.ranked, job, open, replan, queue, &serving.metrics, tx).await;
     });
     let first = replies.recv().await;
     if let Some(Reply::Started { node: serving, .. }) = first {

@@ -74,6 +74,10 @@ pub struct Settings {
     )]
     #[serde(default)]
     pub load: Vec<String>,
+    /// Seconds a request may wait for a node to start its reply (every job slot busy) before
+    /// it gets "busy" (HTTP 503 with Retry-After) [default: 60].
+    #[arg(long, env = "HEARTH_QUEUE_TIMEOUT", value_name = "SECONDS")]
+    pub queue_timeout: Option<u64>,
     /// Seconds in-flight replies get to finish at shutdown [default: 5].
     #[arg(long, env = "HEARTH_GRACE", value_name = "SECONDS")]
     pub grace: Option<u64>,
@@ -112,6 +116,7 @@ pub struct NodeConfig {
     pub max_memory: Option<u64>,
     pub load: Vec<String>,
     pub grace: std::time::Duration,
+    pub queue_timeout: std::time::Duration,
     pub log_format: LogFormat,
     pub sampling: SamplingOverrides,
 }
@@ -147,6 +152,7 @@ impl Settings {
             max_memory: self.max_memory.or(fallback.max_memory),
             load: vec_or(self.load, fallback.load),
             grace: self.grace.or(fallback.grace),
+            queue_timeout: self.queue_timeout.or(fallback.queue_timeout),
             log_format: self.log_format.or(fallback.log_format),
             sampling: self.sampling.or(fallback.sampling),
         }
@@ -227,6 +233,12 @@ impl Settings {
                 .map_err(|e| anyhow::anyhow!("--max-memory: {e}"))?,
             load: self.load,
             grace: std::time::Duration::from_secs(self.grace.unwrap_or(5)),
+            queue_timeout: std::time::Duration::from_secs(positive(
+                self.queue_timeout
+                    .map(|t| t.min(u64::from(u32::MAX)) as u32),
+                60,
+                "--queue-timeout",
+            )? as u64),
             log_format,
             sampling: {
                 let s = self.sampling.unwrap_or_default();

@@ -147,6 +147,7 @@ async fn serve(
         drain: drain.clone(),
         history,
         sampling: config.sampling,
+        queue_timeout: config.queue_timeout,
     });
 
     // Wait (briefly) for the listen addresses so the runtime file has them.

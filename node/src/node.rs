@@ -26,6 +26,8 @@ pub struct Node {
     pub history: Arc<History>,
     /// Sampling defaults for requests received here (the node's `[sampling]` config).
     pub sampling: hearth_protocol::SamplingOverrides,
+    /// Longest a request waits for some node to start its reply.
+    pub queue_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Node {

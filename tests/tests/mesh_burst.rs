@@ -11,7 +11,8 @@ use serde_json::json;
 #[test]
 fn a_burst_of_32_chats_splits_evenly_over_two_idle_holders() {
     let household = Household::new();
-    let holding = || NodeOptions::holding(TestModel::SmolLm2).with_args(&["--load", "smollm2-135m"]);
+    let holding =
+        || NodeOptions::holding(TestModel::SmolLm2).with_args(&["--load", "smollm2-135m"]);
     let a = TestNode::start("holder-a", &household, holding());
     let b = TestNode::start(
         "holder-b",
@@ -47,5 +48,8 @@ fn a_burst_of_32_chats_splits_evenly_over_two_idle_holders() {
     let on_a = served.iter().filter(|n| *n == "holder-a").count();
     let on_b = served.iter().filter(|n| *n == "holder-b").count();
     assert_eq!(on_a + on_b, 32, "{served:?}");
-    assert!((14..=18).contains(&on_a), "{on_a} on holder-a, {on_b} on holder-b");
+    assert!(
+        (14..=18).contains(&on_a),
+        "{on_a} on holder-a, {on_b} on holder-b"
+    );
 }

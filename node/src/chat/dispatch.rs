@@ -3,6 +3,7 @@
 //! already delivered, so the client sees one unbroken reply.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use hearth_protocol::{FailCode, Finish, JobEvent, JobRequest, Usage};
 use libp2p::PeerId;
@@ -77,9 +78,12 @@ pub(super) async fn drive(
     mut request: JobRequest,
     open: impl Fn(&Candidate, JobRequest) -> mpsc::Receiver<JobEvent>,
     mut replan: impl FnMut(&[PeerId]) -> Vec<Ranked>,
+    queue_timeout: Duration,
     metrics: &Metrics,
     tx: mpsc::Sender<Reply>,
 ) {
+    // No node has started the reply by then (their job slots busy): the client hears "busy".
+    let deadline = tokio::time::Instant::now() + queue_timeout;
     let mut started = false;
     let mut problems: Vec<String> = Vec::new();
     let mut all_busy = true;
@@ -96,6 +100,14 @@ pub(super) async fn drive(
                 // The client went away (even while nothing is sent, as during a long prompt):
                 // dropping `events` stops the job.
                 () = tx.closed() => return,
+                () = tokio::time::sleep_until(deadline), if !started => {
+                    let message = format!(
+                        "no node started the reply within {} s (every job slot is busy); try again soon",
+                        queue_timeout.as_secs()
+                    );
+                    let _ = tx.send(Reply::Failed { kind: FailKind::Busy, message }).await;
+                    return;
+                }
             };
             let Some(event) = event else {
                 break Stop::Dropped;
@@ -287,7 +299,17 @@ mod tests {
             }
             erx
         };
-        drive(ranked(nodes), request(), open, |_| Vec::new(), &metrics, tx).await;
+        let queue = Duration::from_secs(60);
+        drive(
+            ranked(nodes),
+            request(),
+            open,
+            |_| Vec::new(),
+            queue,
+            &metrics,
+            tx,
+        )
+        .await;
         let mut heard = Vec::new();
         while let Some(r) = rx.recv().await {
             heard.push(r);

@@ -1,0 +1,49 @@
+//! A request that no node starts in time (every job slot busy) gets "busy" at the queue
+//! deadline: HTTP 503 with Retry-After, instead of waiting blind.
+
+use hearth_tests::mesh::{http, wait_for, Household, NodeOptions, SseReader, TestNode};
+use hearth_tests::TestModel;
+use serde_json::json;
+use std::time::Duration;
+
+#[test]
+fn a_request_waiting_past_the_queue_deadline_gets_busy() {
+    let node = TestNode::start(
+        "one-slot",
+        &Household::new(),
+        NodeOptions::holding(TestModel::SmolLm2).with_args(&[
+            "--load",
+            "smollm2-135m",
+            "--max-jobs",
+            "1",
+            "--queue-timeout",
+            "1",
+        ]),
+    );
+    // A long reply takes the only slot.
+    let long = json!({
+        "messages": [{"role": "user", "content": "Count from 1 to 500, separated by commas."}],
+        "max_tokens": 400, "temperature": 0, "repeat_penalty": 1.0, "stream": true,
+    });
+    let mut busy = SseReader::open(&node.url("/v1/chat/completions"), &long);
+    busy.next_event().expect("the long reply has begun");
+    let r = http()
+        .post(node.url("/v1/chat/completions"))
+        .json(&json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: serde_json::Value = r.json().unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("within 1 s"), "{message}");
+    // The long reply was not disturbed, and the abandoned request never ran.
+    let (_, last) = busy.rest();
+    let last = last.expect("the long reply went on");
+    assert!(last["choices"][0]["finish_reason"].is_string(), "{last}");
+    let settled = wait_for(Duration::from_secs(10), || {
+        (node.metric("hearth_active_jobs") == 0.0).then_some(())
+    });
+    assert!(settled.is_some());
+    assert_eq!(node.metric("hearth_jobs_served_total"), 1.0, "{}", node.log());
+}
