@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -11,7 +11,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use hearth_protocol::{ChatMessage, Finish, JobParams, Prompt, SamplingOverrides, Usage};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -270,25 +270,28 @@ async fn respond(
         wire,
         conversation,
     };
-    let started = chat::start_reply(&node, request)
-        .await
-        .map_err(super::not_started)?;
-    let conversation = started.conversation.map(|c| c.to_string());
-    let meta = Meta {
-        id: format!(
-            "{}-{:016x}",
-            if shape == Shape::Chat {
-                "chatcmpl"
-            } else {
-                "cmpl"
-            },
-            rand::random::<u64>()
-        ),
-        created: now(),
-        model: started.model.name.clone(),
-        shape,
-        conversation: conversation.clone(),
+    let starting = {
+        let node = node.clone();
+        Box::pin(async move { chat::start_reply(&node, request).await })
     };
+    let started = if stream {
+        // A reply that has not started within a moment is waiting for a job slot: the client
+        // gets its headers now, and keep-alive comments until the reply starts (a failure is
+        // then an error event). Refusals that come at once keep their status codes.
+        let mut starting = starting;
+        match tokio::time::timeout(HEADERS_WAIT, &mut starting).await {
+            Ok(started) => started.map_err(super::not_started)?,
+            Err(_) => {
+                return Ok(Sse::new(late_stream(starting, shape))
+                    .keep_alive(KeepAlive::new().interval(WAITING_KEEPALIVE))
+                    .into_response())
+            }
+        }
+    } else {
+        starting.await.map_err(super::not_started)?
+    };
+    let conversation = started.conversation.map(|c| c.to_string());
+    let meta = meta_of(&started, shape);
     let serving = started.node;
     let mut response = if stream {
         Sse::new(sse_stream(started.replies, meta, serving.clone()))
@@ -306,6 +309,54 @@ async fn respond(
         response.headers_mut().insert("x-hearth-conversation", v);
     }
     Ok(response)
+}
+
+/// How long a streamed request waits for its reply to start before its headers go out: more
+/// than a model load or a split's setup takes, so their refusals keep their status codes.
+const HEADERS_WAIT: Duration = Duration::from_secs(5);
+/// Keep-alive comments while a streamed request waits for a job slot.
+const WAITING_KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// A reply still starting, as the stream of a response whose headers went out first.
+type Starting = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<chat::ReplyStream, chat::ReplyError>> + Send>,
+>;
+
+/// The events of a reply that had not started when its headers went out: nothing (keep-alive
+/// comments) until it starts, then its chunks; or an error event if it never starts.
+fn late_stream(
+    starting: Starting,
+    shape: Shape,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures::stream::once(starting).flat_map(move |started| match started {
+        Ok(started) => {
+            let meta = meta_of(&started, shape);
+            sse_stream(started.replies, meta, started.node).left_stream()
+        }
+        Err(e) => {
+            let error = super::not_started(e).body().to_string();
+            futures::stream::once(async move { Ok(Event::default().data(error)) }).right_stream()
+        }
+    })
+}
+
+/// The fields every chunk of `started` repeats.
+fn meta_of(started: &chat::ReplyStream, shape: Shape) -> Meta {
+    Meta {
+        id: format!(
+            "{}-{:016x}",
+            if shape == Shape::Chat {
+                "chatcmpl"
+            } else {
+                "cmpl"
+            },
+            rand::random::<u64>()
+        ),
+        created: now(),
+        model: started.model.name.clone(),
+        shape,
+        conversation: started.conversation.map(|c| c.to_string()),
+    }
 }
 
 struct Meta {
