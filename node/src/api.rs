@@ -6,6 +6,7 @@ mod history;
 mod mesh;
 mod ollama;
 mod openai;
+pub mod server;
 
 use std::sync::Arc;
 
@@ -98,6 +99,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/healthz", get(mesh::healthz))
         .route("/metrics", get(mesh::metrics))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(server::bounded_body))
         .layer(axum::middleware::from_fn_with_state(node.clone(), guard))
         .with_state(node)
 }

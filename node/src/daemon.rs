@@ -186,14 +186,7 @@ async fn serve(
         .chain(ollama_listener)
         .map(|listener| {
             let app = api::router(node.clone());
-            let mut stopped = api_stopped.clone();
-            tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stopped.wait_for(|s| *s).await;
-                    })
-                    .await
-            })
+            tokio::spawn(api::server::serve(listener, app, api_stopped.clone()))
         })
         .collect();
 

@@ -45,7 +45,12 @@ fn a_request_waiting_past_the_queue_deadline_gets_busy() {
         (node.metric("hearth_active_jobs") == 0.0).then_some(())
     });
     assert!(settled.is_some());
-    assert_eq!(node.metric("hearth_jobs_served_total"), 1.0, "{}", node.log());
+    assert_eq!(
+        node.metric("hearth_jobs_served_total"),
+        1.0,
+        "{}",
+        node.log()
+    );
 }
 
 #[test]
@@ -53,7 +58,12 @@ fn a_streamed_request_waiting_for_a_slot_gets_its_headers_and_keep_alives() {
     let node = TestNode::start(
         "one-slot",
         &Household::new(),
-        NodeOptions::holding(TestModel::SmolLm2).with_args(&["--load", "smollm2-135m", "--max-jobs", "1"]),
+        NodeOptions::holding(TestModel::SmolLm2).with_args(&[
+            "--load",
+            "smollm2-135m",
+            "--max-jobs",
+            "1",
+        ]),
     );
     let long = json!({
         "messages": [{"role": "user", "content": "Count from 1 to 2000, separated by commas."}],
@@ -62,7 +72,8 @@ fn a_streamed_request_waiting_for_a_slot_gets_its_headers_and_keep_alives() {
     let mut busy = SseReader::open(&node.url("/v1/chat/completions"), &long);
     busy.next_event().expect("the long reply has begun");
     // Queued behind it: the headers come before the long reply ends.
-    let short = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "stream": true});
+    let short =
+        json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "stream": true});
     let mut waiting = SseReader::open(&node.url("/v1/chat/completions"), &short);
     assert!(
         node.metric("hearth_queue_depth") >= 1.0,

@@ -324,10 +324,7 @@ type Starting = std::pin::Pin<
 
 /// The events of a reply that had not started when its headers went out: nothing (keep-alive
 /// comments) until it starts, then its chunks; or an error event if it never starts.
-fn late_stream(
-    starting: Starting,
-    shape: Shape,
-) -> impl Stream<Item = Result<Event, Infallible>> {
+fn late_stream(starting: Starting, shape: Shape) -> impl Stream<Item = Result<Event, Infallible>> {
     futures::stream::once(starting).flat_map(move |started| match started {
         Ok(started) => {
             let meta = meta_of(&started, shape);
