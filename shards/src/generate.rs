@@ -61,7 +61,7 @@ pub struct Generator {
 
 /// Prompt tokens run in one forward pass by default: long enough for the kernels' full speed,
 /// short enough that other sessions sharing the workers wait at most one chunk for a turn.
-pub const PREFILL_CHUNK: usize = 128;
+pub const PREFILL_CHUNK: usize = 64;
 
 impl std::fmt::Debug for Generator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
