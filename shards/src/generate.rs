@@ -108,6 +108,12 @@ impl Generator {
         Ok(g)
     }
 
+    /// Bytes of keys and values the cache holds now (its positions written).
+    pub fn cache_bytes(&self) -> usize {
+        let spec = self.stage.spec();
+        self.cache.len() * self.stage.layers().len() * spec.kv_dim() * 2 * 2
+    }
+
     /// Positions the context holds.
     pub fn context(&self) -> usize {
         self.cache.capacity()

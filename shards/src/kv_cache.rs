@@ -3,6 +3,7 @@
 //! f16, as llama.cpp stores them by default: half the memory, and the same rounding.
 
 use half::f16;
+use half::vec::HalfBitsVecExt;
 
 use crate::quant::QuantScratch;
 
@@ -24,10 +25,14 @@ impl KvCache {
     /// A cache for `layers` layers holding up to `capacity` positions. The memory is reserved
     /// zeroed up front; the OS backs pages only as positions are written.
     pub(crate) fn new(layers: usize, kv_dim: usize, capacity: usize) -> Self {
+        // Zeroed through u16, which the allocator hands out as untouched zero pages (f16 has
+        // no such fast path: filling it element by element would make the whole context
+        // resident at once).
+        let zeroed = || -> Vec<f16> { vec![0u16; capacity * kv_dim].reinterpret_into() };
         let layers = (0..layers)
             .map(|_| LayerCache {
-                k: vec![f16::ZERO; capacity * kv_dim],
-                v: vec![f16::ZERO; capacity * kv_dim],
+                k: zeroed(),
+                v: zeroed(),
             })
             .collect();
         KvCache {

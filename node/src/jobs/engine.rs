@@ -31,6 +31,9 @@ const EVENT_BUFFER: usize = 64;
 /// finds the one holding its history and only computes the new tokens. Each can hold up to a
 /// context's worth of keys and values (94 MB for SmolLM2 at 4096 tokens).
 const IDLE_GENERATORS: usize = 4;
+/// Keys and values those finished replies may hold in all: beyond it the least recently used
+/// go first (a cache's memory grows with the positions written, not with the context).
+const IDLE_CACHE_BYTES: usize = 128 << 20;
 
 /// How the engine runs.
 #[derive(Debug, Clone)]
@@ -663,7 +666,10 @@ impl Engine {
     fn put_generator(&self, digest: &str, generator: Generator) {
         let mut idle = self.idle.lock().expect("idle lock");
         idle.push((digest.to_owned(), generator));
-        if idle.len() > IDLE_GENERATORS {
+        let held = |idle: &Vec<(String, Generator)>| -> usize {
+            idle.iter().map(|(_, g)| g.cache_bytes()).sum()
+        };
+        while idle.len() > IDLE_GENERATORS || (idle.len() > 1 && held(&idle) > IDLE_CACHE_BYTES) {
             idle.remove(0);
         }
     }
