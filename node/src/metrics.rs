@@ -41,6 +41,12 @@ pub struct Gauges {
     /// concurrent jobs shared a step).
     pub decode_steps: u64,
     pub decode_step_sessions: u64,
+    /// Bytes offered for models (`--max-memory`; 0: no cap) and taken by whole models and
+    /// split sessions' caches.
+    pub memory_offered: u64,
+    pub memory_used: u64,
+    /// Bytes of keys and values held by finished replies' caches, kept for follow-up turns.
+    pub idle_cache: u64,
     /// (model name, tokens/s)
     pub speeds: Vec<(String, f32)>,
 }
@@ -122,6 +128,21 @@ impl Metrics {
                 "hearth_peers",
                 "Household peers connected.",
                 gauge(gauges.peers),
+            ),
+            (
+                "hearth_memory_offered_bytes",
+                "Bytes this node offers for models (--max-memory); 0: all that is free.",
+                gauge(gauges.memory_offered),
+            ),
+            (
+                "hearth_memory_used_bytes",
+                "Bytes taken by loaded whole models and split sessions' caches.",
+                gauge(gauges.memory_used),
+            ),
+            (
+                "hearth_idle_cache_bytes",
+                "Keys and values held by finished replies' caches (at most 128 MB).",
+                gauge(gauges.idle_cache),
             ),
             (
                 "hearth_decode_steps_total",

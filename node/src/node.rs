@@ -48,6 +48,9 @@ impl Node {
             peers: self.mesh.peers().len() as u64,
             decode_steps: batches.steps,
             decode_step_sessions: batches.rows,
+            memory_offered: self.engine.budget().cap().unwrap_or(0),
+            memory_used: self.engine.memory_used(),
+            idle_cache: self.engine.idle_cache_bytes() as u64,
             speeds: self
                 .engine
                 .speeds()

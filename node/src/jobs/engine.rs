@@ -662,6 +662,12 @@ impl Engine {
         }
     }
 
+    /// Bytes of keys and values the finished jobs' generators hold.
+    pub fn idle_cache_bytes(&self) -> usize {
+        let idle = self.idle.lock().expect("idle lock");
+        idle.iter().map(|(_, g)| g.cache_bytes()).sum()
+    }
+
     /// Keeps a finished job's generator for reuse, dropping the least recently used beyond the cap.
     fn put_generator(&self, digest: &str, generator: Generator) {
         let mut idle = self.idle.lock().expect("idle lock");
