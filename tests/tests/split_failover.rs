@@ -1,6 +1,6 @@
-//! A split reply whose middle stage is SIGKILLed mid-reply: the reply is re-planned without it,
-//! replayed through the new pipeline and completes identical to the uninterrupted reply; when
-//! no plan is left, the client gets an error event and a clean close.
+//! A split reply whose middle stage is SIGKILLed (or shut down) mid-reply: the reply is
+//! re-planned without it, replayed through the new pipeline and completes identical to the
+//! uninterrupted reply; when no plan is left, the client gets an error event and a clean close.
 
 use std::time::Duration;
 
@@ -34,8 +34,8 @@ fn read(stream: &mut SseReader, events: usize) -> String {
     text
 }
 
-#[test]
-fn a_stage_killed_mid_reply_is_replanned_around_and_the_reply_is_unbroken() {
+/// Four capped nodes, a to d, all connected.
+fn four_nodes() -> Vec<TestNode> {
     let household = Household::new();
     let mut nodes: Vec<TestNode> = Vec::new();
     for name in ["a", "b", "c", "d"] {
@@ -56,6 +56,31 @@ fn a_stage_killed_mid_reply_is_replanned_around_and_the_reply_is_unbroken() {
             n.log()
         );
     }
+    nodes
+}
+
+#[test]
+fn a_stage_shutting_down_mid_reply_is_replanned_around() {
+    let mut nodes = four_nodes();
+    let url = nodes[0].url("/v1/chat/completions");
+    let pinned = request(Some(&["a", "b", "c"]));
+    let (expected, _) = SseReader::open(&url, &pinned).rest();
+    let mut stream = SseReader::open(&url, &pinned);
+    let mut text = read(&mut stream, 8);
+    // SIGTERM: the middle stage drains, ending its session with an error naming itself.
+    let status = nodes[1].terminate().expect("the node exits");
+    assert!(status.success(), "{status:?}");
+    let (rest, last) = stream.rest();
+    text.push_str(&rest);
+    assert_eq!(last.expect("the reply went on")["usage"]["completion_tokens"], 120);
+    assert_eq!(text, expected, "the re-planned reply differs");
+    let log = nodes[0].log();
+    assert!(log.contains("re-planning without it") && log.contains("shutting down"), "{log}");
+}
+
+#[test]
+fn a_stage_killed_mid_reply_is_replanned_around_and_the_reply_is_unbroken() {
+    let mut nodes = four_nodes();
     let entry = &nodes[0];
     let url = entry.url("/v1/chat/completions");
 

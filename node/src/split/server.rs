@@ -251,6 +251,9 @@ async fn run_stage(host: Arc<Host>, up_peer: PeerId, mut up: Stream, open: Stage
     tracing::debug!(session, index, layers = ?stage.stage().layers(), "stage session running");
     let cache = stage.stage().new_cache(open.context as usize);
     let _member = stage.join(open.split.stages.len());
+    // Counted for shutdown: a draining node ends its sessions (naming itself, so the reply is
+    // re-planned around it) before it closes its connections.
+    let _in_flight = host.drain.enter();
     let ends = Ends {
         host: &host,
         session,
