@@ -177,6 +177,7 @@ impl SamplingArgs {
                 .unwrap_or_else(|| random_seed(SamplingParams::default().seed)),
             max_tokens: self.max_tokens,
             stop: self.stop.clone(),
+            json: false,
         };
         SamplingParams::check(&params.sampling)?;
         Ok(params)

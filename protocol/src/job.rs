@@ -93,6 +93,9 @@ pub struct JobParams {
     pub seed: u64,
     pub max_tokens: u32,
     pub stop: Vec<String>,
+    /// The reply must be one JSON object (Ollama's `format: "json"`, OpenAI's
+    /// `response_format: {"type": "json_object"}`).
+    pub json: bool,
 }
 
 impl JobParams {
@@ -106,6 +109,7 @@ impl JobParams {
             seed: 0,
             max_tokens,
             stop: Vec::new(),
+            json: false,
         }
     }
 }

@@ -8,6 +8,7 @@ pub use hearth_protocol::{Finish, Resume};
 
 use crate::batch::DecodeBatcher;
 use crate::error::{Error, Result};
+use crate::json::JsonPrefix;
 use crate::kv_cache::KvCache;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::stage::{Stage, StageInput};
@@ -21,6 +22,9 @@ pub struct GenerateParams {
     pub max_tokens: usize,
     /// Generation ends before any of these strings; they are not part of the reply.
     pub stop: Vec<String>,
+    /// The reply is one JSON object: only tokens that continue one are sampled, and the reply
+    /// ends when it is complete.
+    pub json: bool,
 }
 
 impl Default for GenerateParams {
@@ -29,6 +33,7 @@ impl Default for GenerateParams {
             sampling: SamplingParams::default(),
             max_tokens: 512,
             stop: Vec::new(),
+            json: false,
         }
     }
 }
@@ -324,13 +329,28 @@ pub fn decode_reply(
     } else {
         Finish::Length
     };
+    let mut json = params.json.then(JsonPrefix::default);
+    if let Some(j) = &mut json {
+        // A resumed reply's JSON so far.
+        j.push_str(&stops.emitted);
+    }
     let mut more = !stopped && tokens.len() < params.max_tokens;
     while more {
+        if let Some(j) = &json {
+            if !keep_json(logits, tokenizer, j) {
+                finish = Finish::Stop;
+                break;
+            }
+        }
         let token = sampler.sample(logits, fed);
         if tokenizer.stop_tokens().contains(&token) {
             finish = Finish::Stop;
             break;
         }
+        let complete = json.as_mut().is_some_and(|j| {
+            j.push_str(tokenizer.texts()[token as usize].as_deref().unwrap_or(""));
+            j.is_complete()
+        });
         tokens.push(token);
         let (ready, stopped) = stops.push(&decoder.push(tokenizer, token));
         backlog.push_str(&ready);
@@ -342,7 +362,7 @@ pub fn decode_reply(
             break;
         }
         backlog.clear();
-        if stopped {
+        if stopped || complete {
             finish = Finish::Stop;
             break;
         }
@@ -364,6 +384,24 @@ pub fn decode_reply(
         tokens,
         finish,
     })
+}
+
+/// Leaves in `logits` only the tokens whose text continues the JSON object `json` (the others
+/// get -inf); `false` if none does.
+fn keep_json(logits: &mut [f32], tokenizer: &Tokenizer, json: &JsonPrefix) -> bool {
+    let mut any = false;
+    for (logit, text) in logits.iter_mut().zip(tokenizer.texts()) {
+        let fits = text.as_deref().is_some_and(|t| {
+            let mut next = *json;
+            !t.is_empty() && next.push_str(t)
+        });
+        if fits {
+            any = true;
+        } else {
+            *logit = f32::NEG_INFINITY;
+        }
+    }
+    any
 }
 
 /// What generation hands its caller as it goes.

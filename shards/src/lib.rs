@@ -9,6 +9,7 @@ pub mod error;
 pub mod family;
 pub mod generate;
 pub mod gguf;
+pub mod json;
 pub mod kernels;
 pub mod kv_cache;
 pub mod model;

@@ -52,6 +52,8 @@ pub struct Tokenizer {
     add_bos: bool,
     /// Tokens that end a reply: EOS, end-of-turn and their usual relatives.
     stop_tokens: Vec<u32>,
+    /// Each token's text alone, for constrained sampling (made on first use).
+    texts: std::sync::OnceLock<Vec<Option<String>>>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -139,6 +141,23 @@ impl Tokenizer {
             eos,
             add_bos,
             stop_tokens,
+            texts: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Each token's text on its own: `None` for control, user-defined, unknown and unused
+    /// tokens, and for byte tokens that are not whole characters alone (text is lossy there).
+    pub fn texts(&self) -> &[Option<String>] {
+        self.texts.get_or_init(|| {
+            (0..self.tokens.len() as u32)
+                .map(|id| {
+                    let ty = self.types[id as usize];
+                    if !matches!(ty, TokenType::Normal | TokenType::Byte) {
+                        return None;
+                    }
+                    String::from_utf8(self.token_bytes(id)).ok()
+                })
+                .collect()
         })
     }
 

@@ -26,6 +26,10 @@ final = client.generate(model=model, prompt=prompt, options=greedy)
 out["generate"] = final.response
 out["generate_counts"] = [final.prompt_eval_count, final.eval_count, final.done_reason]
 out["ps"] = [m.model for m in client.ps().models]
+# JSON mode, as Home Assistant's AI tasks and scripts ask for it.
+out["json"] = client.chat(model=model, format="json",
+                          messages=[{"role": "user", "content": "Describe a cat as JSON with its name and colour."}],
+                          options={"temperature": 0, "num_predict": 200}).message.content
 # Home Assistant's conversation agent (homeassistant/components/ollama/entity.py), without an LLM
 # API: a system prompt, streamed, keep_alive in seconds, num_ctx in options, no tools, no format.
 parts = list(client.chat(
@@ -43,6 +47,8 @@ errors = {}
 for name, call in [
     ("unknown_model", lambda: client.chat(model="no-such-model", messages=[{"role": "user", "content": "hi"}])),
     ("bad_option", lambda: client.chat(model=model, messages=[{"role": "user", "content": "hi"}], options={"top_p": 3})),
+    ("schema", lambda: client.chat(model=model, messages=[{"role": "user", "content": "hi"}],
+                                   format={"type": "object", "properties": {"a": {"type": "string"}}})),
     ("tools", lambda: client.chat(model=model, messages=[{"role": "user", "content": "hi"}],
                                   tools=[{"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object", "properties": {}}}}])),
 ]:

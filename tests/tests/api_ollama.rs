@@ -65,6 +65,25 @@ fn the_ollama_client_gets_the_same_replies_as_openai_clients_from_any_node() {
         .json()
         .unwrap();
     let want = openai["choices"][0]["message"]["content"].as_str().unwrap();
+    // The same JSON mode on the OpenAI endpoint, through the entry node.
+    let chat_as = |format: Value| {
+        post(
+            &entry,
+            "/v1/chat/completions",
+            json!({
+                "messages": [{"role": "user", "content": "Describe a dog as JSON."}],
+                "temperature": 0, "max_tokens": 200, "response_format": format,
+            })
+            .to_string(),
+        )
+    };
+    let (status, reply) = chat_as(json!({"type": "json_object"}));
+    assert_eq!(status, 200, "{reply}");
+    let text = reply["choices"][0]["message"]["content"].as_str().unwrap();
+    let object: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert!(object.is_object(), "{object}");
+    let (status, reply) = chat_as(json!({"type": "json_schema", "json_schema": {"name": "x"}}));
+    assert_eq!(status, 400, "{reply}");
     for node in [&holder, &entry] {
         let got = drive_with_the_ollama_client(&ollama_addr(node));
         let name = format!("{}:latest", TestModel::SmolLm2.name());
@@ -89,10 +108,14 @@ fn the_ollama_client_gets_the_same_replies_as_openai_clients_from_any_node() {
             "{ha}"
         );
         assert_eq!(ha["roles"], json!(["assistant"]));
+        let object: serde_json::Value = serde_json::from_str(got["json"].as_str().unwrap())
+            .unwrap_or_else(|e| panic!("{e}: {}", got["json"]));
+        assert!(object.is_object(), "{object}");
         let errors = &got["errors"];
         assert_eq!(errors["unknown_model"][0], 404, "{errors}");
         assert_eq!(errors["bad_option"][0], 400, "{errors}");
         assert!(errors["bad_option"][1].as_str().unwrap().contains("top-p"));
+        assert_eq!(errors["schema"][0], 400, "{errors}");
         assert_eq!(
             errors["tools"],
             json!([400, "model does not support tools"])
@@ -128,7 +151,7 @@ fn malformed_ollama_requests_get_ollama_shaped_errors() {
         ),
         (
             "/api/generate",
-            br#"{"model": "smollm2-135m", "prompt": "hi", "format": "json"}"#.to_vec(),
+            br#"{"model": "smollm2-135m", "prompt": "hi", "format": {"type": "object"}}"#.to_vec(),
         ),
         ("/api/show", br#"{"modell": "x"}"#.to_vec()),
     ] {

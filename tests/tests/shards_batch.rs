@@ -107,6 +107,7 @@ fn generators_on_separate_threads_meet_in_batched_steps_and_decode_as_alone() {
         sampling: SamplingParams::greedy(),
         max_tokens: 24,
         stop: Vec::new(),
+        json: false,
     };
     let prompts = [
         "The river",

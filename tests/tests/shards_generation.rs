@@ -9,6 +9,7 @@ fn greedy(max_tokens: usize) -> GenerateParams {
         sampling: SamplingParams::greedy(),
         max_tokens,
         stop: Vec::new(),
+        json: false,
     }
 }
 
@@ -77,6 +78,7 @@ fn stop_strings_end_the_reply_before_them() {
     );
     let params = GenerateParams {
         stop: vec![" 9".into()],
+        json: false,
         ..greedy(24)
     };
     let stopped = g.generate(&prompt, &params, |_| true).unwrap();

@@ -72,10 +72,16 @@ fn a_stage_shutting_down_mid_reply_is_replanned_around() {
     assert!(status.success(), "{status:?}");
     let (rest, last) = stream.rest();
     text.push_str(&rest);
-    assert_eq!(last.expect("the reply went on")["usage"]["completion_tokens"], 120);
+    assert_eq!(
+        last.expect("the reply went on")["usage"]["completion_tokens"],
+        120
+    );
     assert_eq!(text, expected, "the re-planned reply differs");
     let log = nodes[0].log();
-    assert!(log.contains("re-planning without it") && log.contains("shutting down"), "{log}");
+    assert!(
+        log.contains("re-planning without it") && log.contains("shutting down"),
+        "{log}"
+    );
 }
 
 #[test]

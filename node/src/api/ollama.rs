@@ -402,6 +402,7 @@ fn job_params(o: Options) -> Result<JobParams, OllamaError> {
         seed: o.seed.unwrap_or_else(rand::random),
         max_tokens,
         stop: o.stop.unwrap_or_default(),
+        json: false,
     };
     jobs::check_params(&params).map_err(|e| bad(e.to_string()))?;
     Ok(params)
@@ -416,11 +417,18 @@ async fn respond(
     if !common.tools.is_empty() {
         return Err(bad(super::NO_TOOLS));
     }
-    if let Some(f) = &common.format {
-        return Err(bad(format!(
-            "format {f} is not supported: hearth cannot constrain replies to a format yet"
-        )));
-    }
+    // `"json"`: the reply is one JSON object. A JSON schema (structured outputs) is not
+    // followed yet.
+    let json = match &common.format {
+        None => false,
+        Some(Value::String(f)) if f == "json" => true,
+        Some(Value::String(f)) if f.is_empty() => false,
+        Some(f) => {
+            return Err(bad(format!(
+                "format {f} is not supported: hearth constrains replies to JSON (\"json\"), not to a schema yet"
+            )))
+        }
+    };
     let (split, wire) = common
         .hearth
         .split()
@@ -435,7 +443,10 @@ async fn respond(
     let request = ReplyRequest {
         model,
         prompt,
-        params: job_params(common.options)?,
+        params: JobParams {
+            json,
+            ..job_params(common.options)?
+        },
         pin: common.hearth.node,
         split,
         wire,

@@ -40,6 +40,8 @@ struct Sampling {
     seed: Option<u64>,
     stop: Option<OneOrMany>,
     n: Option<u32>,
+    /// `{"type": "json_object"}`: the reply is one JSON object.
+    response_format: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -211,6 +213,17 @@ fn job_params(s: Sampling) -> Result<JobParams, ApiError> {
         seed: s.seed.unwrap_or_else(rand::random),
         max_tokens: s.max_completion_tokens.or(s.max_tokens).unwrap_or(512),
         stop: s.stop.map(OneOrMany::into_vec).unwrap_or_default(),
+        json: match s.response_format.as_ref().map(|f| &f["type"]) {
+            None => false,
+            Some(t) if t == "text" => false,
+            Some(t) if t == "json_object" => true,
+            Some(_) => {
+                return Err(ApiError::bad_param(
+                    "response_format",
+                    "hearth constrains replies to a JSON object ({\"type\": \"json_object\"}), not to a schema yet",
+                ))
+            }
+        },
     };
     // The same checks the engine makes, so that mistakes are a 400 here, not a failed job.
     jobs::check_params(&params)

@@ -118,6 +118,7 @@ impl Backend {
                     sampling: model.sampling(&params.sampling, params.seed)?,
                     max_tokens: params.max_tokens as usize,
                     stop: params.stop.iter().chain(&stops).cloned().collect(),
+                    json: params.json,
                 };
                 match generator.generate(&tokens, &params, on_text) {
                     Ok(c) => Ok(Turn::Reply(local_reply(c))),

@@ -445,6 +445,7 @@ impl Engine {
             sampling: SamplingParams::greedy(),
             max_tokens: 16,
             stop: Vec::new(),
+            json: false,
         };
         if let Ok(c) = g.generate(&prompt, &params, |_| true) {
             self.record_speed(digest, c.tokens.len(), c.decode_time);
@@ -703,6 +704,7 @@ fn prepare(
         sampling,
         max_tokens: request.params.max_tokens as usize,
         stop: request.params.stop.iter().chain(&stops).cloned().collect(),
+        json: request.params.json,
     };
     let full: Vec<u32> = prompt
         .iter()
