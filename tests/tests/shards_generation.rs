@@ -102,6 +102,7 @@ fn the_same_seed_gives_the_same_reply() {
             },
             max_tokens: 20,
             stop: vec![],
+            json: false,
         };
         model
             .generator(128)
