@@ -29,6 +29,8 @@ pub use ring::Ring;
 
 /// Loaded stages not used for this long are dropped.
 const STAGE_IDLE: Duration = Duration::from_secs(600);
+/// Longest a load waits for sessions to give back the memory it needs.
+const RESERVE_WAIT: Duration = Duration::from_secs(10);
 
 /// A loaded stage's key: model digest and layer range.
 type StageKey = (String, u32, u32);
@@ -164,15 +166,30 @@ impl Host {
         Ok(batcher)
     }
 
-    /// Reserves `bytes` for `what`, dropping stages no session uses if that makes room.
+    /// Reserves `bytes` for `what`, dropping stages no session uses if that makes room. While
+    /// sessions still hold stages (those of a ring that just broke end within moments, and a
+    /// re-plan may want their memory at once), it waits for them, at most [`RESERVE_WAIT`].
     fn reserve(&self, what: &str, bytes: u64) -> Result<Reservation, JobError> {
-        if let Ok(r) = self.budget.reserve(what, bytes) {
-            return Ok(r);
+        let deadline = Instant::now() + RESERVE_WAIT;
+        loop {
+            self.release_idle();
+            match self.budget.reserve(what, bytes) {
+                Ok(r) => return Ok(r),
+                Err(e) if Instant::now() >= deadline || !self.stages_in_use() => {
+                    return Err(JobError::Internal(e.to_string()))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
         }
-        self.release_idle();
-        self.budget
-            .reserve(what, bytes)
-            .map_err(|e| JobError::Internal(e.to_string()))
+    }
+
+    /// Whether any session holds a loaded stage.
+    fn stages_in_use(&self) -> bool {
+        self.stages
+            .lock()
+            .expect("stages lock")
+            .values()
+            .any(|s| Arc::strong_count(&s.batcher) > 1)
     }
 
     /// Reserves the cache of a session of `layers` layers at `context` positions.
