@@ -44,6 +44,32 @@ struct LoadedStage {
     last_used: Instant,
 }
 
+/// A model file opened for splits, with its layout read once.
+#[derive(Clone)]
+struct Opened {
+    model: Arc<Model>,
+    layout: Arc<ModelLayout>,
+}
+
+/// One session's part of a split on this node: its stage, the cache it may fill, and what the
+/// frames it takes must look like.
+pub(crate) struct Session {
+    pub stage: Arc<DecodeBatcher>,
+    pub layout: Arc<ModelLayout>,
+    pub vocab: u32,
+    /// Positions its cache holds (the asked context, capped at the model's).
+    pub context: u32,
+    /// The cache's bytes, reserved in the node's budget.
+    pub _memory: Reservation,
+}
+
+impl LoadedStage {
+    /// Whether a session holds it.
+    fn in_use(&self) -> bool {
+        Arc::strong_count(&self.batcher) > 1
+    }
+}
+
 /// What this node needs to take part in splits: the mesh, its models, its memory budget, the
 /// stages loaded, and the drivers here waiting for their ring to close.
 pub struct Host {
@@ -54,7 +80,7 @@ pub struct Host {
     metrics: Arc<Metrics>,
     drain: Arc<Drain>,
     runtime: tokio::runtime::Handle,
-    models: Mutex<HashMap<String, Arc<Model>>>,
+    models: Mutex<HashMap<String, Opened>>,
     stages: Mutex<HashMap<StageKey, LoadedStage>>,
     /// A gate per stage being loaded: sessions that want the same stage wait for one load.
     loading: Mutex<HashMap<StageKey, Arc<Mutex<()>>>>,
@@ -96,18 +122,54 @@ impl Host {
     /// The opened model file with `digest` (tokenizer, template, spec; no weights loaded).
     /// Blocks: call it off the async runtime.
     pub fn model(&self, digest: &str) -> Result<Arc<Model>, JobError> {
+        self.opened(digest).map(|o| o.model)
+    }
+
+    fn opened(&self, digest: &str) -> Result<Opened, JobError> {
         if let Some(m) = self.models.lock().expect("models lock").get(digest) {
             return Ok(m.clone());
         }
         let entry = crate::jobs::cached(&self.cache, digest)?;
         let model = Model::open(&self.cache.file_path(&entry.digest), self.threads)
             .map_err(|e| JobError::Internal(format!("cannot open {}: {e}", entry.name)))?;
-        let model = Arc::new(model);
+        let layout = hearth_shards::model::layout(model.gguf())
+            .map_err(|e| JobError::BadRequest(e.to_string()))?;
+        let opened = Opened {
+            model: Arc::new(model),
+            layout: Arc::new(layout),
+        };
         self.models
             .lock()
             .expect("models lock")
-            .insert(entry.digest, model.clone());
-        Ok(model)
+            .insert(entry.digest, opened.clone());
+        Ok(opened)
+    }
+
+    /// Sets up this node's part of session `index` of `split` for `digest`: checks the split
+    /// covers the model, loads the stage (or finds it loaded) and reserves a cache of `context`
+    /// positions (capped at the model's). Blocks: call it off the async runtime.
+    pub(crate) fn session(
+        &self,
+        digest: &str,
+        split: &hearth_protocol::Split,
+        index: usize,
+        context: u32,
+    ) -> Result<Session, JobError> {
+        let Opened { model, layout } = self.opened(digest)?;
+        split.check(layout.layers()).map_err(JobError::BadRequest)?;
+        let plan = &split.stages[index];
+        let stage = self.stage(digest, plan.start..plan.end)?;
+        let context = context.min(layout.context).max(1);
+        let bytes =
+            layout.kv_bytes_per_token * u64::from(plan.end - plan.start) * u64::from(context);
+        let memory = self.reserve("a session's cache", bytes)?;
+        Ok(Session {
+            stage,
+            layout,
+            vocab: model.spec().vocab as u32,
+            context,
+            _memory: memory,
+        })
     }
 
     /// The stage of `digest` holding `layers` (behind its batcher), loading it (within the
@@ -129,9 +191,7 @@ impl Host {
         if let Some(s) = self.stages.lock().expect("stages lock").get_mut(&key) {
             return Ok(s.batcher.clone());
         }
-        let model = self.model(digest)?;
-        let layout = hearth_shards::model::layout(model.gguf())
-            .map_err(|e| JobError::BadRequest(e.to_string()))?;
+        let Opened { model, layout } = self.opened(digest)?;
         if layers.start >= layers.end || layers.end > layout.layers() {
             return Err(JobError::BadRequest(format!(
                 "layers {}..{} are not a range of this model's {}",
@@ -144,7 +204,7 @@ impl Host {
         self.stages
             .lock()
             .expect("stages lock")
-            .retain(|k, s| k.0 != digest || Arc::strong_count(&s.batcher) > 1);
+            .retain(|k, s| k.0 != digest || s.in_use());
         let bytes = layout.stage_bytes(layers.start, layers.end, 0);
         let what = format!("layers {}..{}", layers.start, layers.end);
         let memory = self.reserve(&what, bytes)?;
@@ -189,18 +249,7 @@ impl Host {
             .lock()
             .expect("stages lock")
             .values()
-            .any(|s| Arc::strong_count(&s.batcher) > 1)
-    }
-
-    /// Reserves the cache of a session of `layers` layers at `context` positions.
-    fn reserve_cache(
-        &self,
-        layout: &ModelLayout,
-        layers: u32,
-        context: u32,
-    ) -> Result<Reservation, JobError> {
-        let bytes = layout.kv_bytes_per_token * u64::from(layers) * u64::from(context);
-        self.reserve("a session's cache", bytes)
+            .any(LoadedStage::in_use)
     }
 
     /// Bytes held by loaded stages' weights. Sessions of the same stage share them, and a load
@@ -216,16 +265,8 @@ impl Host {
 
     /// Decoding steps run by the loaded stages, and the session-steps they served.
     pub fn batch_stats(&self) -> hearth_shards::BatchStats {
-        self.stages.lock().expect("stages lock").values().fold(
-            hearth_shards::BatchStats::default(),
-            |acc, s| {
-                let b = s.batcher.stats();
-                hearth_shards::BatchStats {
-                    steps: acc.steps + b.steps,
-                    rows: acc.rows + b.rows,
-                }
-            },
-        )
+        let stages = self.stages.lock().expect("stages lock");
+        stages.values().map(|s| s.batcher.stats()).sum()
     }
 
     /// Drops every loaded stage no session uses (to make room for something else).
@@ -233,7 +274,7 @@ impl Host {
         self.stages
             .lock()
             .expect("stages lock")
-            .retain(|_, s| Arc::strong_count(&s.batcher) > 1);
+            .retain(|_, s| s.in_use());
     }
 
     /// Drops stages idle for [`STAGE_IDLE`] that no session uses.
@@ -241,7 +282,7 @@ impl Host {
         self.stages
             .lock()
             .expect("stages lock")
-            .retain(|_, s| Arc::strong_count(&s.batcher) > 1 || s.last_used.elapsed() < STAGE_IDLE);
+            .retain(|_, s| s.in_use() || s.last_used.elapsed() < STAGE_IDLE);
     }
 }
 

@@ -76,6 +76,15 @@ pub struct BatchStats {
     pub rows: u64,
 }
 
+impl std::iter::Sum for BatchStats {
+    fn sum<I: Iterator<Item = BatchStats>>(iter: I) -> Self {
+        iter.fold(BatchStats::default(), |a, b| BatchStats {
+            steps: a.steps + b.steps,
+            rows: a.rows + b.rows,
+        })
+    }
+}
+
 impl DecodeBatcher {
     /// A batcher for `stage`.
     pub fn new(stage: Arc<Stage>) -> Self {

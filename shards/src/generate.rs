@@ -191,30 +191,30 @@ impl Generator {
         self.cached.truncate(reused);
 
         let start = Instant::now();
-        // In chunks: other sessions' steps on the same workers get a turn between them, and the
-        // caller can stop a long prompt between two chunks.
         let todo = &full[reused..];
-        for (i, chunk) in todo.chunks(self.prefill_chunk).enumerate() {
-            let done = i * self.prefill_chunk;
-            if done > 0
-                && !on_piece(Piece::Prefill {
-                    done,
-                    total: todo.len(),
-                })
-            {
-                return Ok(Completion {
-                    text: String::new(),
-                    tokens: resume.tokens.clone(),
-                    finish: Finish::Cancelled,
-                    prompt_tokens: prompt.len(),
-                    reused_tokens: reused,
-                    prefill_time: start.elapsed(),
-                    decode_time: Duration::ZERO,
-                });
-            }
-            self.stage
-                .forward(&mut self.cache, StageInput::Tokens(chunk), &mut self.logits)?;
-            self.cached.extend_from_slice(chunk);
+        let mut steps = LocalSteps {
+            stage: &self.stage,
+            cache: &mut self.cache,
+            batcher: None,
+        };
+        let fed = prefill(
+            &mut steps,
+            todo,
+            self.prefill_chunk,
+            &mut self.logits,
+            &mut on_piece,
+        )?;
+        self.cached.extend_from_slice(&todo[..fed]);
+        if fed < todo.len() {
+            return Ok(Completion {
+                text: String::new(),
+                tokens: resume.tokens.clone(),
+                finish: Finish::Cancelled,
+                prompt_tokens: prompt.len(),
+                reused_tokens: reused,
+                prefill_time: start.elapsed(),
+                decode_time: Duration::ZERO,
+            });
         }
         let prefill_time = start.elapsed();
 
@@ -259,6 +259,32 @@ pub trait Steps {
     fn step(&mut self, token: u32, logits: &mut Vec<f32>) -> Result<()> {
         self.feed(&[token], logits)
     }
+}
+
+/// Feeds a prompt's `tokens` through `steps` in chunks of `chunk`: other sessions sharing the
+/// workers get a turn between chunks, and `on_piece` (told the progress) can stop a long prompt
+/// there. Returns the tokens fed: all of them, unless stopped.
+pub fn prefill(
+    steps: &mut dyn Steps,
+    tokens: &[u32],
+    chunk: usize,
+    logits: &mut Vec<f32>,
+    on_piece: &mut dyn FnMut(Piece<'_>) -> bool,
+) -> Result<usize> {
+    let mut done = 0;
+    for part in tokens.chunks(chunk.max(1)) {
+        if done > 0
+            && !on_piece(Piece::Prefill {
+                done,
+                total: tokens.len(),
+            })
+        {
+            break;
+        }
+        steps.feed(part, logits)?;
+        done += part.len();
+    }
+    Ok(done)
 }
 
 /// A whole model's stage and one session's cache, decoding through a batcher when there is one.

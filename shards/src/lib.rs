@@ -25,7 +25,8 @@ pub use batch::{BatchStats, DecodeBatcher};
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use error::{Error, Result};
 pub use generate::{
-    decode_reply, Completion, Decoded, Finish, GenerateParams, Generator, Piece, Resume, Steps,
+    decode_reply, prefill, Completion, Decoded, Finish, GenerateParams, Generator, Piece, Resume,
+    Steps, PREFILL_CHUNK,
 };
 pub use gguf::Gguf;
 pub use kv_cache::KvCache;

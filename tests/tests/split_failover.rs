@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use hearth_tests::mesh::{chunk_text, Household, NodeOptions, SseReader, TestNode};
+use hearth_tests::mesh::{chunk_text, wait_for, Household, NodeOptions, SseReader, TestNode};
 use hearth_tests::TestModel;
 use serde_json::{json, Value};
 
@@ -118,9 +118,17 @@ fn a_stage_killed_mid_reply_is_replanned_around_and_the_reply_is_unbroken() {
     );
 
     // Three nodes left, and one more goes mid-reply: no plan is left, so an error event.
-    let mut stream = SseReader::open(&url, &request(None));
+    // A longer reply, so that it is still running when its stage goes.
+    let mut long = request(None);
+    long["max_tokens"] = json!(400);
+    let mut stream = SseReader::open(&url, &long);
     read(&mut stream, 8);
-    let route = entry.get("/api/route?model=smollm2-135m");
+    // Cards catch up with the kill and the new sessions within a poll or two.
+    let route = wait_for(Duration::from_secs(20), || {
+        let route = entry.get("/api/route?model=smollm2-135m");
+        (route["split"]["status"] == "planned").then_some(route)
+    })
+    .unwrap_or_else(|| panic!("{}", entry.get("/api/route?model=smollm2-135m")));
     let stages: Vec<String> = route["split"]["stages"]
         .as_array()
         .unwrap_or_else(|| panic!("{route}"))

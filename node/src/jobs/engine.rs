@@ -13,8 +13,8 @@ use hearth_protocol::{
     FailCode, Finish, JobEvent, JobParams, JobRequest, Usage, MAX_PROMPT_TOKENS,
 };
 use hearth_shards::{
-    decode_reply, BatchStats, DecodeBatcher, Error as EngineError, GenerateParams, Generator,
-    Model, Piece, SamplingParams, Steps,
+    decode_reply, prefill, BatchStats, DecodeBatcher, Error as EngineError, GenerateParams,
+    Generator, Model, Piece, SamplingParams, PREFILL_CHUNK,
 };
 use tokio::sync::mpsc;
 
@@ -255,19 +255,15 @@ impl Engine {
     /// Decoding steps run and the session-steps they served, over every loaded model and split
     /// stage.
     pub fn batch_stats(&self) -> BatchStats {
-        let loaded = self.loaded.lock().expect("loaded lock");
         let stages = self
             .split
             .get()
             .map(|h| h.batch_stats())
             .unwrap_or_default();
-        loaded.values().fold(stages, |acc, m| {
-            let s = m.batcher.stats();
-            BatchStats {
-                steps: acc.steps + s.steps,
-                rows: acc.rows + s.rows,
-            }
-        })
+        let loaded = self.loaded.lock().expect("loaded lock");
+        std::iter::once(stages)
+            .chain(loaded.values().map(|m| m.batcher.stats()))
+            .sum()
     }
 
     /// Digests of the models loaded and ready (not those still loading).
@@ -504,13 +500,11 @@ impl Engine {
             return Ok(cancelled);
         }
         let completion = generator.resume(&prompt, &request.resume, &params, self.relay(events))?;
-        if completion.finish == Finish::Cancelled && !events.is_closed() && self.is_draining() {
-            // Stopped mid-prompt by the shutdown: another node can take the reply.
-            self.put_generator(&request.model, generator);
-            return Err(JobError::Internal(format!(
-                "{} is shutting down",
-                self.config.node
-            )));
+        if completion.finish == Finish::Cancelled {
+            if let Some(e) = self.moving_on(events) {
+                self.put_generator(&request.model, generator);
+                return Err(e);
+            }
         }
         let fresh = completion.tokens.len() - request.resume.tokens.len();
         self.record_speed(&request.model, fresh, completion.decode_time);
@@ -523,6 +517,13 @@ impl Engine {
                 cached_tokens: completion.reused_tokens as u32,
             },
         })
+    }
+
+    /// For a reply stopped mid-prompt while its requester is still there (the node is shutting
+    /// down): the error that lets another node take it.
+    fn moving_on(&self, events: &mpsc::Sender<JobEvent>) -> Option<JobError> {
+        (self.is_draining() && !events.is_closed())
+            .then(|| JobError::Internal(format!("{} is shutting down", self.config.node)))
     }
 
     /// Sends `Started`; the final event to send instead when the requester has gone.
@@ -613,20 +614,39 @@ impl Engine {
         let mut logits = Vec::new();
         let mut fed = full.clone();
         let capacity = ring.context();
-        let decoded = ring.feed(&full, &mut logits).and_then(|()| {
-            decode_reply(
-                &mut ring,
-                model.tokenizer(),
-                &mut fed,
-                capacity,
-                &mut logits,
-                &request.resume,
-                &params,
-                &mut self.relay(events),
-            )
-        });
+        let mut relay = self.relay(events);
+        let decoded =
+            prefill(&mut ring, &full, PREFILL_CHUNK, &mut logits, &mut relay).and_then(|n| {
+                if n < full.len() {
+                    // Stopped mid-prompt: the requester left, or the node is shutting down.
+                    return Ok(None);
+                }
+                decode_reply(
+                    &mut ring,
+                    model.tokenizer(),
+                    &mut fed,
+                    capacity,
+                    &mut logits,
+                    &request.resume,
+                    &params,
+                    &mut relay,
+                )
+                .map(Some)
+            });
         let decoded = match decoded {
-            Ok(d) => d,
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                if let Some(e) = self.moving_on(events) {
+                    return Err(e);
+                }
+                return Ok(JobEvent::Done {
+                    finish: Finish::Cancelled,
+                    usage: Usage {
+                        prompt_tokens: prompt.len() as u32,
+                        ..Usage::default()
+                    },
+                });
+            }
             Err(e) => return Err(ring.take_failure().unwrap_or_else(|| e.into())),
         };
         Ok(JobEvent::Done {

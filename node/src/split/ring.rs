@@ -7,17 +7,15 @@ use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt};
 use hearth_protocol::stage::{decode_rows, max_rows, Expect, Input};
-use hearth_protocol::{Split, StageFrame, StageOpen, WireDtype, PROTOCOL_VERSION, STAGE_PROTOCOL};
+use hearth_protocol::{Split, StageFrame, StageOpen, WireDtype, PROTOCOL_VERSION};
 use hearth_shards::batch::Member;
 use hearth_shards::{DecodeBatcher, Error as EngineError, KvCache, StageInput, Steps};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot};
 
-use super::link::reader;
-use super::server::SETUP_TIMEOUT;
-use super::Host;
+use super::link::{open_next, reader};
+use super::{Host, Session};
 use crate::jobs::JobError;
-use crate::memory::Reservation;
 
 /// Longest wait for one step's hidden states to come round the ring.
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -40,7 +38,8 @@ pub struct Ring {
     stage: Arc<DecodeBatcher>,
     _member: Member,
     cache: KvCache,
-    _memory: Reservation,
+    /// This node's part of the session (its cache's memory stays reserved while it lasts).
+    _part: Session,
     to_first: mpsc::UnboundedSender<StageFrame>,
     events: std_mpsc::Receiver<Event>,
     /// What the hidden states coming back must look like.
@@ -85,14 +84,7 @@ impl Ring {
                 "a split job goes to the node of its last stage".into(),
             ));
         }
-        let model = host.model(digest)?;
-        let layout = hearth_shards::model::layout(model.gguf())
-            .map_err(|e| JobError::BadRequest(e.to_string()))?;
-        split.check(layout.layers()).map_err(JobError::BadRequest)?;
-        let last = &split.stages[k - 1];
-        let stage = host.stage(digest, last.start..last.end)?;
-        let context = context.min(layout.context).max(1);
-        let memory = host.reserve_cache(&layout, last.end - last.start, context)?;
+        let part = host.session(digest, split, k - 1, context)?;
         let first = peer(&split.stages[0].peer)?;
         let before_last = peer(&split.stages[k - 2].peer)?;
         let session: u64 = rand::random();
@@ -107,33 +99,12 @@ impl Ring {
             model: digest.to_owned(),
             split: split.clone(),
             index: 0,
-            context,
+            context: part.context,
         });
         let connected = host.runtime.block_on(async {
-            let asked = tokio::time::timeout(
-                SETUP_TIMEOUT,
-                host.mesh.ask::<_, StageFrame>(first, STAGE_PROTOCOL, &open),
-            )
-            .await;
-            let first_stream = match asked {
-                Ok(Ok((s, StageFrame::Ready { .. }))) => s,
-                Ok(Ok((_, StageFrame::Error { lost, message, .. }))) => {
-                    return Err(broken(lost.and_then(|l| l.parse().ok()), message))
-                }
-                Ok(Ok((_, other))) => {
-                    return Err(JobError::Internal(format!(
-                        "the first stage answered {}",
-                        other.kind()
-                    )))
-                }
-                Ok(Err(e)) => {
-                    return Err(broken(
-                        Some(first),
-                        format!("cannot reach the first stage: {e}"),
-                    ))
-                }
-                Err(_) => return Err(broken(Some(first), "the stages did not load in time")),
-            };
+            let first_stream = open_next(&host.mesh, first, &open)
+                .await
+                .map_err(|(lost, message)| broken(lost, message))?;
             match tokio::time::timeout(Duration::from_secs(10), rx).await {
                 Ok(Ok(back)) => Ok((first_stream, back)),
                 _ => Err(broken(Some(before_last), "the ring did not close")),
@@ -156,21 +127,24 @@ impl Ring {
             events_tx,
         );
         let wire = split.wire;
+        let stage = part.stage.clone();
         Ok(Ring {
             session,
             expect: Expect {
                 session,
-                input: Input::Hidden { dim: layout.dim },
+                input: Input::Hidden {
+                    dim: part.layout.dim,
+                },
                 dtype: wire,
                 pos: 0,
-                context,
-                vocab: 0,
+                context: part.context,
+                vocab: part.vocab,
             },
-            chunk: max_rows(layout.dim as usize, wire),
-            cache: stage.stage().new_cache(context as usize),
+            chunk: max_rows(part.layout.dim as usize, wire),
+            cache: stage.stage().new_cache(part.context as usize),
             _member: stage.join(k),
             stage,
-            _memory: memory,
+            _part: part,
             to_first,
             events,
             sent: 0,

@@ -12,21 +12,19 @@ use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use hearth_protocol::stage::{decode_rows, encode_rows, max_rows, Expect, Input};
-use hearth_protocol::{is_digest, StageFrame, StageOpen, PROTOCOL_VERSION, STAGE_PROTOCOL};
+use hearth_protocol::{is_digest, StageFrame, StageOpen, PROTOCOL_VERSION};
 use hearth_shards::{DecodeBatcher, KvCache, StageInput};
 use libp2p::PeerId;
 use libp2p::Stream;
 use libp2p_stream::IncomingStreams;
 
-use super::link::{reader, Incoming};
-use super::Host;
+use super::link::{open_next, reader, Incoming, SetupError};
+use super::{Host, Session};
 use crate::mesh::wire::{read_frame, write_frame};
 use crate::metrics::Metrics;
 
 /// Longest wait for a session's opening frame.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest wait for the rest of the ring to come up (every stage loading its layers).
-pub(super) const SETUP_TIMEOUT: Duration = Duration::from_secs(120);
 /// A session with no frame for this long is over.
 const IDLE: Duration = Duration::from_secs(600);
 /// How often a session checks whether the node is shutting down.
@@ -157,88 +155,11 @@ fn check_open(host: &Host, peer: PeerId, open: &StageOpen) -> Result<(), String>
 async fn run_stage(host: Arc<Host>, up_peer: PeerId, mut up: Stream, open: StageOpen) {
     let session = open.session;
     let index = open.index as usize;
-    let setup = {
-        let (host, open) = (host.clone(), open.clone());
-        tokio::task::spawn_blocking(move || load(&host, &open)).await
-    };
-    let (stage, expect, _cache_memory) = match setup {
-        Ok(Ok(s)) => s,
-        Ok(Err(why)) => {
+    let (part, next_peer, down) = match setup(&host, &open).await {
+        Ok(s) => s,
+        Err((lost, why)) => {
             tracing::warn!(peer = %up_peer, session, reason = %why, "cannot run the stage");
-            let _ = write_frame(&mut up, &error(session, None, why)).await;
-            return;
-        }
-        Err(e) => {
-            let _ = write_frame(
-                &mut up,
-                &error(session, None, format!("stage setup failed: {e}")),
-            )
-            .await;
-            return;
-        }
-    };
-    let next_peer: PeerId = match open.split.stages[index + 1].peer.parse() {
-        Ok(p) => p,
-        Err(_) => {
-            let _ = write_frame(
-                &mut up,
-                &error(session, None, "the next stage's peer id is not one"),
-            )
-            .await;
-            return;
-        }
-    };
-    let next_open = StageFrame::Open(StageOpen {
-        index: open.index + 1,
-        ..open.clone()
-    });
-    let asked = tokio::time::timeout(
-        SETUP_TIMEOUT,
-        host.mesh
-            .ask::<_, StageFrame>(next_peer, STAGE_PROTOCOL, &next_open),
-    )
-    .await;
-    let down = match asked {
-        Ok(Ok((down, StageFrame::Ready { .. }))) => down,
-        Ok(Ok((_, StageFrame::Error { lost, message, .. }))) => {
-            let lost = lost.and_then(|l| l.parse().ok());
-            let _ = write_frame(&mut up, &error(session, lost, message)).await;
-            return;
-        }
-        Ok(Ok((_, other))) => {
-            let _ = write_frame(
-                &mut up,
-                &error(
-                    session,
-                    Some(next_peer),
-                    format!("the next stage answered {}", other.kind()),
-                ),
-            )
-            .await;
-            return;
-        }
-        Ok(Err(e)) => {
-            let _ = write_frame(
-                &mut up,
-                &error(
-                    session,
-                    Some(next_peer),
-                    format!("cannot reach the next stage: {e}"),
-                ),
-            )
-            .await;
-            return;
-        }
-        Err(_) => {
-            let _ = write_frame(
-                &mut up,
-                &error(
-                    session,
-                    Some(next_peer),
-                    "the next stage did not answer in time",
-                ),
-            )
-            .await;
+            let _ = write_frame(&mut up, &error(session, lost, why)).await;
             return;
         }
     };
@@ -248,12 +169,27 @@ async fn run_stage(host: Arc<Host>, up_peer: PeerId, mut up: Stream, open: Stage
     {
         return;
     }
+    let stage = part.stage.clone();
     tracing::debug!(session, index, layers = ?stage.stage().layers(), "stage session running");
-    let cache = stage.stage().new_cache(open.context as usize);
+    let cache = stage.stage().new_cache(part.context as usize);
     let _member = stage.join(open.split.stages.len());
     // Counted for shutdown: a draining node ends its sessions (naming itself, so the reply is
     // re-planned around it) before it closes its connections.
     let _in_flight = host.drain.enter();
+    let expect = Expect {
+        session,
+        input: if index == 0 {
+            Input::Tokens
+        } else {
+            Input::Hidden {
+                dim: part.layout.dim,
+            }
+        },
+        dtype: open.split.wire,
+        pos: 0,
+        context: part.context,
+        vocab: part.vocab,
+    };
     let ends = Ends {
         host: &host,
         session,
@@ -265,35 +201,31 @@ async fn run_stage(host: Arc<Host>, up_peer: PeerId, mut up: Stream, open: Stage
     ends.run(stage, cache, expect, up, down).await;
 }
 
-/// Opens the model, checks the split against it, loads this stage and reserves its cache.
-fn load(
-    host: &Host,
+/// Loads this node's part of the session and opens the next stage, which answers once the rest
+/// of the ring is up.
+async fn setup(
+    host: &Arc<Host>,
     open: &StageOpen,
-) -> Result<(Arc<DecodeBatcher>, Expect, crate::memory::Reservation), String> {
-    let model = host.model(&open.model).map_err(|e| e.to_string())?;
-    let layout = hearth_shards::model::layout(model.gguf()).map_err(|e| e.to_string())?;
-    open.split.check(layout.layers())?;
-    let plan = &open.split.stages[open.index as usize];
-    let stage = host
-        .stage(&open.model, plan.start..plan.end)
-        .map_err(|e| e.to_string())?;
-    let context = open.context.min(layout.context);
-    let memory = host
-        .reserve_cache(&layout, plan.end - plan.start, context)
-        .map_err(|e| e.to_string())?;
-    let expect = Expect {
-        session: open.session,
-        input: if open.index == 0 {
-            Input::Tokens
-        } else {
-            Input::Hidden { dim: layout.dim }
-        },
-        dtype: open.split.wire,
-        pos: 0,
-        context,
-        vocab: model.spec().vocab as u32,
+) -> Result<(Session, PeerId, Stream), SetupError> {
+    let part = {
+        let (host, open) = (host.clone(), open.clone());
+        tokio::task::spawn_blocking(move || {
+            host.session(&open.model, &open.split, open.index as usize, open.context)
+        })
+        .await
+        .map_err(|e| (None, format!("stage setup failed: {e}")))?
+        .map_err(|e| (None, e.to_string()))?
     };
-    Ok((stage, expect, memory))
+    let next_peer: PeerId = open.split.stages[open.index as usize + 1]
+        .peer
+        .parse()
+        .map_err(|_| (None, "the next stage's peer id is not one".to_owned()))?;
+    let next_open = StageFrame::Open(StageOpen {
+        index: open.index + 1,
+        ..open.clone()
+    });
+    let down = open_next(&host.mesh, next_peer, &next_open).await?;
+    Ok((part, next_peer, down))
 }
 
 /// A running session's neighbours.
