@@ -19,19 +19,26 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::chat::{FailKind, ReplyError};
+use crate::history::{ConversationRef, Place};
 use crate::metrics::Metrics;
 use crate::node::Node;
+use hearth_protocol::history::Id;
 
 /// hearth's own request options, on the OpenAI and Ollama endpoints alike: `"node": NAME` pins
 /// the serving node; `"conversation": ID` (or `"new"`) records the request and its reply in the
 /// history; `"parse_special": false` makes control tokens written in a raw prompt plain text;
 /// `"split": N` or `"stages": [NAME, ...]` splits the model over N nodes (or those, in that
-/// order) even when one could serve it whole; `"wire": "f16"` halves a split's traffic.
+/// order) even when one could serve it whole; `"wire": "f16"` halves a split's traffic. In a
+/// recorded conversation, `"parent": ID` (or `"root"`) records the request's last message as a
+/// new child of that message rather than after the newest branch (an edit resent, the old branch
+/// kept), and `"reply_to": ID` records only a new reply to that message (a regeneration).
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct HearthOptions {
     pub node: Option<String>,
     pub conversation: Option<String>,
+    pub parent: Option<String>,
+    pub reply_to: Option<String>,
     pub parse_special: Option<bool>,
     pub split: Option<u32>,
     pub stages: Option<Vec<String>>,
@@ -39,6 +46,38 @@ pub(crate) struct HearthOptions {
 }
 
 impl HearthOptions {
+    /// The conversation to record in, and where the new turn goes.
+    pub fn conversation(&self) -> Result<Option<ConversationRef>, String> {
+        let message = |field: &str, raw: &str| {
+            raw.parse::<Id>()
+                .map_err(|e| format!("{field}: {e}; use a message's id"))
+        };
+        let Some(raw) = self.conversation.as_deref() else {
+            return match (&self.parent, &self.reply_to) {
+                (None, None) => Ok(None),
+                _ => Err("parent and reply_to need a conversation".into()),
+            };
+        };
+        let conversation = raw
+            .parse::<ConversationRef>()
+            .map_err(|e| format!("conversation: {e}; use a conversation's id, or \"new\""))?;
+        let place = match (self.parent.as_deref(), self.reply_to.as_deref()) {
+            (None, None) => return Ok(Some(conversation)),
+            (Some(_), Some(_)) => return Err("give parent or reply_to, not both".into()),
+            (Some("root"), None) => Place::Under(None),
+            (Some(p), None) => Place::Under(Some(message("parent", p)?)),
+            (None, Some(r)) => Place::ReplyTo(message("reply_to", r)?),
+        };
+        match conversation {
+            ConversationRef::New => {
+                Err("parent and reply_to name messages of an existing conversation".into())
+            }
+            ConversationRef::Existing { id, .. } => {
+                Ok(Some(ConversationRef::Existing { id, place }))
+            }
+        }
+    }
+
     /// The split asked for, and its wire format.
     pub fn split(
         &self,
@@ -69,6 +108,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/peers", get(mesh::peers))
         .route("/api/route", get(mesh::route))
         .route("/api/revoke", post(mesh::revoke))
+        .route("/api/household", get(mesh::household))
         .route(
             "/api/conversations",
             get(history::list).post(history::create),

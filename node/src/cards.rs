@@ -147,6 +147,7 @@ pub(crate) fn sample_card(name: &str) -> Card {
         revoked: Vec::new(),
         max_memory: None,
         memory_used: 0,
+        tokens_generated: 0,
     }
 }
 

@@ -16,11 +16,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 
 use automerge::AutoCommit;
+pub use hearth_protocol::history::Conversation;
 use hearth_protocol::history::{
     self as schema, DocId, Id, Message, NewMessage, Outcome, SchemaError, Status, Summary,
 };
 use hearth_protocol::ChatMessage;
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::durable::{self, Durability};
@@ -59,23 +59,25 @@ pub enum HistoryError {
 
 type Result<T, E = HistoryError> = std::result::Result<T, E>;
 
-/// A conversation with its messages.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Conversation {
-    #[serde(flatten)]
-    pub summary: Summary,
-    /// Every message, ordered by (created, id).
-    pub messages: Vec<Message>,
-    /// Ids of the messages on the newest branch, first to last.
-    pub branch: Vec<Id>,
-}
-
 /// Which conversation a chat request records into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConversationRef {
     /// A new one, titled after the first user message.
     New,
-    Existing(Id),
+    /// An existing one, the new turn placed as `place` says.
+    Existing { id: Id, place: Place },
+}
+
+/// Where in an existing conversation a new turn goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// The request's last message after the newest branch's last message.
+    Tip,
+    /// The request's last message as a new child of this message (`None`: a new first message):
+    /// an edit resent, the old branch kept.
+    Under(Option<Id>),
+    /// Only a new reply, to this message, recorded already: a regeneration.
+    ReplyTo(Id),
 }
 
 impl std::str::FromStr for ConversationRef {
@@ -84,7 +86,10 @@ impl std::str::FromStr for ConversationRef {
         if s == "new" {
             Ok(ConversationRef::New)
         } else {
-            s.parse().map(ConversationRef::Existing)
+            s.parse().map(|id| ConversationRef::Existing {
+                id,
+                place: Place::Tip,
+            })
         }
     }
 }
@@ -333,7 +338,8 @@ impl History {
 
     /// Records a chat request in `conversation` and opens its reply as `streaming`; durable
     /// before it returns. A new conversation takes every message of the request; an existing
-    /// one takes the request's last message, after the newest branch.
+    /// one takes the request's last message where `place` says (or only the reply, for a
+    /// regeneration).
     pub fn begin_reply(
         &self,
         conversation: ConversationRef,
@@ -359,9 +365,25 @@ impl History {
                     .collect();
                 (self.create(&first_line)?.id, (prompt, None))
             }
-            ConversationRef::Existing(id) => {
-                let tip = self.get(id)?.branch.last().copied();
-                (id, (std::slice::from_ref(last), tip))
+            ConversationRef::Existing { id, place } => {
+                let conversation = self.get(id)?;
+                let known = |message: Id| {
+                    if conversation.messages.iter().any(|m| m.id == message) {
+                        Ok(Some(message))
+                    } else {
+                        Err(HistoryError::NoMessage {
+                            conversation: id,
+                            message,
+                        })
+                    }
+                };
+                let only_last = std::slice::from_ref(last);
+                match place {
+                    Place::Tip => (id, (only_last, conversation.branch.last().copied())),
+                    Place::Under(None) => (id, (only_last, None)),
+                    Place::Under(Some(parent)) => (id, (only_last, known(parent)?)),
+                    Place::ReplyTo(message) => (id, (&prompt[..0], known(message)?)),
+                }
             }
         };
         let author = self.device.clone();

@@ -168,6 +168,13 @@ impl Mesh {
         h.revoked.iter().copied().collect()
     }
 
+    /// The household's fingerprint and join code (the code holds the secret: show it only to
+    /// whom the API already trusts).
+    pub fn household(&self) -> (String, String) {
+        let h = self.shared.household.lock().expect("household lock");
+        (h.secret.fingerprint(), h.secret.join_code())
+    }
+
     /// Revokes `peers` (saving them in the household file) and drops their connections; returns
     /// those that were not revoked before.
     pub async fn revoke(&self, peers: &[PeerId]) -> Result<Vec<PeerId>> {

@@ -54,6 +54,9 @@ pub struct Card {
     /// Bytes its loaded models and running split sessions' caches take now (split stages'
     /// weights are shared by sessions and taken back when idle, so they do not count).
     pub memory_used: u64,
+    /// Tokens the node has generated since it started (a counter: its rate is the node's
+    /// throughput, which the desktop client plots).
+    pub tokens_generated: u64,
 }
 
 /// A compute device.

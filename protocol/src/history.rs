@@ -179,6 +179,17 @@ pub struct Message {
     pub error: String,
 }
 
+/// A conversation with its messages, as the history API serves it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conversation {
+    #[serde(flatten)]
+    pub summary: Summary,
+    /// Every message, ordered by (created, id).
+    pub messages: Vec<Message>,
+    /// Ids of the messages on the newest branch, first to last.
+    pub branch: Vec<Id>,
+}
+
 /// What a new message starts with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewMessage {

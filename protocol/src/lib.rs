@@ -23,8 +23,9 @@ pub use sync::SyncFrame;
 
 /// Version of the hearth protocol spoken by this build; peers with another version are refused.
 /// (2: jobs name models by full digest only; `FailCode::ContextOverflow`; sampling settings
-/// left unset for the serving node; raw prompts say whether control tokens are parsed.)
-pub const PROTOCOL_VERSION: u32 = 3;
+/// left unset for the serving node; raw prompts say whether control tokens are parsed.
+/// 3: split stages, memory and layouts on cards. 4: cards count tokens generated.)
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// libp2p protocol name of the capability-card exchange.
 pub const CARD_PROTOCOL: &str = "/hearth/card/1";

@@ -75,6 +75,23 @@ pub async fn route(
     })))
 }
 
+/// `GET /api/household`: its fingerprint, the join code a new device needs, and the revoked
+/// devices. Served only to those the API trusts (loopback, or the API token).
+pub async fn household(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let (fingerprint, join_code) = node.mesh.household();
+    let revoked: Vec<String> = node
+        .mesh
+        .revoked()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    Json(json!({
+        "fingerprint": fingerprint,
+        "join_code": join_code,
+        "revoked": revoked,
+    }))
+}
+
 #[derive(Debug, Deserialize)]
 struct RevokeBody {
     peers: Vec<String>,

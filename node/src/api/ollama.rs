@@ -21,7 +21,6 @@ use tokio::sync::mpsc;
 
 use super::ApiError;
 use crate::chat::{self, Members, MeshModel, Reply, ReplyRequest};
-use crate::history::ConversationRef;
 use crate::jobs;
 use crate::models::DEFAULT_MODEL;
 use crate::node::Node;
@@ -435,10 +434,8 @@ async fn respond(
         .map_err(|e| bad(format!("hearth: {e}")))?;
     let conversation = common
         .hearth
-        .conversation
-        .map(|c| c.parse::<ConversationRef>())
-        .transpose()
-        .map_err(|e| bad(format!("hearth.conversation: {e}")))?;
+        .conversation()
+        .map_err(|e| bad(format!("hearth: {e}")))?;
     let model = common.model.map(|m| hearth_name(&m).to_owned());
     let request = ReplyRequest {
         model,

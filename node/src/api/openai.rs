@@ -19,7 +19,6 @@ use tokio::sync::mpsc;
 
 use super::{ApiError, HearthOptions};
 use crate::chat::{self, Members, Reply, ReplyRequest, RouteAsk};
-use crate::history::ConversationRef;
 use crate::jobs;
 use crate::node::Node;
 
@@ -254,26 +253,16 @@ async fn respond(
         .hearth
         .split()
         .map_err(|e| ApiError::bad_param("hearth", e))?;
+    let conversation = common
+        .hearth
+        .conversation()
+        .map_err(|e| ApiError::bad_param("hearth", e))?;
     let Common {
         model,
         stream,
         sampling,
-        hearth:
-            HearthOptions {
-                node: pin,
-                conversation,
-                ..
-            },
+        hearth: HearthOptions { node: pin, .. },
     } = common;
-    let conversation = conversation
-        .map(|c| c.parse::<ConversationRef>())
-        .transpose()
-        .map_err(|e| {
-            ApiError::bad_param(
-                "hearth.conversation",
-                format!("{e}; use a conversation's id, or \"new\""),
-            )
-        })?;
     let request = ReplyRequest {
         model,
         prompt,

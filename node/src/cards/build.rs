@@ -50,5 +50,6 @@ pub fn build_card(name: &str, mesh: &Mesh, engine: &Engine) -> Card {
         revoked: mesh.revoked().iter().map(ToString::to_string).collect(),
         max_memory: engine.budget().cap(),
         memory_used: engine.memory_used(),
+        tokens_generated: engine.tokens_generated(),
     }
 }

@@ -224,6 +224,13 @@ impl Engine {
         &self.budget
     }
 
+    /// Tokens generated since the node started.
+    pub fn tokens_generated(&self) -> u64 {
+        self.metrics
+            .tokens_generated
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Bytes taken by whole models and split sessions' caches. Split stages' weights do not
     /// count: sessions of the same stage share them, and a load takes back idle ones, so a card
     /// polled while a reply ran does not keep the node's memory looking full.
