@@ -40,6 +40,9 @@ pub struct Live {
     pub user: Option<String>,
     /// How many messages the conversation had when it was sent.
     pub base_len: usize,
+    /// The message the new turn follows (`None`: it starts the conversation); until the node
+    /// records the turn, the branch is shown up to there.
+    pub after: Option<Id>,
     pub text: String,
     pub node: String,
     pub model: String,
@@ -137,6 +140,11 @@ impl App {
         }
     }
 
+    /// The sampling settings requests are sent with.
+    pub fn sampling_mut(&mut self) -> &mut Sampling {
+        &mut self.sampling
+    }
+
     /// Sends `command` to the background, or says why it could not.
     pub(crate) fn command(&mut self, command: Command) {
         if let Err(e) = self.backend.send(command) {
@@ -223,7 +231,6 @@ impl App {
             return;
         };
         let hearth = json!({"conversation": id.to_string(), "reply_to": asked.to_string()});
-        self.tip = None;
         self.start(&path[..at], None, hearth);
     }
 
@@ -240,7 +247,6 @@ impl App {
             .parent
             .map_or_else(|| "root".to_owned(), |p| p.to_string());
         let hearth = json!({"conversation": id.to_string(), "parent": parent});
-        self.tip = None;
         self.start(&path[..at], Some(text), hearth);
     }
 
@@ -288,6 +294,7 @@ impl App {
             conversation: self.selected,
             user,
             base_len: self.open.as_ref().map_or(0, |c| c.messages.len()),
+            after: path.last().map(|m| m.id),
             text: String::new(),
             node: String::new(),
             model: model.clone().unwrap_or_default(),
@@ -297,6 +304,8 @@ impl App {
             error: None,
         });
         self.route = None;
+        // The new messages are the newest: their branch is the one to show.
+        self.tip = None;
         self.command(Command::Send {
             body,
             model: model.unwrap_or_default(),

@@ -11,5 +11,5 @@ pub mod sse;
 pub mod throughput;
 mod ui;
 
-pub use app::App;
+pub use app::{App, Sampling};
 pub use connection::Target;

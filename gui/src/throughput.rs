@@ -72,7 +72,7 @@ mod tests {
     #[test]
     fn old_samples_fall_out_of_the_window() {
         let mut t = Throughput::default();
-        for i in 0..1000 {
+        for i in 0..1000u32 {
             t.add("den", f64::from(i), u64::from(i) * 3);
         }
         let (_, points) = &t.series(999.0)[0];

@@ -138,7 +138,7 @@ pub async fn start_reply(
         resume: Resume::default(),
         split: None,
     };
-    let (tx, mut replies) = mpsc::channel(64);
+    let (tx, replies) = mpsc::channel(64);
     let serving = node.clone();
     let (digest, split, wire) = (model.info.digest.clone(), request.split, request.wire);
     tokio::spawn(async move {
@@ -165,12 +165,14 @@ pub async fn start_reply(
         let queue = serving.queue_timeout;
         dispatch::drive(route.ranked, job, open, replan, queue, &serving.metrics, tx).await;
     });
+    // Recorded from here on: a client that leaves while the reply waits for a node (this
+    // future dropped) leaves it recorded as stopped, not streaming for ever.
+    let mut replies = match slot {
+        Some(slot) => record::record(node.history.clone(), slot, replies),
+        None => replies,
+    };
     let first = replies.recv().await;
     if let Some(Reply::Started { node: serving, .. }) = first {
-        let replies = match slot {
-            Some(slot) => record::record(node.history.clone(), slot, serving.clone(), replies),
-            None => replies,
-        };
         return Ok(ReplyStream {
             model: model.info,
             node: serving,
@@ -185,20 +187,5 @@ pub async fn start_reply(
             format!("the reply ended before it started ({other:?})"),
         ),
     };
-    if let Some(slot) = slot {
-        let (history, message) = (node.history.clone(), message.clone());
-        let outcome = hearth_protocol::history::Outcome {
-            status: hearth_protocol::history::Status::Error,
-            nodes: Vec::new(),
-            tokens: 0,
-            tokens_per_s: 0.0,
-            error: message,
-        };
-        let written =
-            tokio::task::spawn_blocking(move || history.finish_reply(slot, "", &outcome)).await;
-        if let Ok(Err(e)) = written {
-            tracing::warn!(error = %e, "cannot record a reply that did not start");
-        }
-    }
     Err(ReplyError::Failed { kind, message })
 }

@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 
 use serde::Deserialize;
 
+pub mod gui;
 pub mod history;
 pub mod mesh;
 

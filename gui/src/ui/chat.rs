@@ -47,7 +47,6 @@ fn messages(app: &mut App, ui: &mut egui::Ui) {
         return;
     };
     let all = open.messages.clone();
-    let path: Vec<Message> = branches::path(&all, app.tip).into_iter().cloned().collect();
     // While a reply of this client streams here, its recorded copy gives way to the live one.
     let live = app
         .live
@@ -57,6 +56,17 @@ fn messages(app: &mut App, ui: &mut egui::Ui) {
         .as_ref()
         .map(|l| all.iter().skip(l.base_len).map(|m| m.id).collect())
         .unwrap_or_default();
+    let path: Vec<Message> = match &live {
+        // Not recorded yet: the branch up to where the new turn goes.
+        Some(l) if fresh.is_empty() => match l.after {
+            Some(after) => branches::path(&all, Some(after)),
+            None => Vec::new(),
+        },
+        _ => branches::path(&all, app.tip),
+    }
+    .into_iter()
+    .cloned()
+    .collect();
     let mut action = None;
     let mut user_recorded = false;
     for m in &path {

@@ -149,11 +149,12 @@ fn route(app: &App, ui: &mut egui::Ui) {
             }
         }
         _ if !ranked.is_empty() => {
-            ui.label(format!(
-                "{model}: whole on {} (then {})",
-                ranked[0],
-                ranked[1..].join(", ")
-            ));
+            let others = if ranked.len() > 1 {
+                format!(" (next: {})", ranked[1..].join(", "))
+            } else {
+                String::new()
+            };
+            ui.label(format!("{model}: whole on {}{others}", ranked[0]));
         }
         _ => {
             ui.label(format!("{model}: no node can serve it now"));

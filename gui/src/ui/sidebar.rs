@@ -6,7 +6,7 @@ use crate::backend::Command;
 
 pub fn show(app: &mut App, ui: &mut egui::Ui) {
     ui.add_space(4.0);
-    if ui.button("＋ New chat  (Ctrl+N)").clicked() {
+    if ui.button("New chat  (Ctrl+N)").clicked() {
         app.new_chat();
     }
     let search = ui.add(

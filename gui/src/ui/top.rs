@@ -44,7 +44,8 @@ fn connection(app: &mut App, ui: &mut egui::Ui) {
             format!("Token refused by {url}"),
         ),
     };
-    ui.colored_label(colour, "●");
+    let (dot, _) = ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
+    ui.painter().circle_filled(dot.center(), 4.0, colour);
     ui.label(text);
 }
 

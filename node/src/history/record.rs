@@ -15,18 +15,22 @@ use crate::chat::Reply;
 /// How often streamed text is written.
 const BATCH: Duration = Duration::from_millis(250);
 
-/// Relays `from` to the returned channel while recording the reply into `slot`; `node` is the
-/// node that started it. Dropping the returned receiver stops the reply (recorded as stopped).
+/// Relays `from` to the returned channel while recording the reply into `slot`, from before it
+/// starts: the nodes that serve it come with its `Started` events. Dropping the returned
+/// receiver stops the reply (recorded as stopped); a reply that fails or ends before it starts
+/// is recorded as failed.
 pub fn record(
     history: Arc<History>,
     slot: ReplySlot,
-    node: String,
     mut from: mpsc::Receiver<Reply>,
 ) -> mpsc::Receiver<Reply> {
     let (to, rx) = mpsc::channel(64);
     tokio::spawn(async move {
-        let started = Instant::now();
-        let mut nodes = vec![node];
+        // Speed counts from the first node starting, not from the wait for one.
+        let mut started: Option<Instant> = None;
+        let mut nodes = Vec::new();
+        // Text events, one per token: the count of a reply stopped before its usage came.
+        let mut pieces = 0u32;
         let mut pending = String::new();
         let mut tick = tokio::time::interval(BATCH);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -35,14 +39,16 @@ pub fn record(
                 reply = from.recv() => match reply {
                     Some(Reply::Text(t)) => {
                         pending.push_str(&t);
+                        pieces += 1;
                         if to.send(Reply::Text(t)).await.is_err() {
-                            break (None, Status::Stopped, 0, String::new());
+                            break (None, Status::Stopped, pieces, String::new());
                         }
                     }
                     Some(Reply::Started { node, resumed }) => {
+                        started.get_or_insert_with(Instant::now);
                         nodes.push(node.clone());
                         if to.send(Reply::Started { node, resumed }).await.is_err() {
-                            break (None, Status::Stopped, 0, String::new());
+                            break (None, Status::Stopped, pieces, String::new());
                         }
                     }
                     Some(done @ Reply::Done { finish, usage }) => {
@@ -62,14 +68,14 @@ pub fn record(
                         tracing::warn!(conversation = %slot.conversation, error = %e, "cannot record the reply");
                     }
                 }
-                _ = to.closed() => break (None, Status::Stopped, 0, String::new()),
+                _ = to.closed() => break (None, Status::Stopped, pieces, String::new()),
             }
         };
         let (last, status, tokens, error) = end;
         // Stop the job before writing, so a client that left frees the node at once.
         drop(from);
         nodes.dedup();
-        let elapsed = started.elapsed().as_secs_f64();
+        let elapsed = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
         let outcome = Outcome {
             status,
             nodes,
