@@ -7,7 +7,7 @@ CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 HEARTH := $(TARGET_DIR)/release/hearth
 
-.PHONY: run test build models js clients fixtures bench fuzz
+.PHONY: run test build models js clients fixtures bench fuzz screenshots
 
 build:
 	$(CARGO) build --release --workspace --bins
@@ -41,3 +41,8 @@ bench: models
 # Fuzz the protocol decoders, FUZZ_SECONDS each (own workspace and target dir under fuzz/).
 fuzz:
 	bash scripts/fuzz
+
+# The desktop client under Xvfb against a real node: PNGs of the chat mid-stream and of the mesh
+# view in gui/screenshots/, and its footprint (window mapped, idle RSS and CPU).
+screenshots: models
+	bash scripts/gui-screenshots

@@ -92,6 +92,8 @@ pub struct App {
     pub(crate) confirm_revoke: Option<(String, String)>,
     pub(crate) editing: Option<(Id, String)>,
     pub(crate) settings_open: bool,
+    /// Whether the form to connect to another node is shown.
+    pub(crate) connect_open: bool,
     pub(crate) connect_url: String,
     pub(crate) connect_token: String,
     pub(crate) markdown: CommonMarkCache,
@@ -134,6 +136,7 @@ impl App {
             confirm_revoke: None,
             editing: None,
             settings_open: false,
+            connect_open: false,
             markdown: CommonMarkCache::default(),
             focus_search: false,
             focus_input: true,
@@ -324,7 +327,6 @@ impl App {
         match update {
             Update::Connection(c) => {
                 if matches!(c, Connection::Connected { .. }) {
-                    self.starting = None;
                     if let Some(id) = self.selected {
                         self.command(Command::Open(id));
                     }

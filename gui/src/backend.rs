@@ -195,6 +195,11 @@ async fn run(mut target: Target, mut commands: mpsc::Receiver<Command>, out: Out
     let mut watcher = tokio::spawn(watch(target.clone(), out.clone()));
     let mut reply: Option<oneshot::Sender<()>> = None;
     while let Some(command) = commands.recv().await {
+        // The local node may have restarted on another port.
+        let url = target.url();
+        if api.base() != url {
+            api = Api::new(&url, target.token.clone());
+        }
         let (api2, out2) = (api.clone(), out.clone());
         match command {
             Command::Connect(t) => {
@@ -268,15 +273,18 @@ async fn run(mut target: Target, mut commands: mpsc::Receiver<Command>, out: Out
 /// Watches the node: its health every [`POLL`]; on (re)connecting, everything the UI shows
 /// and the history's change stream; while connected, the mesh.
 async fn watch(target: Target, out: Out) {
-    let mut connected_to: Option<String> = None;
+    let mut last: Option<Connection> = None;
     let mut changes: Option<tokio::task::JoinHandle<()>> = None;
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_members: Vec<(String, Vec<String>)> = Vec::new();
+    let mut api = Api::new(&target.url(), target.token.clone());
     loop {
         tick.tick().await;
         let url = target.url();
-        let api = Api::new(&url, target.token.clone());
+        if api.base() != url {
+            api = Api::new(&url, target.token.clone());
+        }
         let state = match api.health().await {
             Ok(h) => match api.check_token().await {
                 Ok(()) => Connection::Connected {
@@ -300,22 +308,23 @@ async fn watch(target: Target, out: Out) {
             },
         };
         let now_connected = matches!(state, Connection::Connected { .. });
-        let key = now_connected.then(|| url.clone());
-        if key != connected_to || !now_connected {
-            if key != connected_to {
-                out.send(Update::Connection(state)).await;
-            }
-            if now_connected {
-                // A new connection: everything again, and the change stream from here.
-                list(&api, "", &out).await;
-                refresh(&api, &out).await;
-            }
+        let newly = now_connected && last.as_ref() != Some(&state);
+        if last.as_ref() != Some(&state) {
+            out.send(Update::Connection(state.clone())).await;
+        }
+        last = Some(state);
+        if newly {
+            // A new connection: everything again, and the change stream from here.
             if let Some(c) = changes.take() {
                 c.abort();
             }
-            connected_to = key;
+            list(&api, "", &out).await;
+            refresh(&api, &out).await;
         }
         if !now_connected {
+            if let Some(c) = changes.take() {
+                c.abort();
+            }
             continue;
         }
         if changes.as_ref().is_none_or(|c| c.is_finished()) {
@@ -455,7 +464,7 @@ async fn start_node(target: Target, out: Out) {
         .await;
         return;
     };
-    let hearth = connection::hearth_binary();
+    let hearth = target.hearth();
     out.send(Update::Starting(format!(
         "starting {} node",
         hearth.display()

@@ -16,6 +16,9 @@ pub struct Target {
     pub token: Option<String>,
     /// The data directory of the local node.
     pub data_dir: Option<PathBuf>,
+    /// The `hearth` binary that starts a local node; `None`: the one beside this client, else
+    /// the one on the `PATH`.
+    pub hearth: Option<PathBuf>,
 }
 
 impl Target {
@@ -41,6 +44,11 @@ impl Target {
         with_scheme(&api)
     }
 
+    /// The `hearth` binary to start a local node with.
+    pub fn hearth(&self) -> PathBuf {
+        self.hearth.clone().unwrap_or_else(hearth_binary)
+    }
+
     /// Whether this target is the local node (so starting one makes sense).
     pub fn is_local(&self) -> bool {
         self.url.is_none()
@@ -56,7 +64,7 @@ fn with_scheme(url: &str) -> String {
 }
 
 /// The `hearth` binary: beside this one, else on the `PATH`.
-pub fn hearth_binary() -> PathBuf {
+fn hearth_binary() -> PathBuf {
     std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(|d| d.join(binary_name())))
@@ -141,6 +149,7 @@ mod tests {
             url: None,
             token: None,
             data_dir: Some(dir.path().to_owned()),
+            hearth: None,
         };
         assert_eq!(local.url(), format!("http://{DEFAULT_API}"));
         std::fs::write(dir.path().join("node.json"), r#"{"api": "127.0.0.1:5555"}"#).unwrap();

@@ -17,6 +17,9 @@ struct Args {
     /// The local node's data directory (default: the platform's, as for `hearth`).
     #[arg(long, env = "HEARTH_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The `hearth` binary that starts a local node (default: the one beside this client).
+    #[arg(long, env = "HEARTH_BIN")]
+    hearth: Option<PathBuf>,
 }
 
 fn main() -> eframe::Result {
@@ -25,6 +28,7 @@ fn main() -> eframe::Result {
         url: args.url,
         token: args.token,
         data_dir: args.data_dir,
+        hearth: args.hearth,
     };
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()

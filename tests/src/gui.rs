@@ -22,7 +22,13 @@ impl Client {
             url: None,
             token: None,
             data_dir: Some(node.data().to_owned()),
+            hearth: None,
         };
+        Client::new(target, max_tokens)
+    }
+
+    /// A client for `target`, replies capped at `max_tokens` greedy tokens.
+    pub fn new(target: Target, max_tokens: u32) -> Client {
         let mut harness = Harness::builder()
             .with_size(egui::vec2(1100.0, 760.0))
             .build_eframe(move |cc| App::new(target, &cc.egui_ctx));

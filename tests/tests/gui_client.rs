@@ -5,10 +5,11 @@
 use std::time::Duration;
 
 use egui_kittest::kittest::Queryable;
+use hearth_gui::Target;
 use hearth_tests::gui::Client;
 use hearth_tests::history::{self, chat_in, conversations};
 use hearth_tests::mesh::{wait_for, Household, NodeOptions, TestNode};
-use hearth_tests::TestModel;
+use hearth_tests::{hearth_bin, TestModel};
 use serde_json::Value;
 
 /// Generous bounds for a loaded 2-core machine; the tests wait for behaviour, not a clock.
@@ -20,6 +21,18 @@ fn only_conversation(node: &TestNode) -> (String, Value) {
     let id = list[0]["id"].as_str().unwrap().to_owned();
     let c = history::conversation(node, &id).unwrap();
     (id, c)
+}
+
+/// The messages of conversation `id` with `role`, oldest first.
+fn with_role(node: &TestNode, id: &str, role: &str) -> Vec<Value> {
+    let conv = history::conversation(node, id).unwrap();
+    conv["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == role)
+        .cloned()
+        .collect()
 }
 
 fn idle(c: &mut Client) -> bool {
@@ -73,13 +86,7 @@ fn gui_chat_streams_stops_regenerates_and_edits() {
         "{}",
         c.texts()
     );
-    let conv = history::conversation(&node, &id).unwrap();
-    let replies: Vec<&Value> = conv["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["role"] == "assistant")
-        .collect();
+    let replies = with_role(&node, &id, "assistant");
     assert_eq!(replies.len(), 2);
     assert_eq!(replies[0]["parent"], replies[1]["parent"], "siblings");
 
@@ -98,14 +105,8 @@ fn gui_chat_streams_stops_regenerates_and_edits() {
         "{}",
         c.texts()
     );
-    let conv = history::conversation(&node, &id).unwrap();
-    let questions: Vec<&Value> = conv["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["role"] == "user")
-        .collect();
-    assert_eq!(questions.len(), 2, "{conv:#}");
+    let questions = with_role(&node, &id, "user");
+    assert_eq!(questions.len(), 2, "{questions:#?}");
     assert!(
         questions.iter().all(|q| q["parent"].is_null()),
         "both are first messages"
@@ -223,4 +224,52 @@ fn gui_mesh_view_and_reconnecting() {
     den.restart(&NodeOptions::default());
     c.wait_for_text("Connected to den", LIMIT);
     c.wait_for_text("Household nodes (1)", LIMIT);
+}
+
+/// Kills the node a client started, whatever the test's outcome.
+struct StartedNode(std::path::PathBuf);
+
+impl Drop for StartedNode {
+    fn drop(&mut self) {
+        let info: Option<Value> = std::fs::read(self.0.join("node.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(pid) = info.and_then(|i| i["pid"].as_u64()) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+#[test]
+fn gui_starts_a_local_node_when_none_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    // A device without a household or a node; its node, once started, on loopback only.
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "name = \"porch\"\napi = \"127.0.0.1:0\"\nlisten = \"/ip4/127.0.0.1/tcp/0\"\nmdns = false\n",
+    )
+    .unwrap();
+    let _node = StartedNode(dir.path().to_owned());
+    let target = Target {
+        url: None,
+        token: None,
+        data_dir: Some(dir.path().to_owned()),
+        hearth: Some(hearth_bin()),
+    };
+    let mut c = Client::new(target, 8);
+    c.wait_for_text("Disconnected: no node at", LIMIT);
+    c.click("Start a local node");
+    c.wait_for_text("Connected to porch", LIMIT);
+    c.wait_for_text("node started (pid", LIMIT);
+    assert!(
+        dir.path().join("household.toml").exists(),
+        "a household was created"
+    );
+
+    // The new node has no model: the node's refusal shows in the conversation, readable.
+    c.send("Hello?");
+    c.wait_for_text("is not on any node of this household", LIMIT);
+    c.wait_for_text("Hello?", LIMIT);
 }

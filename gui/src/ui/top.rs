@@ -13,14 +13,16 @@ pub fn show(app: &mut App, ui: &mut egui::Ui) {
         ui.separator();
         model_picker(app, ui);
         ui.toggle_value(&mut app.settings_open, "Settings");
+        ui.toggle_value(&mut app.connect_open, "Connect…");
     });
     if let Some(line) = &app.starting {
         ui.label(format!("Local node: {line}"));
     }
-    if matches!(
+    let lost = matches!(
         app.connection,
         Connection::Unreachable { .. } | Connection::Unauthorized { .. }
-    ) {
+    );
+    if lost || app.connect_open {
         connect_form(app, ui);
     }
 }
@@ -83,8 +85,10 @@ fn connect_form(app: &mut App, ui: &mut egui::Ui) {
                 url: (!url.is_empty()).then(|| url.to_owned()),
                 token: (!token.is_empty()).then(|| token.to_owned()),
                 data_dir: app.target.data_dir.clone(),
+                hearth: app.target.hearth.clone(),
             };
             app.connection = Connection::Connecting { url: target.url() };
+            app.connect_open = false;
             app.target = target.clone();
             app.command(Command::Connect(target));
         }
