@@ -178,9 +178,13 @@ impl Out {
         }
     }
 
-    /// Sends `update` without waking the UI (it is shown at the next repaint anyway).
-    async fn quietly(&self, update: Update) {
-        let _ = self.tx.send(update).await;
+    /// Sends `update` without waking the UI (it is shown at the next repaint anyway); when
+    /// updates have piled up, it is dropped and the UI woken to take the rest, so that a window
+    /// left idle for hours never blocks the background.
+    fn quietly(&self, update: Update) {
+        if self.tx.try_send(update).is_err() {
+            self.ctx.request_repaint();
+        }
     }
 
     async fn notice(&self, what: &str, e: &ApiError) {
@@ -343,7 +347,7 @@ async fn watch(target: Target, out: Out) {
                     }
                     out.send(Update::Members(members)).await;
                 } else {
-                    out.quietly(Update::Members(members)).await;
+                    out.quietly(Update::Members(members));
                 }
                 last_members = shape;
             }

@@ -273,3 +273,24 @@ fn gui_starts_a_local_node_when_none_runs() {
     c.wait_for_text("is not on any node of this household", LIMIT);
     c.wait_for_text("Hello?", LIMIT);
 }
+
+#[test]
+fn gui_says_when_the_token_is_refused_and_takes_one() {
+    let household = Household::new();
+    let node = TestNode::start(
+        "den",
+        &household,
+        NodeOptions::default().with_args(&["--api-token", "kitchen-table"]),
+    );
+    let mut c = Client::for_node(&node, 8);
+    c.wait_for_text("Token refused by", LIMIT);
+    let token_box = |n: &egui_kittest::kittest::AccessKitNode<'_>| {
+        n.role() == egui::accesskit::Role::PasswordInput
+    };
+    c.harness.get_by(token_box).focus();
+    c.harness.step();
+    c.harness.get_by(token_box).type_text("kitchen-table");
+    c.harness.step();
+    c.click("Connect");
+    c.wait_for_text("Connected to den", LIMIT);
+}
