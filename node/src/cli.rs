@@ -178,6 +178,8 @@ impl SamplingArgs {
             max_tokens: self.max_tokens,
             stop: self.stop.clone(),
             json: false,
+            context: None,
+            keep_alive: None,
         };
         SamplingParams::check(&params.sampling)?;
         Ok(params)

@@ -96,6 +96,13 @@ pub struct JobParams {
     /// The reply must be one JSON object (Ollama's `format: "json"`, OpenAI's
     /// `response_format: {"type": "json_object"}`).
     pub json: bool,
+    /// Positions the reply may use, prompt included (Ollama's `num_ctx`), when fewer than the
+    /// serving node's context: a longer prompt is refused, the reply stops there.
+    pub context: Option<u32>,
+    /// How long the serving node keeps the model loaded once idle (Ollama's `keep_alive`), in
+    /// seconds: 0 unloads it after this reply, a negative value keeps it; `None`: the node's
+    /// choice (kept while memory allows).
+    pub keep_alive: Option<i64>,
 }
 
 impl JobParams {
@@ -110,6 +117,8 @@ impl JobParams {
             max_tokens,
             stop: Vec::new(),
             json: false,
+            context: None,
+            keep_alive: None,
         }
     }
 }

@@ -8,7 +8,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use hearth_tests::mesh::{http, post, Household, NodeOptions, TestNode};
+use hearth_tests::mesh::{http, post, wait_for, Household, NodeOptions, TestNode};
 use hearth_tests::{json_from, repo_root, TestModel};
 use serde_json::{json, Value};
 
@@ -247,4 +247,82 @@ fn open_webui_requests_are_answered() {
         .map(|l| l["message"]["content"].as_str().unwrap())
         .collect();
     assert!(!text.is_empty());
+}
+
+#[test]
+fn num_ctx_bounds_a_request_and_keep_alive_unloads_the_model() {
+    let node = TestNode::start(
+        "den",
+        &Household::new(),
+        NodeOptions::holding(TestModel::SmolLm2),
+    );
+    let name = format!("{}:latest", TestModel::SmolLm2.name());
+    let generate = |extra: Value| {
+        let mut body = json!({
+            "model": name, "prompt": PROMPT, "stream": false,
+            "options": {"temperature": 0, "num_predict": 400},
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        post(&node, "/api/generate", body.to_string())
+    };
+    let loaded = || -> Vec<Value> { node.get("/api/ps")["models"].as_array().unwrap().clone() };
+
+    // num_ctx: a prompt that does not fit is refused; one that fits stops at the context's end.
+    let (status, reply) = generate(json!({"options": {"num_ctx": 8}}));
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("num_ctx"),
+        "{reply}"
+    );
+    let (status, reply) =
+        generate(json!({"options": {"temperature": 0, "num_predict": 400, "num_ctx": 64}}));
+    assert_eq!(status, 200, "{reply}");
+    let used = reply["prompt_eval_count"].as_u64().unwrap() + reply["eval_count"].as_u64().unwrap();
+    assert!(used <= 64, "{reply}");
+    assert_eq!(reply["done_reason"], "length", "{reply}");
+
+    // Without keep_alive the model stays loaded, as hearth keeps models.
+    assert_eq!(loaded().len(), 1);
+    assert_eq!(loaded()[0]["expires_at"], "2318-01-01T00:00:00Z");
+
+    // keep_alive "2s": still loaded right after, with its expiry shown; unloaded once it runs out.
+    let (status, _) = generate(json!({"keep_alive": "2s", "options": {"num_predict": 4}}));
+    assert_eq!(status, 200);
+    let after = loaded();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(after[0]["expires_at"], "2318-01-01T00:00:00Z");
+    assert!(
+        wait_for(Duration::from_secs(60), || loaded()
+            .is_empty()
+            .then_some(()))
+        .is_some(),
+        "{:?}",
+        loaded()
+    );
+
+    // keep_alive -1 keeps it; an empty request with keep_alive 0 unloads it at once.
+    let (status, _) = generate(json!({"keep_alive": -1, "options": {"num_predict": 4}}));
+    assert_eq!(status, 200);
+    assert_eq!(loaded().len(), 1);
+    let (status, reply) = post(
+        &node,
+        "/api/generate",
+        json!({"model": name, "keep_alive": 0}).to_string(),
+    );
+    assert_eq!(
+        (status, reply["done_reason"].as_str()),
+        (200, Some("unload")),
+        "{reply}"
+    );
+    assert!(loaded().is_empty(), "{:?}", loaded());
+
+    // A keep_alive that is not a duration is refused.
+    let (status, reply) = generate(json!({"keep_alive": "soon"}));
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("not a duration"),
+        "{reply}"
+    );
 }

@@ -163,7 +163,15 @@ pub async fn ps(State(node): State<Arc<Node>>) -> Json<Value> {
         .filter(|m| !m.loaded_on.is_empty())
         .map(|m| {
             let mut e = model_entry(m);
-            e["expires_at"] = json!("2318-01-01T00:00:00Z");
+            // When this node unloads it (its keep-alive); else kept, as Ollama's "forever".
+            e["expires_at"] = json!(match node.engine.unloads_in(&m.info.digest) {
+                Some(left) => rfc3339(
+                    SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| (d + left).as_secs()),
+                ),
+                None => "2318-01-01T00:00:00Z".to_owned(),
+            });
             e["size_vram"] = json!(0);
             e
         })
@@ -260,6 +268,7 @@ struct Options {
     repeat_last_n: Option<u32>,
     seed: Option<u64>,
     num_predict: Option<i64>,
+    num_ctx: Option<i64>,
     stop: Option<Vec<String>>,
 }
 
@@ -273,8 +282,65 @@ struct Common {
     format: Option<Value>,
     #[serde(default)]
     tools: Vec<Value>,
+    /// How long the model stays loaded once idle: seconds, or a duration like "5m" or "-1s".
+    keep_alive: Option<Value>,
     #[serde(default)]
     hearth: HearthOptions,
+}
+
+impl Common {
+    /// `keep_alive` in seconds (negative: for ever).
+    fn keep_alive(&self) -> Result<Option<i64>, OllamaError> {
+        self.keep_alive
+            .as_ref()
+            .map(|v| keep_alive_seconds(v).map_err(bad))
+            .transpose()
+    }
+}
+
+/// Ollama's `keep_alive`: a number of seconds, or a duration (`"5m"`, `"1h30m"`, `"-1s"`,
+/// `"0"`); a negative one keeps the model loaded. Parts of a second round up.
+fn keep_alive_seconds(v: &Value) -> Result<i64, String> {
+    let wrong =
+        || format!("keep_alive {v} is not a duration: use seconds, or e.g. \"5m\", \"1h\", \"-1\"");
+    if let Some(n) = v.as_f64() {
+        return Ok(n.ceil() as i64);
+    }
+    let text = v.as_str().ok_or_else(wrong)?.trim();
+    if text.is_empty() {
+        return Err(wrong());
+    }
+    if let Ok(n) = text.parse::<f64>() {
+        return Ok(n.ceil() as i64);
+    }
+    let (negative, mut rest) = match text.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, text),
+    };
+    let mut seconds = 0.0;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(wrong)?;
+        let number: f64 = rest[..digits].parse().map_err(|_| wrong())?;
+        rest = &rest[digits..];
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return Err(wrong()),
+        };
+        seconds += number * scale;
+        rest = &rest[unit..];
+    }
+    let seconds = seconds.ceil() as i64;
+    Ok(if negative { -seconds.max(1) } else { seconds })
 }
 
 #[derive(Debug, Deserialize)]
@@ -365,16 +431,22 @@ pub async fn generate(State(node): State<Arc<Node>>, body: Bytes) -> Result<Resp
     respond(node, req.common, prompt, Shape::Generate).await
 }
 
-/// A request with no messages or prompt: Ollama's way of loading a model. Answers done once the
-/// model is known (nodes load it at its first reply).
+/// A request with no messages or prompt: Ollama's way of loading a model, or with `keep_alive`
+/// 0 of unloading it. Answers done once the model is known (nodes load it at its first reply);
+/// a keep-alive applies to the model as loaded on this node.
 async fn load_only(node: &Node, common: Common, shape: Shape) -> Result<Response, OllamaError> {
+    let keep_alive = common.keep_alive()?;
     let name = common.model.unwrap_or_else(|| DEFAULT_MODEL.to_owned());
     let m = find(&Members::of(node), &name)?;
+    if let Some(seconds) = keep_alive {
+        node.engine.keep_alive(&m.info.digest, seconds);
+        node.engine.unload_expired();
+    }
     let mut done = json!({
         "model": format!("{}:latest", m.info.name),
         "created_at": rfc3339_now(),
         "done": true,
-        "done_reason": "load",
+        "done_reason": if keep_alive == Some(0) { "unload" } else { "load" },
     });
     match shape {
         Shape::Chat => done["message"] = json!({"role": "assistant", "content": ""}),
@@ -402,6 +474,12 @@ fn job_params(o: Options) -> Result<JobParams, OllamaError> {
         max_tokens,
         stop: o.stop.unwrap_or_default(),
         json: false,
+        context: match o.num_ctx {
+            None => None,
+            Some(n) if n > 0 => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+            Some(n) => return Err(bad(format!("num_ctx {n} must be positive"))),
+        },
+        keep_alive: None,
     };
     jobs::check_params(&params).map_err(|e| bad(e.to_string()))?;
     Ok(params)
@@ -436,12 +514,14 @@ async fn respond(
         .hearth
         .conversation()
         .map_err(|e| bad(format!("hearth: {e}")))?;
+    let keep_alive = common.keep_alive()?;
     let model = common.model.map(|m| hearth_name(&m).to_owned());
     let request = ReplyRequest {
         model,
         prompt,
         params: JobParams {
             json,
+            keep_alive,
             ..job_params(common.options)?
         },
         pin: common.hearth.node,
@@ -557,6 +637,35 @@ fn ndjson(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn keep_alive_reads_as_ollama_writes_it() {
+        use serde_json::json;
+        for (v, want) in [
+            (json!(300), 300),
+            (json!(0), 0),
+            (json!(-1), -1),
+            (json!("0"), 0),
+            (json!("5m"), 300),
+            (json!("1h30m"), 5400),
+            (json!("-1s"), -1),
+            (json!("-1m"), -60),
+            (json!("1.5s"), 2),
+            (json!("250ms"), 1),
+        ] {
+            assert_eq!(super::keep_alive_seconds(&v), Ok(want), "{v}");
+        }
+        for v in [
+            json!("soon"),
+            json!("5x"),
+            json!("m"),
+            json!(true),
+            json!(""),
+        ] {
+            let e = super::keep_alive_seconds(&v).unwrap_err();
+            assert!(e.contains("not a duration"), "{v}: {e}");
+        }
+    }
+
     use super::*;
 
     #[test]

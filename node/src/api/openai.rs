@@ -223,6 +223,8 @@ fn job_params(s: Sampling) -> Result<JobParams, ApiError> {
                 ))
             }
         },
+        context: None,
+        keep_alive: None,
     };
     // The same checks the engine makes, so that mistakes are a 400 here, not a failed job.
     jobs::check_params(&params)

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hearth_protocol::{
     FailCode, Finish, JobEvent, JobParams, JobRequest, Usage, MAX_PROMPT_TOKENS,
@@ -34,6 +34,8 @@ const IDLE_GENERATORS: usize = 4;
 /// Keys and values those finished replies may hold in all: beyond it the least recently used
 /// go first (a cache's memory grows with the positions written, not with the context).
 const IDLE_CACHE_BYTES: usize = 128 << 20;
+/// How often models whose keep-alive ran out are unloaded.
+const UNLOAD_POLL: Duration = Duration::from_millis(250);
 
 /// How the engine runs.
 #[derive(Debug, Clone)]
@@ -158,6 +160,9 @@ pub struct Engine {
     speeds: Mutex<HashMap<String, f32>>,
     /// (model digest, generator), least recently used first.
     idle: Mutex<Vec<(String, Generator)>>,
+    /// When an idle model is unloaded, by digest (a request's `keep_alive`); models without
+    /// an entry stay loaded.
+    unload_at: Mutex<HashMap<String, Instant>>,
     /// What this node offers for models.
     budget: Arc<Budget>,
     /// Runs split jobs' stages; set once the mesh is up.
@@ -190,7 +195,7 @@ impl Engine {
         drain: Arc<Drain>,
         budget: Arc<Budget>,
     ) -> Arc<Self> {
-        Arc::new(Engine {
+        let engine = Arc::new(Engine {
             slots: Mutex::new(Slots {
                 waiting: FairQueue::new(config.max_queue),
                 running: 0,
@@ -203,10 +208,72 @@ impl Engine {
             loading: Mutex::new(HashMap::new()),
             speeds: Mutex::new(HashMap::new()),
             idle: Mutex::new(Vec::new()),
+            unload_at: Mutex::new(HashMap::new()),
             budget,
             split: OnceLock::new(),
             split_jobs: Arc::new(AtomicU32::new(0)),
-        })
+        });
+        // Unloads models whose keep-alive ran out; ends with the engine.
+        let weak = Arc::downgrade(&engine);
+        std::thread::Builder::new()
+            .name("hearth-unload".into())
+            .spawn(move || loop {
+                std::thread::sleep(UNLOAD_POLL);
+                match weak.upgrade() {
+                    Some(engine) => engine.unload_expired(),
+                    None => break,
+                }
+            })
+            .expect("a thread starts");
+        engine
+    }
+
+    /// Keeps model `digest` loaded for `seconds` once idle (0: unload it once idle; negative:
+    /// keep it loaded).
+    pub fn keep_alive(&self, digest: &str, seconds: i64) {
+        let mut unload_at = self.unload_at.lock().expect("unload lock");
+        match u64::try_from(seconds) {
+            Ok(s) => unload_at.insert(digest.to_owned(), Instant::now() + Duration::from_secs(s)),
+            Err(_) => unload_at.remove(digest),
+        };
+    }
+
+    /// How long until model `digest` is unloaded, if its keep-alive is running.
+    pub fn unloads_in(&self, digest: &str) -> Option<Duration> {
+        let unload_at = self.unload_at.lock().expect("unload lock");
+        unload_at
+            .get(digest)
+            .map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// Unloads the models whose keep-alive ran out and that no job uses now (those are tried
+    /// again at the next poll), with their idle caches.
+    pub fn unload_expired(&self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .unload_at
+            .lock()
+            .expect("unload lock")
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(d, _)| d.clone())
+            .collect();
+        for digest in due {
+            self.idle
+                .lock()
+                .expect("idle lock")
+                .retain(|(d, _)| *d != digest);
+            let mut loaded = self.loaded.lock().expect("loaded lock");
+            let unused = loaded
+                .get(&digest)
+                .is_none_or(|m| Arc::strong_count(m) == 1);
+            if unused {
+                if loaded.remove(&digest).is_some() {
+                    tracing::info!(digest, "model unloaded: its keep-alive ran out");
+                }
+                self.unload_at.lock().expect("unload lock").remove(&digest);
+            }
+        }
     }
 
     /// Lets split jobs run their stages through `host`.
@@ -516,6 +583,8 @@ impl Engine {
         let fresh = completion.tokens.len() - request.resume.tokens.len();
         self.record_speed(&request.model, fresh, completion.decode_time);
         self.put_generator(&request.model, generator);
+        // The last request decides, as in Ollama; without a keep-alive, the model stays.
+        self.keep_alive(&request.model, request.params.keep_alive.unwrap_or(-1));
         Ok(JobEvent::Done {
             finish: completion.finish,
             usage: Usage {
@@ -743,6 +812,18 @@ fn prepare(
             "the prompt is {} tokens; a job takes at most {MAX_PROMPT_TOKENS}",
             full.len()
         )));
+    }
+    // The request's own context (Ollama's `num_ctx`): the prompt must fit, the reply stops
+    // at its end.
+    let mut params = params;
+    if let Some(limit) = request.params.context.map(|c| c as usize) {
+        if full.len() >= limit {
+            return Err(JobError::ContextOverflow(format!(
+                "the prompt is {} tokens; the request's context (num_ctx) holds {limit}",
+                full.len()
+            )));
+        }
+        params.max_tokens = params.max_tokens.min(limit - full.len());
     }
     Ok((prompt, full, params))
 }
