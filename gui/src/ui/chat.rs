@@ -41,7 +41,8 @@ fn messages(app: &mut App, ui: &mut egui::Ui) {
                 );
             });
         }
-        if let Some(live) = app.live.clone() {
+        // A new chat's first reply, until the node says which conversation it made.
+        if let Some(live) = app.live.clone().filter(|l| l.conversation.is_none()) {
             live_reply(app, ui, &live, true);
         }
         return;
