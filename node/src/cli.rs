@@ -321,10 +321,22 @@ pub enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Verify a GGUF file and copy it into the cache.
+    /// Verify a GGUF file and copy it into the cache; or, with --scan, find the GGUF files
+    /// other tools keep here (Hugging Face, Ollama, LM Studio) and link the chosen ones in.
     Import {
         /// The .gguf file.
-        path: PathBuf,
+        #[arg(required_unless_present = "scan", conflicts_with = "scan")]
+        path: Option<PathBuf>,
+        /// List the GGUF files in the Hugging Face hub cache, Ollama's store and LM Studio's
+        /// models folder, and whether hearth runs them.
+        #[arg(long)]
+        scan: bool,
+        /// With --scan: import every supported file found (as hard links, not copies).
+        #[arg(long, requires = "scan", conflicts_with = "pick")]
+        all: bool,
+        /// With --scan: import these (numbers from the list), e.g. --pick 1,3.
+        #[arg(long, requires = "scan", value_delimiter = ',')]
+        pick: Vec<usize>,
         /// Name to list it under (default: the file name without extension, lowercased).
         #[arg(long)]
         name: Option<String>,

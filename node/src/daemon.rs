@@ -48,6 +48,7 @@ async fn serve(
     let metrics = Arc::new(Metrics::default());
     let drain = Drain::new();
     let cache = ModelCache::new(data.models());
+    first_run_hint(&cache);
     let load_delay = std::env::var(LOAD_DELAY_VAR)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -224,4 +225,24 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// With an empty cache, says which models other tools already keep on this device (a scan of
+/// directories and GGUF headers: milliseconds), and how to use them.
+fn first_run_hint(cache: &ModelCache) {
+    if !cache.list().is_ok_and(|m| m.is_empty()) {
+        return;
+    }
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_default();
+    let places = crate::models::scan::Places::usual(&home, |k| std::env::var(k).ok());
+    let runnable = crate::models::scan::scan(&places)
+        .into_iter()
+        .filter(|f| f.supported())
+        .count();
+    if runnable > 0 {
+        tracing::info!(
+            runnable,
+            "this node has no models, but other tools keep {runnable} that hearth runs on this device: `hearth models import --scan` lists them"
+        );
+    }
 }

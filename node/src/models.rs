@@ -1,5 +1,8 @@
-//! Models on this node: the content-addressed cache of GGUF files and the names it knows them by.
+//! Models on this node: the content-addressed cache of GGUF files and the names it knows them by,
+//! and the GGUF files other tools keep on this device (`scan`).
 
 pub mod cache;
 
-pub use cache::{CachedModel, Imported, ModelCache, Resolved, DEFAULT_MODEL};
+pub mod scan;
+
+pub use cache::{CachedModel, Imported, ModelCache, Resolved, Store, DEFAULT_MODEL};

@@ -234,3 +234,144 @@ fn bench_reports_speed_and_peak_memory() {
     }
     assert!(lines[2]["peak_rss_bytes"].as_u64().unwrap() > 0);
 }
+
+/// Puts `src` at `dst` without copying it when the file system allows.
+fn place(src: &std::path::Path, dst: &std::path::Path) {
+    std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+    if std::fs::hard_link(src, dst).is_err() {
+        std::fs::copy(src, dst).unwrap();
+    }
+}
+
+#[test]
+fn models_scan_finds_other_tools_models_and_links_them_in() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (home, data, ollama) = (
+        dir.path().join("home"),
+        dir.path().join("data"),
+        dir.path().join("ollama"),
+    );
+    // Hugging Face's hub cache: a snapshot's file is a link to its blob.
+    let repo =
+        home.join(".cache/huggingface/hub/models--HuggingFaceTB--SmolLM2-135M-Instruct-GGUF");
+    let blob = repo.join("blobs/b179c952");
+    place(&TestModel::SmolLm2.path(), &blob);
+    let snapshot = repo.join("snapshots/0a1b2c/SmolLM2-135M-Instruct.Q4_1.gguf");
+    std::fs::create_dir_all(snapshot.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink("../../blobs/b179c952", &snapshot).unwrap();
+    // Ollama's store: a manifest naming the model's blob by digest.
+    let digest = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818";
+    place(
+        &TestModel::Gemma3.path(),
+        &ollama.join(format!("blobs/sha256-{digest}")),
+    );
+    let manifest = ollama.join("manifests/registry.ollama.ai/library/gemma3/270m");
+    std::fs::create_dir_all(manifest.parent().unwrap()).unwrap();
+    std::fs::write(
+        &manifest,
+        format!(r#"{{"layers": [{{"mediaType": "application/vnd.ollama.image.model", "digest": "sha256:{digest}"}}]}}"#),
+    )
+    .unwrap();
+    // LM Studio's folder: a model of a family hearth does not run, and a broken file.
+    let lm = home.join(".lmstudio/models/someone/tiny");
+    std::fs::create_dir_all(&lm).unwrap();
+    let bert = hearth_tests::GgufWriter::default()
+        .string("general.architecture", "bert")
+        .bytes();
+    std::fs::write(lm.join("bert-tiny.gguf"), bert).unwrap();
+    std::fs::write(lm.join("broken.gguf"), b"GGUF\x03\x00\x00\x00garbage").unwrap();
+
+    let scan = |args: &[&str]| {
+        let o = std::process::Command::new(hearth_tests::hearth_bin())
+            .args(["models", "import", "--scan"])
+            .args(args)
+            .env("HOME", &home)
+            .env("HEARTH_DATA_DIR", &data)
+            .env("OLLAMA_MODELS", &ollama)
+            .env_remove("HF_HOME")
+            .env_remove("HF_HUB_CACHE")
+            .env_remove("HUGGINGFACE_HUB_CACHE")
+            .output()
+            .unwrap();
+        (o.status.code(), stdout(&o), stderr(&o))
+    };
+    let (code, out, err) = scan(&[]);
+    assert_eq!(code, Some(0), "{err}");
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with(char::is_numeric))
+        .collect();
+    assert_eq!(rows.len(), 4, "{out}");
+    assert!(
+        rows[0].contains("Hugging Face")
+            && rows[0].contains("smollm2-135m-instruct.q4_1")
+            && rows[0].contains("llama")
+            && rows[0].contains("Q4_1")
+            && rows[0].ends_with("runs"),
+        "{out}"
+    );
+    assert!(
+        rows[1].contains("Ollama")
+            && rows[1].contains("gemma3-270m")
+            && rows[1].contains("gemma3")
+            && rows[1].ends_with("runs"),
+        "{out}"
+    );
+    assert!(
+        rows[2].contains("LM Studio")
+            && rows[2].contains("bert-tiny")
+            && rows[2].contains("cannot run")
+            && rows[2].contains("bert"),
+        "{out}"
+    );
+    assert!(
+        rows[3].contains("broken") && rows[3].contains("cannot run"),
+        "{out}"
+    );
+    assert!(out.contains("--all"), "a hint says how to import: {out}");
+
+    // Picking one that cannot run is refused with the reason; --all links the two that can.
+    let (code, _, err) = scan(&["--pick", "3"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("cannot run here") && err.contains("bert"),
+        "{err}"
+    );
+    let (code, out, err) = scan(&["--all"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.matches("linked (no copy)").count(), 2, "{out}");
+    let cached =
+        data.join("models/b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53.gguf");
+    assert_eq!(
+        std::fs::metadata(&cached).unwrap().ino(),
+        std::fs::metadata(&blob).unwrap().ino(),
+        "the cache entry is the same file, not a copy"
+    );
+    let list = hearth(&data, &["models", "list"], "");
+    let listed = stdout(&list);
+    assert!(
+        listed.contains("smollm2-135m-instruct.q4_1") && listed.contains("gemma3-270m"),
+        "{listed}"
+    );
+    // Scanning again finds them cached already; a linked model runs.
+    let (_, out, _) = scan(&["--all"]);
+    assert_eq!(out.matches("already cached").count(), 2, "{out}");
+    let run = hearth(
+        &data,
+        &[
+            "run",
+            "-m",
+            "gemma3-270m",
+            "-p",
+            "Hello",
+            "-n",
+            "3",
+            "--temperature",
+            "0",
+        ],
+        "",
+    );
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(!stdout(&run).trim().is_empty());
+}

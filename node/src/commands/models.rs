@@ -1,51 +1,160 @@
-//! `hearth models list|import|remove`.
+//! `hearth models list|import|remove`, and `import --scan` over other tools' model stores.
 
-use anyhow::Result;
+use std::path::Path;
+
+use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::ModelsCommand;
-use crate::models::{Imported, ModelCache};
+use crate::models::scan::{self, Found, Places};
+use crate::models::{Imported, ModelCache, Store};
 
 pub(super) fn models(cache: &ModelCache, cmd: ModelsCommand) -> Result<()> {
     match cmd {
         ModelsCommand::List { json } => list(cache, json),
-        ModelsCommand::Import { path, name, sha256 } => {
-            let bar = ProgressBar::new(0).with_style(
-                ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-                )
-                .expect("static template")
-                .progress_chars("=> "),
-            );
-            bar.set_message(format!("importing {}", path.display()));
-            let result = cache.import(&path, name.as_deref(), sha256.as_deref(), &|done, total| {
-                bar.set_length(total);
-                bar.set_position(done);
-            });
-            bar.finish_and_clear();
-            match result? {
-                Imported::Added(m) => println!(
-                    "imported {} ({}, {}) as {} [{}]",
-                    path.display(),
-                    m.summary.architecture,
-                    m.summary.quantization,
-                    m.name,
-                    &m.digest[..12]
-                ),
-                Imported::AlreadyPresent(m) => println!(
-                    "{} is already cached as {} [{}]",
-                    path.display(),
-                    m.name,
-                    &m.digest[..12]
-                ),
-            }
-            Ok(())
-        }
+        ModelsCommand::Import {
+            path: Some(path),
+            name,
+            sha256,
+            ..
+        } => import(
+            cache,
+            &path,
+            name.as_deref(),
+            sha256.as_deref(),
+            Store::Copy,
+        ),
+        ModelsCommand::Import { all, pick, .. } => scan_and_import(cache, all, &pick),
         ModelsCommand::Remove { model } => {
             let m = cache.remove(&model)?;
             println!("removed {} [{}]", m.name, &m.digest[..12]);
             Ok(())
         }
+    }
+}
+
+/// Imports one file, with a progress bar (rate and bytes) while it is read.
+fn import(
+    cache: &ModelCache,
+    path: &Path,
+    name: Option<&str>,
+    sha256: Option<&str>,
+    how: Store,
+) -> Result<()> {
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(format!("importing {}", path.display()));
+    let result = cache.import(path, name, sha256, how, &|done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    let (m, how) = match result? {
+        Imported::AlreadyPresent(m) => {
+            println!(
+                "{} is already cached as {} [{}]",
+                path.display(),
+                m.name,
+                &m.digest[..12]
+            );
+            return Ok(());
+        }
+        Imported::Added(m) => (m, "imported"),
+        Imported::Linked(m) => (m, "linked (no copy)"),
+    };
+    println!(
+        "{how} {} ({}, {}) as {} [{}]",
+        path.display(),
+        m.summary.architecture,
+        m.summary.quantization,
+        m.name,
+        &m.digest[..12]
+    );
+    Ok(())
+}
+
+/// Lists what other tools keep here; imports every supported file (`all`) or those picked.
+fn scan_and_import(cache: &ModelCache, all: bool, pick: &[usize]) -> Result<()> {
+    let home = std::env::var_os("HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_default();
+    let found = scan::scan(&Places::usual(&home, |k| std::env::var(k).ok()));
+    if found.is_empty() {
+        println!("no GGUF files in the Hugging Face hub cache, Ollama's store or LM Studio's models folder");
+        return Ok(());
+    }
+    print_found(&found);
+    let chosen: Vec<&Found> = if all {
+        found.iter().filter(|f| f.supported()).collect()
+    } else {
+        let mut chosen = Vec::new();
+        for &n in pick {
+            let Some(f) = n.checked_sub(1).and_then(|i| found.get(i)) else {
+                bail!(
+                    "--pick {n}: the list has {} files, numbered from 1",
+                    found.len()
+                );
+            };
+            if let Err(why) = &f.model {
+                bail!("--pick {n}: {} cannot run here: {why}", f.path.display());
+            }
+            chosen.push(f);
+        }
+        chosen
+    };
+    if chosen.is_empty() {
+        println!(
+            "\nimport them with --all (every supported one) or --pick N,N (hard links: no copies)"
+        );
+        return Ok(());
+    }
+    println!();
+    let taken: Vec<String> = cache.list()?.into_iter().map(|m| m.name).collect();
+    for f in chosen {
+        // A name already in the cache (another file of the same name) gets the source's suffix.
+        let name = if taken.iter().any(|t| t.eq_ignore_ascii_case(&f.name)) {
+            format!(
+                "{}-{}",
+                f.name,
+                f.source.to_string().to_lowercase().replace(' ', "-")
+            )
+        } else {
+            f.name.clone()
+        };
+        if let Err(e) = import(cache, &f.path, Some(&name), None, Store::Link) {
+            eprintln!("{}: {e:#}", f.path.display());
+        }
+    }
+    Ok(())
+}
+
+fn print_found(found: &[Found]) {
+    println!(
+        "{:>3}  {:<12} {:<36} {:<8} {:<8} {:>9}  HEARTH",
+        "#", "FROM", "NAME", "FAMILY", "QUANT", "SIZE"
+    );
+    for (i, f) in found.iter().enumerate() {
+        let (family, quant, verdict) = match &f.model {
+            Ok(m) => (
+                m.architecture.clone(),
+                m.quantization.clone(),
+                "runs".to_owned(),
+            ),
+            Err(why) => ("?".into(), "?".into(), format!("cannot run: {why}")),
+        };
+        println!(
+            "{:>3}  {:<12} {:<36} {:<8} {:<8} {:>9}  {verdict}",
+            i + 1,
+            f.source.to_string(),
+            f.name,
+            family,
+            quant,
+            format!("{:.1} MB", f.size as f64 / 1e6),
+        );
+        println!("     {}", f.path.display());
     }
 }
 
@@ -56,7 +165,7 @@ fn list(cache: &ModelCache, json: bool) -> Result<()> {
         return Ok(());
     }
     if models.is_empty() {
-        println!("no models cached; run scripts/fetch-models or `hearth models import FILE.gguf`");
+        println!("no models cached; run scripts/fetch-models, `hearth models import FILE.gguf`, or `hearth models import --scan` for the models other tools keep here");
         return Ok(());
     }
     println!(

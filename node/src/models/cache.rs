@@ -33,8 +33,21 @@ struct Index {
 /// What an import did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Imported {
+    /// Copied into the cache.
     Added(CachedModel),
+    /// Added as a hard link to the file where it lies (no second copy).
+    Linked(CachedModel),
     AlreadyPresent(CachedModel),
+}
+
+/// How an imported file enters the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// A copy of its own.
+    Copy,
+    /// A hard link to the file (a copy only when the cache is on another file system). The
+    /// file must not be changed in place afterwards: other tools' model stores never do.
+    Link,
 }
 
 /// A model named on the command line, found.
@@ -99,6 +112,7 @@ impl ModelCache {
         src: &Path,
         name: Option<&str>,
         expected_sha256: Option<&str>,
+        how: Store,
         progress: &dyn Fn(u64, u64),
     ) -> Result<Imported> {
         let expected = expected_sha256.map(str::to_lowercase);
@@ -131,9 +145,26 @@ impl ModelCache {
 
         let total = fs::metadata(src)?.len();
         let tmp = self.dir.join(format!(".import-{}.tmp", std::process::id()));
-        let digest = copy_hashing(src, &tmp, total, progress).inspect_err(|_| {
-            let _ = fs::remove_file(&tmp);
-        })?;
+        // Linked: the file is hashed where it lies and the cache entry is a hard link to it
+        // (no second copy); copied when linking is impossible (another file system).
+        let (digest, linked) = match how {
+            Store::Link => {
+                let digest = hash_file(src, total, progress)?;
+                let linked = fs::hard_link(src, &tmp).is_ok();
+                if !linked {
+                    copy_hashing(src, &tmp, total, &|_, _| {}).inspect_err(|_| {
+                        let _ = fs::remove_file(&tmp);
+                    })?;
+                }
+                (digest, linked)
+            }
+            Store::Copy => {
+                let digest = copy_hashing(src, &tmp, total, progress).inspect_err(|_| {
+                    let _ = fs::remove_file(&tmp);
+                })?;
+                (digest, false)
+            }
+        };
         if let Some(e) = &expected {
             if *e != digest {
                 let _ = fs::remove_file(&tmp);
@@ -165,7 +196,11 @@ impl ModelCache {
         };
         index.models.push(entry.clone());
         self.save_index(&index)?;
-        Ok(Imported::Added(entry))
+        Ok(if linked {
+            Imported::Linked(entry)
+        } else {
+            Imported::Added(entry)
+        })
     }
 
     /// Removes a cached model by name or digest prefix.
@@ -275,10 +310,26 @@ fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The SHA-256 of `path`, read once.
+fn hash_file(path: &Path, total: u64, progress: &dyn Fn(u64, u64)) -> Result<String> {
+    hash_into(path, None, total, progress)
+}
+
+/// Copies `src` to `dst` (fsynced), returning its SHA-256.
 fn copy_hashing(src: &Path, dst: &Path, total: u64, progress: &dyn Fn(u64, u64)) -> Result<String> {
+    hash_into(src, Some(dst), total, progress)
+}
+
+fn hash_into(
+    src: &Path,
+    dst: Option<&Path>,
+    total: u64,
+    progress: &dyn Fn(u64, u64),
+) -> Result<String> {
     let mut input = File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
-    let mut output =
-        File::create(dst).with_context(|| format!("cannot write {}", dst.display()))?;
+    let mut output = dst
+        .map(|d| File::create(d).with_context(|| format!("cannot write {}", d.display())))
+        .transpose()?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut done = 0u64;
@@ -288,11 +339,15 @@ fn copy_hashing(src: &Path, dst: &Path, total: u64, progress: &dyn Fn(u64, u64))
             break;
         }
         hasher.update(&buf[..n]);
-        output.write_all(&buf[..n])?;
+        if let Some(output) = &mut output {
+            output.write_all(&buf[..n])?;
+        }
         done += n as u64;
         progress(done, total);
     }
-    output.sync_all()?;
+    if let Some(output) = &output {
+        output.sync_all()?;
+    }
     Ok(hasher
         .finalize()
         .iter()
