@@ -327,13 +327,22 @@ impl App {
         match update {
             Update::Connection(c) => {
                 if matches!(c, Connection::Connected { .. }) {
+                    if !self.search.is_empty() {
+                        let q = self.search.clone();
+                        self.command(Command::Search(q));
+                    }
                     if let Some(id) = self.selected {
                         self.command(Command::Open(id));
                     }
                 }
                 self.connection = c;
             }
-            Update::Conversations(list) => self.conversations = list,
+            Update::Conversations { query, list } => {
+                // An answer to an older search, overtaken by typing, is dropped.
+                if query == self.search {
+                    self.conversations = list;
+                }
+            }
             Update::Conversation(c) => {
                 if Some(c.summary.id) != self.selected {
                     return;

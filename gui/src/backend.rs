@@ -74,7 +74,11 @@ pub enum Connection {
 #[derive(Debug)]
 pub enum Update {
     Connection(Connection),
-    Conversations(Vec<Summary>),
+    /// The conversations matching `query` (all when empty), newest first.
+    Conversations {
+        query: String,
+        list: Vec<Summary>,
+    },
     Conversation(Conversation),
     /// The history changed on some device.
     Changed(Change),
@@ -369,7 +373,10 @@ async fn refresh(api: &Api, out: &Out) {
 
 async fn list(api: &Api, query: &str, out: &Out) {
     match api.conversations(query).await {
-        Ok(list) => out.send(Update::Conversations(list)).await,
+        Ok(list) => {
+            let query = query.to_owned();
+            out.send(Update::Conversations { query, list }).await;
+        }
         Err(e) => out.notice("cannot list conversations", &e).await,
     }
 }

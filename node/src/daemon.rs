@@ -233,7 +233,9 @@ fn first_run_hint(cache: &ModelCache) {
     if !cache.list().is_ok_and(|m| m.is_empty()) {
         return;
     }
-    let home = std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_default();
+    let home = std::env::var_os("HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_default();
     let places = crate::models::scan::Places::usual(&home, |k| std::env::var(k).ok());
     let runnable = crate::models::scan::scan(&places)
         .into_iter()

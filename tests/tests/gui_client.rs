@@ -200,6 +200,20 @@ fn gui_sidebar_follows_the_household_history() {
         "{}",
         c.texts()
     );
+
+    // Search (Ctrl+K) finds conversations by their messages' text too.
+    c.harness
+        .key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::K);
+    c.harness.step();
+    c.harness.step();
+    c.harness
+        .get_by(|n: &egui_kittest::kittest::AccessKitNode<'_>| n.is_focused())
+        .type_text("volcano");
+    assert!(
+        c.until(LIMIT, |c| c.shows("Nothing matches")),
+        "{}",
+        c.texts()
+    );
 }
 
 #[test]
