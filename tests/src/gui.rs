@@ -108,6 +108,7 @@ impl Client {
     }
 
     /// Types `text` into the message box and presses Enter.
+    /// Lines are typed with Shift+Enter between them, as a person writes several lines.
     pub fn send(&mut self, text: &str) {
         let composer = || {
             |n: &AccessKitNode<'_>| {
@@ -117,8 +118,17 @@ impl Client {
         };
         self.harness.get_by(composer()).focus();
         self.harness.step();
-        self.harness.get_by(composer()).type_text(text);
-        self.harness.step();
+        // Its hint (how it is found) goes once it holds text; it keeps the focus.
+        let focused = |n: &AccessKitNode<'_>| n.is_focused();
+        for (i, line) in text.split('\n').enumerate() {
+            if i > 0 {
+                self.harness
+                    .key_press_modifiers(egui::Modifiers::SHIFT, egui::Key::Enter);
+                self.harness.step();
+            }
+            self.harness.get_by(focused).type_text(line);
+            self.harness.step();
+        }
         self.harness.key_press(egui::Key::Enter);
         self.harness.step();
     }

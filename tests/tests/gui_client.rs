@@ -201,6 +201,20 @@ fn gui_sidebar_follows_the_household_history() {
         c.texts()
     );
 
+    // Shift+Enter starts a new line; Enter sends the lines as one message.
+    c.send("Two lines:\nthe second one.");
+    let two_lines = wait_for(LIMIT, || {
+        conversations(&node).iter().find_map(|s| {
+            let c = history::conversation(&node, s["id"].as_str()?)?;
+            let first = history::messages(&c).into_iter().next()?;
+            (first.1 == "Two lines:\nthe second one.").then_some(())
+        })
+    });
+    assert!(two_lines.is_some(), "{:#?}", {
+        let id = conversations(&node)[0]["id"].as_str().unwrap().to_owned();
+        history::messages(&history::conversation(&node, &id).unwrap())
+    });
+
     // Search (Ctrl+K) finds conversations by their messages' text too.
     c.harness
         .key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::K);

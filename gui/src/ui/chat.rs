@@ -250,8 +250,11 @@ fn composer(app: &mut App, ui: &mut egui::Ui) {
     let id = egui::Id::new("composer-input");
     // Enter sends; Shift+Enter falls through to the text box as a new line.
     let focused = ui.memory(|m| m.has_focus(id));
-    let send_now =
-        focused && ui.input_mut(|i| i.consume_key(egui::Modifiers::NONE, egui::Key::Enter));
+    // (`consume_key` matches shift loosely, so Shift+Enter is ruled out first.)
+    let send_now = focused
+        && ui.input_mut(|i| {
+            !i.modifiers.shift && i.consume_key(egui::Modifiers::NONE, egui::Key::Enter)
+        });
     ui.horizontal(|ui| {
         let hint = if app.connected() {
             "Message (Enter sends, Shift+Enter new line)"
