@@ -227,24 +227,19 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// With an empty cache, says which models other tools already keep on this device (a scan of
-/// directories and GGUF headers: milliseconds), and how to use them.
+/// With an empty cache, says how many GGUF files other tools keep on this device, and how to
+/// use them. Directories and manifests only: headers are read when a person asks (`--scan`),
+/// not at every start.
 fn first_run_hint(cache: &ModelCache) {
     if !cache.list().is_ok_and(|m| m.is_empty()) {
         return;
     }
-    let home = std::env::var_os("HOME")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_default();
-    let places = crate::models::scan::Places::usual(&home, |k| std::env::var(k).ok());
-    let runnable = crate::models::scan::scan(&places)
-        .into_iter()
-        .filter(|f| f.supported())
-        .count();
-    if runnable > 0 {
+    use crate::models::scan::{files, Places};
+    let found = files(&Places::of_this_device()).len();
+    if found > 0 {
         tracing::info!(
-            runnable,
-            "this node has no models, but other tools keep {runnable} that hearth runs on this device: `hearth models import --scan` lists them"
+            found,
+            "this node has no models, but other tools keep {found} GGUF files on this device: `hearth models import --scan` lists them and says which hearth runs"
         );
     }
 }

@@ -78,10 +78,7 @@ fn import(
 
 /// Lists what other tools keep here; imports every supported file (`all`) or those picked.
 fn scan_and_import(cache: &ModelCache, all: bool, pick: &[usize]) -> Result<()> {
-    let home = std::env::var_os("HOME")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_default();
-    let found = scan::scan(&Places::usual(&home, |k| std::env::var(k).ok()));
+    let found = scan::scan(&Places::of_this_device());
     if found.is_empty() {
         println!("no GGUF files in the Hugging Face hub cache, Ollama's store or LM Studio's models folder");
         return Ok(());

@@ -147,24 +147,19 @@ impl ModelCache {
         let tmp = self.dir.join(format!(".import-{}.tmp", std::process::id()));
         // Linked: the file is hashed where it lies and the cache entry is a hard link to it
         // (no second copy); copied when linking is impossible (another file system).
-        let (digest, linked) = match how {
-            Store::Link => {
-                let digest = hash_file(src, total, progress)?;
-                let linked = fs::hard_link(src, &tmp).is_ok();
-                if !linked {
-                    copy_hashing(src, &tmp, total, &|_, _| {}).inspect_err(|_| {
-                        let _ = fs::remove_file(&tmp);
-                    })?;
-                }
-                (digest, linked)
-            }
-            Store::Copy => {
-                let digest = copy_hashing(src, &tmp, total, progress).inspect_err(|_| {
-                    let _ = fs::remove_file(&tmp);
-                })?;
-                (digest, false)
-            }
-        };
+        // A temp file left by a crashed import may be a link to someone's file: never write
+        // through it.
+        let _ = fs::remove_file(&tmp);
+        // Either way the file is read once.
+        let linked = how == Store::Link && fs::hard_link(src, &tmp).is_ok();
+        let digest = if linked {
+            hash_file(&tmp, total, progress)
+        } else {
+            copy_hashing(src, &tmp, total, progress)
+        }
+        .inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })?;
         if let Some(e) = &expected {
             if *e != digest {
                 let _ = fs::remove_file(&tmp);

@@ -40,6 +40,14 @@ pub struct Places {
 }
 
 impl Places {
+    /// The usual places on this device, under `$HOME`, with the environment's overrides.
+    pub fn of_this_device() -> Places {
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        Places::usual(&home, |k| std::env::var(k).ok())
+    }
+
     /// The tools' usual places, with their environment overrides (`HF_HUB_CACHE`,
     /// `HUGGINGFACE_HUB_CACHE`, `HF_HOME`, `OLLAMA_MODELS`), under `home`.
     pub fn usual(home: &Path, env: impl Fn(&str) -> Option<String>) -> Places {
@@ -90,38 +98,39 @@ impl Found {
 }
 
 /// Every GGUF file in `places`, each once (a file reachable from two stores is listed at the
-/// first), ordered by source and name.
-pub fn scan(places: &Places) -> Vec<Found> {
-    let mut files: Vec<(Source, PathBuf, String)> = Vec::new();
-    for root in &places.hugging_face {
-        files.extend(
-            gguf_files(root)
-                .into_iter()
-                .map(|(p, n)| (Source::HuggingFace, p, n)),
-        );
-    }
-    for root in &places.ollama {
-        files.extend(
-            ollama_models(root)
-                .into_iter()
-                .map(|(p, n)| (Source::Ollama, p, n)),
-        );
-    }
-    for root in &places.lm_studio {
-        files.extend(
-            gguf_files(root)
-                .into_iter()
-                .map(|(p, n)| (Source::LmStudio, p, n)),
-        );
-    }
+/// first): (source, path with links resolved, name). Reads directories and manifests only.
+pub fn files(places: &Places) -> Vec<(Source, PathBuf, String)> {
+    let stores = [
+        (
+            Source::HuggingFace,
+            &places.hugging_face,
+            gguf_files as fn(&Path) -> _,
+        ),
+        (Source::Ollama, &places.ollama, ollama_models),
+        (Source::LmStudio, &places.lm_studio, gguf_files),
+    ];
     let mut seen = BTreeSet::new();
-    let mut found: Vec<Found> = files
+    let mut out = Vec::new();
+    for (source, roots, find) in stores {
+        for root in roots {
+            for (path, name) in find(root) {
+                let Ok(path) = path.canonicalize() else {
+                    continue;
+                };
+                if seen.insert(path.clone()) {
+                    out.push((source, path, name));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every GGUF file in `places`, with what its header says, ordered by source and name.
+pub fn scan(places: &Places) -> Vec<Found> {
+    let mut found: Vec<Found> = files(places)
         .into_iter()
         .filter_map(|(source, path, name)| {
-            let path = path.canonicalize().ok()?;
-            if !seen.insert(path.clone()) {
-                return None;
-            }
             let size = std::fs::metadata(&path).ok()?.len();
             Some(Found {
                 model: inspect(&path),
