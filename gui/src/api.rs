@@ -186,11 +186,6 @@ impl Api {
         self.get("/healthz").await
     }
 
-    /// Whether the token is accepted (`/healthz` takes none).
-    pub async fn check_token(&self) -> Result<(), ApiError> {
-        self.get::<Value>("/api/household").await.map(drop)
-    }
-
     /// Every household node with its card, this node first.
     pub async fn members(&self) -> Result<Vec<Member>, ApiError> {
         self.get("/api/peers").await

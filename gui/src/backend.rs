@@ -293,70 +293,72 @@ async fn watch(target: Target, out: Out) {
         if api.base() != url {
             api = Api::new(&url, target.token.clone());
         }
-        let state = match api.health().await {
-            Ok(h) => match api.check_token().await {
-                Ok(()) => Connection::Connected {
-                    url: url.clone(),
-                    node: h.node,
-                },
-                Err(ApiError::Unauthorized(message)) => Connection::Unauthorized {
-                    url: url.clone(),
-                    message,
-                },
-                Err(e) => Connection::Unreachable {
-                    url: url.clone(),
-                    error: e.to_string(),
-                    local: target.is_local(),
-                },
-            },
-            Err(e) => Connection::Unreachable {
-                url: url.clone(),
-                error: e.to_string(),
-                local: target.is_local(),
-            },
+        // The mesh is read with the token, so it also tells whether the token is accepted.
+        let unreachable = |e: ApiError| Connection::Unreachable {
+            url: url.clone(),
+            error: e.to_string(),
+            local: target.is_local(),
         };
-        let now_connected = matches!(state, Connection::Connected { .. });
-        let newly = now_connected && last.as_ref() != Some(&state);
+        let (state, members) = match api.health().await {
+            Ok(h) => match api.members().await {
+                Ok(members) => {
+                    let node = h.node;
+                    (
+                        Connection::Connected {
+                            url: url.clone(),
+                            node,
+                        },
+                        Some(members),
+                    )
+                }
+                Err(ApiError::Unauthorized(message)) => (
+                    Connection::Unauthorized {
+                        url: url.clone(),
+                        message,
+                    },
+                    None,
+                ),
+                Err(e) => (unreachable(e), None),
+            },
+            Err(e) => (unreachable(e), None),
+        };
+        let newly = members.is_some() && last.as_ref() != Some(&state);
         if last.as_ref() != Some(&state) {
             out.send(Update::Connection(state.clone())).await;
         }
         last = Some(state);
         if newly {
-            // A new connection: everything again, and the change stream from here.
+            // A new connection: everything again (models and household follow from the mesh
+            // looking new), and the change stream from here.
             if let Some(c) = changes.take() {
                 c.abort();
             }
             list(&api, "", &out).await;
-            refresh(&api, &out).await;
+            last_members.clear();
         }
-        if !now_connected {
+        let Some(members) = members else {
             if let Some(c) = changes.take() {
                 c.abort();
             }
             continue;
-        }
+        };
         if changes.as_ref().is_none_or(|c| c.is_finished()) {
             changes = Some(tokio::spawn(follow_changes(api.clone(), out.clone())));
         }
-        match api.members().await {
-            Ok(members) => {
-                // Wake the UI for the plot only when it is shown, or when the mesh changed.
-                let shape: Vec<(String, Vec<String>)> = members
-                    .iter()
-                    .map(|m| (m.card.name.clone(), m.card.loaded.clone()))
-                    .collect();
-                if out.mesh_visible.load(Ordering::Relaxed) || shape != last_members {
-                    if shape != last_members {
-                        refresh(&api, &out).await;
-                    }
-                    out.send(Update::Members(members)).await;
-                } else {
-                    out.quietly(Update::Members(members));
-                }
-                last_members = shape;
-            }
-            Err(e) => out.notice("cannot read the mesh", &e).await,
+        // Wake the UI for the plot only when it is shown, or when the mesh changed.
+        let shape: Vec<(String, Vec<String>)> = members
+            .iter()
+            .map(|m| (m.card.name.clone(), m.card.loaded.clone()))
+            .collect();
+        if shape != last_members {
+            refresh(&api, &out).await;
+            out.send(Update::Members(members)).await;
+        } else if out.mesh_visible.load(Ordering::Relaxed) {
+            out.send(Update::Members(members)).await;
+        } else {
+            out.quietly(Update::Members(members));
         }
+        last_members = shape;
     }
 }
 
