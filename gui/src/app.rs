@@ -155,6 +155,14 @@ impl App {
         }
     }
 
+    /// The model a request goes to when none is picked: the first one some node can run now.
+    pub(crate) fn default_model(&self) -> Option<&str> {
+        self.models
+            .iter()
+            .find(|m| m.hearth.servable != "no")
+            .map(|m| m.id.as_str())
+    }
+
     /// Whether the node answers.
     pub(crate) fn connected(&self) -> bool {
         matches!(self.connection, Connection::Connected { .. })
@@ -223,14 +231,10 @@ impl App {
     /// Asks for another reply to the user message before assistant message `reply`: a new
     /// branch beside it.
     pub(crate) fn regenerate(&mut self, reply: Id) {
-        let (Some(id), false) = (self.selected, self.streaming()) else {
+        let Some((id, path, at)) = self.branch_at(reply) else {
             return;
         };
-        let path: Vec<Message> = self.path().into_iter().cloned().collect();
-        let Some(at) = path.iter().position(|m| m.id == reply) else {
-            return;
-        };
-        let Some(asked) = at.checked_sub(1).map(|i| path[i].id) else {
+        let Some(asked) = path[at].parent else {
             return;
         };
         let hearth = json!({"conversation": id.to_string(), "reply_to": asked.to_string()});
@@ -239,11 +243,7 @@ impl App {
 
     /// Sends `text` in place of user message `message`: a new branch, the old one kept.
     pub(crate) fn resend_edited(&mut self, message: Id, text: String) {
-        let (Some(id), false) = (self.selected, self.streaming()) else {
-            return;
-        };
-        let path: Vec<Message> = self.path().into_iter().cloned().collect();
-        let Some(at) = path.iter().position(|m| m.id == message) else {
+        let Some((id, path, at)) = self.branch_at(message) else {
             return;
         };
         let parent = path[at]
@@ -251,6 +251,15 @@ impl App {
             .map_or_else(|| "root".to_owned(), |p| p.to_string());
         let hearth = json!({"conversation": id.to_string(), "parent": parent});
         self.start(&path[..at], Some(text), hearth);
+    }
+
+    /// The conversation shown, its branch and where `message` is on it, when a new turn may
+    /// start there (nothing streaming).
+    fn branch_at(&self, message: Id) -> Option<(Id, Vec<Message>, usize)> {
+        let id = self.selected.filter(|_| !self.streaming())?;
+        let path: Vec<Message> = self.path().into_iter().cloned().collect();
+        let at = path.iter().position(|m| m.id == message)?;
+        Some((id, path, at))
     }
 
     /// Sends a chat request: the system prompt (unless the conversation records one), the
@@ -271,12 +280,10 @@ impl App {
         if let Some(u) = &user {
             messages.push(json!({"role": "user", "content": u}));
         }
-        let model = self.model.clone().or_else(|| {
-            self.models
-                .iter()
-                .find(|m| m.hearth.servable != "no")
-                .map(|m| m.id.clone())
-        });
+        let model = self
+            .model
+            .clone()
+            .or_else(|| self.default_model().map(str::to_owned));
         let mut body = json!({"messages": messages, "hearth": hearth});
         if let Some(m) = &model {
             body["model"] = json!(m);

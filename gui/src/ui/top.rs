@@ -98,10 +98,8 @@ fn connect_form(app: &mut App, ui: &mut egui::Ui) {
 /// Every model in the household, where it lives and how it would run.
 fn model_picker(app: &mut App, ui: &mut egui::Ui) {
     let chosen = app.model.clone().unwrap_or_else(|| {
-        app.models
-            .iter()
-            .find(|m| m.hearth.servable != "no")
-            .map_or_else(|| "no model".to_owned(), |m| format!("{} (default)", m.id))
+        app.default_model()
+            .map_or_else(|| "no model".to_owned(), |m| format!("{m} (default)"))
     });
     egui::ComboBox::from_id_salt("model")
         .selected_text(chosen)
