@@ -6,6 +6,7 @@ mod history;
 mod mesh;
 mod ollama;
 mod openai;
+mod share;
 pub mod server;
 
 use std::sync::Arc;
@@ -136,6 +137,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/embed", post(ollama::embed))
         .route("/api/embeddings", post(ollama::embed))
         .route("/api/pull", post(ollama::pull))
+        .route("/api/models/pull", post(share::pull))
         .route("/healthz", get(mesh::healthz))
         .route("/metrics", get(mesh::metrics))
         .fallback(not_found)

@@ -344,6 +344,15 @@ pub enum ModelsCommand {
         #[arg(long, value_name = "HEX")]
         sha256: Option<String>,
     },
+    /// Fetch a model from a household node that holds it (through the running node): verified
+    /// chunk by chunk, from every holder at once, resumed where an interrupted pull stopped.
+    Pull {
+        /// Its name, digest or digest prefix, as `hearth peers` lists it.
+        model: String,
+        /// Name to list it under here (default: the holder's).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Delete a cached model.
     Remove {
         /// Name or digest prefix.

@@ -143,53 +143,90 @@ impl LocalNode {
         mut on_text: impl FnMut(&str) -> bool,
     ) -> Result<Streamed> {
         body["stream"] = Value::Bool(true);
+        let mut out = Streamed::default();
+        let mut failed = None;
+        // The reply ends with [DONE], or when `on_text` stops it; anything else ended early.
+        let mut over = false;
+        self.events(path, &body, |v| {
+            if v.is_null() {
+                over = true;
+            } else if v.get("error").is_some() {
+                failed = Some(v.clone());
+            } else {
+                over = !out.read_event(v, &mut on_text);
+            }
+            !over && failed.is_none()
+        })?;
+        if let Some(body) = failed {
+            return Err(NodeError::from_body(200, &body).into());
+        }
+        if !over {
+            bail!("the reply stream ended early")
+        }
+        Ok(out)
+    }
+
+    /// Posts `body` to `path` and calls `on_event` with each server-sent event's JSON (`null`
+    /// for `[DONE]`) until it returns `false` or the stream ends.
+    pub fn events(
+        &self,
+        path: &str,
+        body: &Value,
+        mut on_event: impl FnMut(&Value) -> bool,
+    ) -> Result<()> {
         let r = self
             .request(reqwest::Method::POST, path)
-            .json(&body)
+            .json(body)
             .send()
             .with_context(|| format!("cannot reach the node at {}", self.base))?;
         let r = Self::checked(r)?;
-        let status = r.status().as_u16();
-        let mut out = Streamed::default();
         for line in BufReader::new(r).lines() {
-            let line = line.context("the reply stream broke")?;
+            let line = line.context("the event stream broke")?;
             let Some(data) = line.strip_prefix("data:").map(str::trim) else {
                 continue;
             };
-            if data == "[DONE]" {
-                return Ok(out);
-            }
-            let v: Value = serde_json::from_str(data).context("the node sent a bad event")?;
-            if v.get("error").is_some() {
-                return Err(NodeError::from_body(status, &v).into());
-            }
-            if let Some(c) = v["hearth"]["conversation"].as_str() {
-                out.conversation = Some(c.to_owned());
-            }
-            if let Some(n) = v["hearth"]["node"].as_str() {
-                if out.nodes.last().map(String::as_str) != Some(n) {
-                    out.nodes.push(n.to_owned());
-                }
-            }
-            let choice = &v["choices"][0];
-            let piece = choice["delta"]["content"]
-                .as_str()
-                .or_else(|| choice["text"].as_str())
-                .unwrap_or("");
-            if !piece.is_empty() {
-                out.text.push_str(piece);
-                if !on_text(piece) {
-                    return Ok(out);
-                }
-            }
-            if let Some(f) = choice["finish_reason"].as_str() {
-                out.finish = Some(f.to_owned());
-            }
-            if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
-                out.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0);
-                out.completion_tokens = u["completion_tokens"].as_u64().unwrap_or(0);
+            let v: Value = if data == "[DONE]" {
+                Value::Null
+            } else {
+                serde_json::from_str(data).context("the node sent a bad event")?
+            };
+            if !on_event(&v) {
+                return Ok(());
             }
         }
-        bail!("the reply stream ended early")
+        Ok(())
+    }
+}
+
+impl Streamed {
+    /// Takes one event of a streamed reply; false when `on_text` asked to stop.
+    fn read_event(&mut self, v: &Value, on_text: &mut impl FnMut(&str) -> bool) -> bool {
+        if let Some(c) = v["hearth"]["conversation"].as_str() {
+            self.conversation = Some(c.to_owned());
+        }
+        if let Some(n) = v["hearth"]["node"].as_str() {
+            if self.nodes.last().map(String::as_str) != Some(n) {
+                self.nodes.push(n.to_owned());
+            }
+        }
+        let choice = &v["choices"][0];
+        let piece = choice["delta"]["content"]
+            .as_str()
+            .or_else(|| choice["text"].as_str())
+            .unwrap_or("");
+        if !piece.is_empty() {
+            self.text.push_str(piece);
+            if !on_text(piece) {
+                return false;
+            }
+        }
+        if let Some(f) = choice["finish_reason"].as_str() {
+            self.finish = Some(f.to_owned());
+        }
+        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+            self.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0);
+            self.completion_tokens = u["completion_tokens"].as_u64().unwrap_or(0);
+        }
+        true
     }
 }

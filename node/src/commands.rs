@@ -40,7 +40,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => run::run(&data, &cache, args),
         Command::Chat(args) => chat::chat(&data, &cache, args),
         Command::Bench(args) => bench::bench(&cache, args),
-        Command::Models(cmd) => models::models(&cache, cmd),
+        Command::Models(cmd) => models::models(&data, &cache, cmd),
         Command::Node(args) => node::node(data, args),
         Command::Household(cmd) => household::household(&data, cmd),
         Command::History(cmd) => history::history(&data, cmd),

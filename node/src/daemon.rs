@@ -1,5 +1,5 @@
 //! `hearth node`: the composition root. Starts the engine, the mesh and each protocol over it
-//! (cards, jobs, split stages, history sync), then the HTTP API; records where it listens; and on SIGINT/SIGTERM stops taking
+//! (cards, jobs, split stages, model sharing, history sync), then the HTTP API; records where it listens; and on SIGINT/SIGTERM stops taking
 //! work, lets in-flight replies finish, tells peers and exits.
 
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::models::ModelCache;
 use crate::node::Node;
 use crate::runtime_file::RuntimeInfo;
-use crate::split;
+use crate::{share, split};
 use crate::{api, durable, identity, logs};
 
 /// Test hook: milliseconds added to every model load, so tests can watch a node while it loads.
@@ -118,6 +118,7 @@ async fn serve(
         Arc::new(move || cards::build_card(&name, &mesh, &engine))
     };
     let cards = cards::start(&mesh, card.clone())?;
+    let share = share::start(&mesh, cards.clone(), cache.clone(), metrics.clone())?;
     jobs::serve(&mesh, engine.clone())?;
     let stages = split::Host::new(
         mesh.clone(),
@@ -147,6 +148,7 @@ async fn serve(
         api_token: config.api_token.clone(),
         drain: drain.clone(),
         history,
+        share,
         sampling: config.sampling,
         queue_timeout: config.queue_timeout,
     });

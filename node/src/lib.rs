@@ -2,7 +2,7 @@
 //! daemon. Grouped by capability: `mesh` (transport, discovery, peers, streams per protocol),
 //! `cards` and `jobs` (protocols over the mesh), `chat` (the one path from a request to a reply:
 //! members, routing, dispatch), `history` (conversations as Automerge documents: store, recording,
-//! sync), `models` (the cache), `api` (HTTP shapes), `daemon` (the
+//! sync), `models` (the cache and other tools' stores), `share` (models pulled from peers), `api` (HTTP shapes), `daemon` (the
 //! composition root), `commands` (the CLI).
 
 pub mod api;
@@ -28,4 +28,5 @@ pub mod metrics;
 pub mod models;
 pub mod node;
 pub mod runtime_file;
+pub mod share;
 pub mod split;

@@ -19,6 +19,14 @@ pub struct Metrics {
     pub stage_frames_refused: AtomicU64,
     /// Bytes this node sent to the next stage of a split, by the sending stage's index.
     pub split_hop_bytes: [AtomicU64; MAX_HOPS],
+    /// Model bytes sent to peers, and verified model bytes received from them.
+    pub blob_bytes_sent: AtomicU64,
+    pub blob_bytes_received: AtomicU64,
+    /// Chunks a peer sent that did not verify (the peer is not asked again for that model).
+    pub blob_bad_chunks: AtomicU64,
+    /// Pulls finished (the file verified and in the cache), and pulls that failed.
+    pub pulls_completed: AtomicU64,
+    pub pulls_failed: AtomicU64,
 }
 
 /// Hops counted separately in `/metrics` (stages beyond share the last count).
@@ -113,6 +121,31 @@ impl Metrics {
                 "hearth_stage_frames_refused_total",
                 "Stage frames refused: wrong session, shape, dtype or layers.",
                 counter(&self.stage_frames_refused),
+            ),
+            (
+                "hearth_blob_bytes_sent_total",
+                "Model bytes sent to peers pulling a model.",
+                counter(&self.blob_bytes_sent),
+            ),
+            (
+                "hearth_blob_bytes_received_total",
+                "Verified model bytes received from peers.",
+                counter(&self.blob_bytes_received),
+            ),
+            (
+                "hearth_blob_bad_chunks_total",
+                "Model chunks from peers that did not verify (each peer is then not asked again for that model).",
+                counter(&self.blob_bad_chunks),
+            ),
+            (
+                "hearth_pulls_completed_total",
+                "Models pulled from peers and verified.",
+                counter(&self.pulls_completed),
+            ),
+            (
+                "hearth_pulls_failed_total",
+                "Pulls that failed (what they fetched is kept for the next try).",
+                counter(&self.pulls_failed),
             ),
             (
                 "hearth_queue_depth",

@@ -8,6 +8,7 @@ use crate::history::History;
 use crate::jobs::Engine;
 use crate::mesh::Mesh;
 use crate::metrics::{Gauges, Metrics};
+use crate::share::Share;
 
 /// A running node.
 pub struct Node {
@@ -22,6 +23,8 @@ pub struct Node {
     pub api_token: Option<String>,
     /// Whether the node is shutting down, and what is still in flight.
     pub drain: Arc<Drain>,
+    /// Models pulled from peers.
+    pub share: Arc<Share>,
     /// The household's conversations.
     pub history: Arc<History>,
     /// Sampling defaults for requests received here (the node's `[sampling]` config).

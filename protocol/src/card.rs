@@ -94,6 +94,9 @@ pub struct ModelInfo {
     pub parameters: u64,
     /// The model's layers, for planning splits; `None` for architectures hearth cannot run.
     pub layout: Option<ModelLayout>,
+    /// Root of the file's chunk manifest (`blob::Manifest::root`), when the node has one: what
+    /// a peer pulling the model verifies the manifest against before the first byte.
+    pub manifest_root: Option<String>,
 }
 
 /// What a model's parts weigh in memory: what the split planner places on nodes.

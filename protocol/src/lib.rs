@@ -1,6 +1,7 @@
 //! hearth's wire format: the messages peers exchange, their length-prefixed framing and limits,
 //! and the household join code. Pure data and pure functions: no sockets, no runtime.
 
+pub mod blob;
 pub mod card;
 pub mod frame;
 pub mod history;
@@ -9,6 +10,7 @@ pub mod job;
 pub mod stage;
 pub mod sync;
 
+pub use blob::{BlobFrame, BlobRequest, Manifest, ManifestBuilder, ManifestReader};
 pub use card::{
     Card, CardReply, CardRequest, Device, DeviceKind, ModelInfo, ModelLayout, ModelSpeed,
 };
@@ -24,8 +26,9 @@ pub use sync::SyncFrame;
 /// Version of the hearth protocol spoken by this build; peers with another version are refused.
 /// (2: jobs name models by full digest only; `FailCode::ContextOverflow`; sampling settings
 /// left unset for the serving node; raw prompts say whether control tokens are parsed.
-/// 3: split stages, memory and layouts on cards. 4: cards count tokens generated.)
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 3: split stages, memory and layouts on cards. 4: cards count tokens generated. 5: model files
+/// between peers, manifest roots on cards.)
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// libp2p protocol name of the capability-card exchange.
 pub const CARD_PROTOCOL: &str = "/hearth/card/1";
@@ -38,3 +41,6 @@ pub const SYNC_PROTOCOL: &str = "/hearth/sync/1";
 
 /// Pipeline stages of a split model: sessions, token ids and hidden states.
 pub const STAGE_PROTOCOL: &str = "/hearth/stage/1";
+
+/// Model files between peers: manifests and verified chunks.
+pub const BLOB_PROTOCOL: &str = "/hearth/blob/1";

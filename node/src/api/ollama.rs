@@ -249,12 +249,71 @@ pub async fn embed() -> OllamaError {
     not_found("hearth serves no embedding models yet; /api/embed arrives with them")
 }
 
-/// `POST /api/pull`: not yet.
-pub async fn pull() -> OllamaError {
-    not_found(
-        "hearth cannot pull models yet: import a GGUF file with `hearth models import FILE` \
-         on a household node, and every node can use it",
-    )
+/// `POST /api/pull`: pulls the model from a household node that holds it (never from the
+/// internet), reporting progress as Ollama does: NDJSON lines of status, digest, total and
+/// completed, then `{"status":"success"}`.
+pub async fn pull(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response, OllamaError> {
+    #[derive(Deserialize)]
+    struct PullBody {
+        model: Option<String>,
+        name: Option<String>,
+        stream: Option<bool>,
+    }
+    let b: PullBody = parse(&body)?;
+    let Some(model) = b.model.or(b.name) else {
+        return Err(bad("model is required"));
+    };
+    let started = super::share::start(&node, hearth_name(&model), None).map_err(|e| {
+        if e.status() == StatusCode::NOT_FOUND {
+            not_found(format!(
+                "pull model manifest: {} (hearth pulls only from household nodes; import a GGUF file with `hearth models import FILE` on one of them)",
+                e.message()
+            ))
+        } else {
+            OllamaError(e)
+        }
+    })?;
+    let rx = match started {
+        crate::share::Started::Present(_) => {
+            return Ok(Json(json!({"status": "success"})).into_response())
+        }
+        crate::share::Started::Pulling(rx) => rx,
+    };
+    if !b.stream.unwrap_or(true) {
+        let last = super::share::finished(rx).await;
+        return Ok(match last.error {
+            None => Json(json!({"status": "success"})).into_response(),
+            Some(e) => (StatusCode::BAD_GATEWAY, Json(json!({"error": e}))).into_response(),
+        });
+    }
+    use futures::StreamExt;
+    let lines = super::share::progress_stream(rx).flat_map(|p| {
+        let digest = format!("sha256:{}", p.digest);
+        let lines: Vec<Value> = match p.status {
+            "manifest" => vec![json!({"status": "pulling manifest"})],
+            "pulling" => vec![json!({
+                "status": format!("pulling {}", &p.digest[..12]),
+                "digest": digest,
+                "total": p.total,
+                "completed": p.completed,
+            })],
+            "verifying" => vec![json!({"status": "verifying sha256 digest"})],
+            "success" => vec![
+                json!({"status": "writing manifest"}),
+                json!({"status": "success"}),
+            ],
+            _ => vec![json!({"error": p.error.unwrap_or_else(|| "the pull failed".into())})],
+        };
+        futures::stream::iter(
+            lines
+                .into_iter()
+                .map(|l| Ok::<_, std::convert::Infallible>(format!("{l}\n"))),
+        )
+    });
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(lines))
+        .expect("static response"))
 }
 
 /// Ollama's `options` (the ones hearth uses; others are ignored, as Ollama ignores unknown ones).

@@ -24,6 +24,7 @@ pub fn build_card(name: &str, mesh: &Mesh, engine: &Engine) -> Card {
             layers: m.summary.layers.unwrap_or(0) as u32,
             parameters: m.summary.parameters,
             layout: m.summary.layout,
+            manifest_root: m.manifest_root,
         })
         .collect();
     Card {

@@ -274,6 +274,7 @@ mod tests {
             layers: 30,
             parameters: 135_000_000,
             layout: None,
+            manifest_root: None,
         }
     }
 

@@ -1,16 +1,19 @@
-//! `hearth models list|import|remove`, and `import --scan` over other tools' model stores.
+//! `hearth models list|import|pull|remove`, and `import --scan` over other tools' model stores.
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::ModelsCommand;
+use crate::client::LocalNode;
+use crate::data_dir::DataDir;
 use crate::models::scan::{self, Found, Places};
 use crate::models::{Imported, ModelCache, Store};
 
-pub(super) fn models(cache: &ModelCache, cmd: ModelsCommand) -> Result<()> {
+pub(super) fn models(data: &DataDir, cache: &ModelCache, cmd: ModelsCommand) -> Result<()> {
     match cmd {
+        ModelsCommand::Pull { model, name } => pull(data, &model, name.as_deref()),
         ModelsCommand::List { json } => list(cache, json),
         ModelsCommand::Import {
             path: Some(path),
@@ -31,6 +34,80 @@ pub(super) fn models(cache: &ModelCache, cmd: ModelsCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Pulls a model through the running node, with a progress bar (rate and ETA).
+fn pull(data: &DataDir, model: &str, name: Option<&str>) -> Result<()> {
+    let node = LocalNode::find(data).context(
+        "no hearth node is running here: pulls go through it (it knows the household); start one with `hearth node`",
+    )?;
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(format!("pulling {model}"));
+    let mut last = serde_json::Value::Null;
+    node.events(
+        "/api/models/pull",
+        &serde_json::json!({"model": model, "name": name}),
+        |p| {
+            if let (Some(total), Some(done)) = (p["total"].as_u64(), p["completed"].as_u64()) {
+                if bar.length() == Some(0) {
+                    // What an earlier, interrupted pull left is not counted in the rate.
+                    bar.set_length(total);
+                    bar.set_position(done);
+                    bar.reset_eta();
+                }
+                bar.set_position(done);
+            }
+            if p["status"] == "verifying" {
+                bar.set_message("checking its SHA-256");
+            }
+            last = p.clone();
+            p["status"] != "success" && p["status"] != "failed"
+        },
+    )?;
+    bar.finish_and_clear();
+    if last["status"] == "failed" || last.is_null() {
+        bail!(
+            "pulling {model} failed: {}",
+            last["error"].as_str().unwrap_or("the node's stream ended early")
+        );
+    }
+    let from: Vec<String> = last["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["bytes"].as_u64() > Some(0))
+        .map(|p| format!("{} {} MB", p["node"].as_str().unwrap_or("?"), p["bytes"].as_u64().unwrap_or(0) >> 20))
+        .collect();
+    let resumed = last["resumed"].as_u64().unwrap_or(0);
+    if from.is_empty() && Some(resumed) == last["total"].as_u64() {
+        println!(
+            "{model} is in this node's cache already, as {}",
+            last["name"].as_str().unwrap_or(model)
+        );
+        return Ok(());
+    }
+    println!(
+        "pulled {model} as {} [{}]{}{}",
+        last["name"].as_str().unwrap_or(model),
+        last["digest"].as_str().map_or("", |d| &d[..12]),
+        if from.is_empty() {
+            String::new()
+        } else {
+            format!(" from {}", from.join(", "))
+        },
+        if resumed > 0 {
+            format!(" ({} MB were here from an earlier pull)", resumed >> 20)
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
 }
 
 /// Imports one file, with a progress bar (rate and bytes) while it is read.

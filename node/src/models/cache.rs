@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use hearth_protocol::{Manifest, ManifestBuilder};
 use hearth_shards::{Gguf, ModelSummary};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -23,6 +24,10 @@ pub struct CachedModel {
     pub digest: String,
     pub size: u64,
     pub summary: ModelSummary,
+    /// Root of the file's chunk manifest (stored beside the file), once computed: at import,
+    /// or at the node's start for models imported before manifests existed.
+    #[serde(default)]
+    pub manifest_root: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -77,6 +82,49 @@ impl ModelCache {
     /// Where a model with `digest` is stored.
     pub fn file_path(&self, digest: &str) -> PathBuf {
         self.dir.join(format!("{digest}.gguf"))
+    }
+
+    /// Where the chunk manifest of the model with `digest` is stored.
+    fn manifest_path(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("{digest}.chunks"))
+    }
+
+    /// The cache's folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The chunk manifest of the cached model with `digest`; `None` when none is stored (or it
+    /// is damaged: [`Self::ensure_manifests`] makes it again).
+    pub fn manifest(&self, digest: &str) -> Option<Manifest> {
+        Manifest::from_bytes(&fs::read(self.manifest_path(digest)).ok()?)
+    }
+
+    /// Computes the manifests that models imported before manifests existed lack (reading each
+    /// such file once) and records their roots; returns how many it made.
+    pub fn ensure_manifests(&self) -> Result<usize> {
+        let mut made = 0;
+        for m in self.list()? {
+            if m.manifest_root.is_some() && self.manifest(&m.digest).is_some() {
+                continue;
+            }
+            let path = self.file_path(&m.digest);
+            let (_, manifest) = hash_into(&path, None, m.size, &|_, _| {})?;
+            self.save_manifest(&m.digest, &manifest)?;
+            let mut index = self.load_index()?;
+            if let Some(e) = index.models.iter_mut().find(|e| e.digest == m.digest) {
+                e.manifest_root = Some(manifest.root());
+            }
+            self.save_index(&index)?;
+            made += 1;
+        }
+        Ok(made)
+    }
+
+    fn save_manifest(&self, digest: &str, manifest: &Manifest) -> Result<()> {
+        let path = self.manifest_path(digest);
+        durable::write_atomic(&path, &manifest.to_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))
     }
 
     fn load_index(&self) -> Result<Index> {
@@ -152,10 +200,10 @@ impl ModelCache {
         let _ = fs::remove_file(&tmp);
         // Either way the file is read once.
         let linked = how == Store::Link && fs::hard_link(src, &tmp).is_ok();
-        let digest = if linked {
-            hash_file(&tmp, total, progress)
+        let (digest, manifest) = if linked {
+            hash_into(&tmp, None, total, progress)
         } else {
-            copy_hashing(src, &tmp, total, progress)
+            hash_into(src, Some(&tmp), total, progress)
         }
         .inspect_err(|_| {
             let _ = fs::remove_file(&tmp);
@@ -166,7 +214,7 @@ impl ModelCache {
                 bail!("{} has SHA-256 {digest}, expected {e}: the file is corrupt or not the one you meant; download it again", src.display());
             }
         }
-        let mut index = self.load_index()?;
+        let index = self.load_index()?;
         if let Some(existing) = index.models.iter().find(|m| m.digest == digest) {
             let _ = fs::remove_file(&tmp);
             return Ok(Imported::AlreadyPresent(existing.clone()));
@@ -182,20 +230,76 @@ impl ModelCache {
                 &taken.digest[..12]
             );
         }
-        durable::rename_durable(&tmp, &self.file_path(&digest))?;
-        let entry = CachedModel {
-            name,
-            digest,
-            size: total,
-            summary,
-        };
-        index.models.push(entry.clone());
-        self.save_index(&index)?;
+        let entry = self.enter(&tmp, name, digest, summary, &manifest)?;
         Ok(if linked {
             Imported::Linked(entry)
         } else {
             Imported::Added(entry)
         })
+    }
+
+    /// Adds the verified file `tmp` (fsynced, its SHA-256 `digest` checked) under `name`:
+    /// its manifest first, then the file renamed into place, then the index entry.
+    fn enter(
+        &self,
+        tmp: &Path,
+        name: String,
+        digest: String,
+        summary: ModelSummary,
+        manifest: &Manifest,
+    ) -> Result<CachedModel> {
+        self.save_manifest(&digest, manifest)?;
+        durable::rename_durable(tmp, &self.file_path(&digest))?;
+        let entry = CachedModel {
+            name,
+            size: manifest.size,
+            manifest_root: Some(manifest.root()),
+            digest,
+            summary,
+        };
+        let mut index = self.load_index()?;
+        index.models.retain(|m| m.digest != entry.digest);
+        index.models.push(entry.clone());
+        self.save_index(&index)?;
+        Ok(entry)
+    }
+
+    /// Adds a pulled file: `tmp` holds every byte of the model with `digest` (fsynced), each
+    /// chunk verified against `manifest`. Checks the whole file's SHA-256, then enters it under
+    /// `name` (the name it has on the household, or the digest's first 12 characters' model
+    /// name when that name is taken here by another model).
+    pub fn add_pulled(
+        &self,
+        tmp: &Path,
+        name: &str,
+        digest: &str,
+        manifest: &Manifest,
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<CachedModel> {
+        let (got, _) = hash_into(tmp, None, manifest.size, progress)?;
+        if got != digest {
+            bail!("the pulled file has SHA-256 {got}, not {digest}: the holders' manifest does not describe the model");
+        }
+        let gguf = Gguf::open(tmp).context("the pulled file is not a GGUF model")?;
+        let summary = ModelSummary::of(&gguf)?;
+        drop(gguf);
+        let index = self.load_index()?;
+        if let Some(existing) = index.models.iter().find(|m| m.digest == digest) {
+            let _ = fs::remove_file(tmp);
+            return Ok(existing.clone());
+        }
+        let taken = |n: &str| index.models.iter().any(|m| m.name.eq_ignore_ascii_case(n));
+        let name = if validate_name(name).is_err() || taken(name) {
+            format!("{}-{}", name.chars().take(40).collect::<String>(), &digest[..8])
+        } else {
+            name.to_owned()
+        };
+        let name = if validate_name(&name).is_ok() && !taken(&name) {
+            name
+        } else {
+            format!("model-{}", &digest[..12])
+        };
+        self.enter(tmp, name, digest.to_owned(), summary, manifest)
     }
 
     /// Removes a cached model by name or digest prefix.
@@ -204,6 +308,7 @@ impl ModelCache {
         let entry = find(&index.models, query)?.clone();
         index.models.retain(|m| m.digest != entry.digest);
         self.save_index(&index)?;
+        let _ = fs::remove_file(self.manifest_path(&entry.digest));
         fs::remove_file(self.file_path(&entry.digest)).or_else(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 Ok(())
@@ -305,27 +410,20 @@ fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The SHA-256 of `path`, read once.
-fn hash_file(path: &Path, total: u64, progress: &dyn Fn(u64, u64)) -> Result<String> {
-    hash_into(path, None, total, progress)
-}
-
-/// Copies `src` to `dst` (fsynced), returning its SHA-256.
-fn copy_hashing(src: &Path, dst: &Path, total: u64, progress: &dyn Fn(u64, u64)) -> Result<String> {
-    hash_into(src, Some(dst), total, progress)
-}
-
+/// Reads `src` once, copying it to `dst` (fsynced) when given; returns its SHA-256 and its
+/// chunk manifest.
 fn hash_into(
     src: &Path,
     dst: Option<&Path>,
     total: u64,
     progress: &dyn Fn(u64, u64),
-) -> Result<String> {
+) -> Result<(String, Manifest)> {
     let mut input = File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
     let mut output = dst
         .map(|d| File::create(d).with_context(|| format!("cannot write {}", d.display())))
         .transpose()?;
     let mut hasher = Sha256::new();
+    let mut chunks = ManifestBuilder::default();
     let mut buf = vec![0u8; 1 << 20];
     let mut done = 0u64;
     loop {
@@ -334,6 +432,7 @@ fn hash_into(
             break;
         }
         hasher.update(&buf[..n]);
+        chunks.update(&buf[..n]);
         if let Some(output) = &mut output {
             output.write_all(&buf[..n])?;
         }
@@ -343,9 +442,10 @@ fn hash_into(
     if let Some(output) = &output {
         output.sync_all()?;
     }
-    Ok(hasher
+    let digest = hasher
         .finalize()
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect())
+        .collect();
+    Ok((digest, chunks.finish()))
 }

@@ -1,0 +1,237 @@
+//! Models shared between household nodes: a model any node holds is one LAN transfer away.
+//! Holders serve `/hearth/blob/1` (`server`); a pull (`pull`) takes the manifest root from the
+//! holders' cards, checks the manifest against it, fetches chunks from every holder at once
+//! (`plan`, the pure core: who sends which chunk), verifies each as it arrives, and enters the
+//! file into the cache once its SHA-256 matches. An interrupted pull resumes from what is on disk.
+
+pub mod plan;
+pub mod pull;
+mod server;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use hearth_protocol::{is_digest, BLOB_PROTOCOL};
+use libp2p::PeerId;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::cards::Cards;
+use crate::mesh::Mesh;
+use crate::metrics::Metrics;
+use crate::models::{CachedModel, ModelCache};
+pub use pull::Progress;
+pub use server::CHUNK_DELAY_VAR;
+
+/// Sharing's state on this node: the pulls running, and the holders caught sending bad bytes.
+pub struct Share {
+    mesh: Mesh,
+    cards: Cards,
+    cache: ModelCache,
+    metrics: Arc<Metrics>,
+    pulls: Mutex<HashMap<String, watch::Receiver<Progress>>>,
+    /// (holder, model digest) pairs that sent chunks that did not verify.
+    bad: Mutex<HashSet<(PeerId, String)>>,
+}
+
+impl std::fmt::Debug for Share {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Share")
+    }
+}
+
+/// A model some household node holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Offer {
+    pub name: String,
+    pub digest: String,
+    pub size: u64,
+}
+
+/// Why a pull cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Ambiguous(String),
+    #[error("{0}")]
+    NotReady(String),
+}
+
+/// What asking for a pull gave.
+#[derive(Debug)]
+pub enum Started {
+    /// The model is in this node's cache already.
+    Present(CachedModel),
+    /// A pull runs (started now, or joined): its progress.
+    Pulling(watch::Receiver<Progress>),
+}
+
+/// Serves this node's models to peers; returns the handle that pulls.
+pub fn start(
+    mesh: &Mesh,
+    cards: Cards,
+    cache: ModelCache,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<Share>> {
+    let incoming = mesh.accept(BLOB_PROTOCOL)?;
+    tokio::spawn(server::serve(incoming, cache.clone(), metrics.clone()));
+    // Models imported before manifests existed get theirs, off the runtime: their cards show
+    // no root (and peers cannot pull them from here) until then.
+    let c = cache.clone();
+    tokio::task::spawn_blocking(move || match c.ensure_manifests() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(models = n, "made chunk manifests for models imported earlier"),
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot make chunk manifests"),
+    });
+    Ok(Arc::new(Share {
+        mesh: mesh.clone(),
+        cards,
+        cache,
+        metrics,
+        pulls: Mutex::new(HashMap::new()),
+        bad: Mutex::new(HashSet::new()),
+    }))
+}
+
+/// A holder of one model, as its card says.
+#[derive(Debug, Clone)]
+pub(crate) struct Holding {
+    pub peer: PeerId,
+    pub node: String,
+    pub root: Option<String>,
+}
+
+impl Share {
+    /// Connected peers holding the model with `digest`, with the manifest root each advertises.
+    pub(crate) fn holders(&self, digest: &str) -> Vec<Holding> {
+        self.mesh
+            .peers()
+            .into_iter()
+            .filter_map(|link| {
+                let card = self.cards.get(&link.peer)?;
+                let m = card.models.iter().find(|m| m.digest == digest)?;
+                Some(Holding {
+                    peer: link.peer,
+                    node: card.name.clone(),
+                    root: m.manifest_root.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Whether `peer` sent bad bytes of `digest` before.
+    pub(crate) fn is_bad(&self, peer: PeerId, digest: &str) -> bool {
+        self.bad
+            .lock()
+            .expect("bad lock")
+            .contains(&(peer, digest.to_owned()))
+    }
+
+    pub(crate) fn mark_bad(&self, peer: PeerId, digest: &str) {
+        self.bad
+            .lock()
+            .expect("bad lock")
+            .insert((peer, digest.to_owned()));
+    }
+
+    /// Every model the household's connected peers hold, by digest.
+    pub fn offers(&self) -> Vec<Offer> {
+        let mut out: Vec<Offer> = Vec::new();
+        for link in self.mesh.peers() {
+            let Some(card) = self.cards.get(&link.peer) else {
+                continue;
+            };
+            for m in card.models {
+                if !out.iter().any(|o| o.digest == m.digest) {
+                    out.push(Offer {
+                        name: m.name,
+                        digest: m.digest,
+                        size: m.size,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// The household model that `query` names: a name (case-insensitive), a full digest, or a
+    /// digest prefix of at least 4 characters.
+    pub fn find(&self, query: &str) -> Result<Offer, PullError> {
+        let offers = self.offers();
+        let q = query.to_lowercase();
+        let by_name: Vec<&Offer> = offers
+            .iter()
+            .filter(|o| o.name.eq_ignore_ascii_case(query))
+            .collect();
+        let hits: Vec<&Offer> = if !by_name.is_empty() {
+            by_name
+        } else if q.len() >= 4 && q.chars().all(|c| c.is_ascii_hexdigit()) {
+            offers.iter().filter(|o| o.digest.starts_with(&q)).collect()
+        } else {
+            Vec::new()
+        };
+        match hits.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] if offers.is_empty() => Err(PullError::NotFound(format!(
+                "no household node holds {query}: no connected peer has any model"
+            ))),
+            [] => Err(PullError::NotFound(format!(
+                "no household node holds {query} (they hold: {})",
+                offers
+                    .iter()
+                    .map(|o| format!("{} [{}]", o.name, &o.digest[..12]))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+            many => Err(PullError::Ambiguous(format!(
+                "{query} names {} different models ({}); give the digest",
+                many.len(),
+                many.iter()
+                    .map(|o| format!("{} [{}]", o.name, &o.digest[..12]))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    /// Pulls the model `query` names into this node's cache, or joins the pull of it that runs;
+    /// `name` overrides the name it gets here. Fails at once when no connected peer holds it.
+    pub fn pull(self: &Arc<Self>, query: &str, name: Option<&str>) -> Result<Started, PullError> {
+        let local = self
+            .cache
+            .list()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|m| m.name.eq_ignore_ascii_case(query) || (is_digest(query) && m.digest == query));
+        if let Some(m) = local {
+            return Ok(Started::Present(m));
+        }
+        let offer = self.find(query)?;
+        if let Ok(Some(m)) = self.cache.by_digest(&offer.digest) {
+            return Ok(Started::Present(m));
+        }
+        let mut pulls = self.pulls.lock().expect("pulls lock");
+        if let Some(running) = pulls.get(&offer.digest) {
+            if running.borrow().is_running() {
+                return Ok(Started::Pulling(running.clone()));
+            }
+        }
+        let holders = self.holders(&offer.digest);
+        if !holders.iter().any(|h| h.root.is_some()) {
+            return Err(PullError::NotReady(format!(
+                "the nodes holding {} have not indexed its chunks yet (they do so when they start); try again in a moment",
+                offer.name
+            )));
+        }
+        let rx = pull::start(
+            self.clone(),
+            offer.clone(),
+            name.unwrap_or(&offer.name).to_owned(),
+        );
+        pulls.insert(offer.digest, rx.clone());
+        Ok(Started::Pulling(rx))
+    }
+}

@@ -1,0 +1,474 @@
+//! One pull: the manifest from a holder (checked against the root most holders' cards carry),
+//! what is on disk already kept, chunks fetched from every usable holder at once and verified as
+//! they arrive, then the whole file's SHA-256 checked and the file entered into the cache.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hearth_protocol::blob::{BlobError, Manifest, MAX_CHUNKS_PER_REQUEST};
+use hearth_protocol::{BlobFrame, BlobRequest, ManifestReader, BLOB_PROTOCOL};
+use libp2p::PeerId;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::plan::{Plan, Standing};
+use super::{Holding, Offer, Share};
+use crate::mesh::wire::read_frame;
+use crate::metrics::Metrics;
+
+/// Chunks asked for in one request (8 MiB).
+const BATCH: u32 = 32;
+/// Requests in flight to one holder.
+const PER_HOLDER: usize = 2;
+/// Longest wait for the next chunk of a request.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a pull waits for a usable holder to (re)appear before it gives up.
+const NO_HOLDER_WAIT: Duration = Duration::from_secs(60);
+/// How often the pull looks at the cards for new holders.
+const LOOK: Duration = Duration::from_millis(500);
+
+/// Where a pull stands, as the API streams it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    pub model: String,
+    pub digest: String,
+    /// "manifest", "pulling", "verifying", "success" or "failed".
+    pub status: &'static str,
+    /// Bytes in the file, bytes here (verified), bytes that were here when the pull started.
+    pub total: u64,
+    pub completed: u64,
+    pub resumed: u64,
+    /// Bytes per holder.
+    pub peers: Vec<PeerProgress>,
+    /// The name the model got in this node's cache, once it is there.
+    pub name: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerProgress {
+    pub node: String,
+    pub peer: String,
+    pub bytes: u64,
+    /// "ok", "failed" (its stream broke) or "bad" (it sent bytes that did not verify).
+    pub standing: &'static str,
+}
+
+impl Progress {
+    /// A model that is here already: a pull with nothing to do.
+    pub fn present(m: &crate::models::CachedModel) -> Progress {
+        Progress {
+            model: m.name.clone(),
+            digest: m.digest.clone(),
+            status: "success",
+            total: m.size,
+            completed: m.size,
+            resumed: m.size,
+            peers: Vec::new(),
+            name: Some(m.name.clone()),
+            error: None,
+        }
+    }
+
+    /// Whether the pull still runs.
+    pub fn is_running(&self) -> bool {
+        !matches!(self.status, "success" | "failed")
+    }
+}
+
+/// The temp file a pull of `digest` fills; it stays when a pull fails, for the next to resume.
+pub fn partial_path(share: &Share, digest: &str) -> PathBuf {
+    share.cache.dir().join(format!(".pull-{digest}.partial"))
+}
+
+struct Job {
+    share: Arc<Share>,
+    offer: Offer,
+    name: String,
+    root: String,
+    manifest: Manifest,
+    file: Arc<File>,
+    plan: Mutex<Plan<PeerId>>,
+    nodes: Mutex<Vec<(PeerId, String)>>,
+    progress: watch::Sender<Progress>,
+}
+
+/// Starts pulling `offer`, to be named `name` here.
+pub(super) fn start(share: Arc<Share>, offer: Offer, name: String) -> watch::Receiver<Progress> {
+    let (tx, rx) = watch::channel(Progress {
+        model: offer.name.clone(),
+        digest: offer.digest.clone(),
+        status: "manifest",
+        total: offer.size,
+        completed: 0,
+        resumed: 0,
+        peers: Vec::new(),
+        name: None,
+        error: None,
+    });
+    tokio::spawn(async move {
+        let metrics = share.metrics.clone();
+        let started = Instant::now();
+        match run(share, offer.clone(), name, tx.clone()).await {
+            Ok(entry) => {
+                Metrics::inc(&metrics.pulls_completed);
+                tracing::info!(model = %entry, digest = %offer.digest, seconds = started.elapsed().as_secs_f32(), "pulled a model from the household");
+            }
+            Err(e) => {
+                Metrics::inc(&metrics.pulls_failed);
+                tracing::warn!(model = %offer.name, error = %e, "pull failed");
+                tx.send_modify(|p| {
+                    p.status = "failed";
+                    p.error = Some(e);
+                });
+            }
+        }
+    });
+    rx
+}
+
+/// The pull; returns the name the model got here.
+async fn run(
+    share: Arc<Share>,
+    offer: Offer,
+    name: String,
+    progress: watch::Sender<Progress>,
+) -> Result<String, String> {
+    let (root, manifest) = manifest(&share, &offer.digest).await?;
+    let path = partial_path(&share, &offer.digest);
+    let (file, have) = {
+        let (p, m) = (path.clone(), manifest.clone());
+        tokio::task::spawn_blocking(move || open_partial(&p, &m))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?
+    };
+    let plan = Plan::new(manifest.size, manifest.chunk_size, |_| true, |i| {
+        have[i as usize]
+    });
+    if plan.resumed > 0 {
+        tracing::info!(model = %offer.name, bytes = plan.resumed, "resuming a pull: these bytes are here already");
+    }
+    let job = Arc::new(Job {
+        share,
+        name,
+        root,
+        manifest,
+        file: Arc::new(file),
+        plan: Mutex::new(plan),
+        nodes: Mutex::new(Vec::new()),
+        progress,
+        offer,
+    });
+    job.report("pulling");
+    fetch_all(&job).await?;
+    job.report("verifying");
+    let j = job.clone();
+    let entry = tokio::task::spawn_blocking(move || {
+        j.file.sync_all().map_err(|e| e.to_string())?;
+        j.share
+            .cache
+            .add_pulled(&path, &j.name, &j.offer.digest, &j.manifest, &|_, _| {})
+            .map_err(|e| {
+                // The chunks matched a manifest that does not describe the model: every holder
+                // of that root is wrong, and what was fetched is worthless.
+                let _ = std::fs::remove_file(&path);
+                format!("{e:#}")
+            })
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let entry = match entry {
+        Ok(e) => e,
+        Err(e) => {
+            for h in job.share.holders(&job.offer.digest) {
+                if h.root.as_deref() == Some(job.root.as_str()) {
+                    job.share.mark_bad(h.peer, &job.offer.digest);
+                }
+            }
+            return Err(e);
+        }
+    };
+    job.progress.send_modify(|p| {
+        p.status = "success";
+        p.name = Some(entry.name.clone());
+    });
+    Ok(entry.name)
+}
+
+/// The root most holders advertise, and the manifest from a holder, checked against it.
+async fn manifest(share: &Share, digest: &str) -> Result<(String, Manifest), String> {
+    let holders: Vec<Holding> = share
+        .holders(digest)
+        .into_iter()
+        .filter(|h| h.root.is_some() && !share.is_bad(h.peer, digest))
+        .collect();
+    let mut roots: Vec<(String, usize)> = Vec::new();
+    for h in &holders {
+        let r = h.root.clone().expect("filtered");
+        match roots.iter_mut().find(|(root, _)| *root == r) {
+            Some((_, n)) => *n += 1,
+            None => roots.push((r, 1)),
+        }
+    }
+    roots.sort_by(|a, b| b.1.cmp(&a.1));
+    let Some((root, _)) = roots.first().cloned() else {
+        return Err("no connected household node holds it (or every holder sent bad bytes before)".into());
+    };
+    if roots.len() > 1 {
+        tracing::warn!(%digest, roots = roots.len(), "holders disagree about the model's chunk manifest; using the one most of them advertise");
+    }
+    for h in holders.iter().filter(|h| h.root.as_deref() == Some(&root)) {
+        match ask_manifest(share, h.peer, digest).await {
+            Ok(m) => match m.verify(&root) {
+                Ok(()) => return Ok((root, m)),
+                Err(e) => {
+                    tracing::warn!(peer = %h.peer, node = %h.node, error = %e, "a holder sent a manifest that does not match its card; not asking it again");
+                    share.mark_bad(h.peer, digest);
+                }
+            },
+            Err(e) => tracing::info!(peer = %h.peer, node = %h.node, error = %e, "cannot get the manifest from this holder"),
+        }
+    }
+    Err("no holder sent a manifest that verifies".into())
+}
+
+async fn ask_manifest(share: &Share, peer: PeerId, digest: &str) -> Result<Manifest, String> {
+    let request = BlobRequest::Manifest {
+        digest: digest.to_owned(),
+    };
+    let (mut stream, first) = share
+        .mesh
+        .ask::<_, BlobFrame>(peer, BLOB_PROTOCOL, &request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut reader = ManifestReader::default();
+    let mut frame = first;
+    loop {
+        if let Some(m) = reader.push(frame)? {
+            return Ok(m);
+        }
+        frame = tokio::time::timeout(CHUNK_TIMEOUT, read_frame(&mut stream))
+            .await
+            .map_err(|_| "the holder stopped sending its manifest".to_string())?
+            .map_err(|e| e.to_string())?
+            .ok_or("the manifest ended early")?;
+    }
+}
+
+/// Opens (or creates) the partial file at its full size, and says which chunks in it verify
+/// already: what an interrupted pull (or a stage's fetch) left.
+pub fn open_partial(path: &std::path::Path, m: &Manifest) -> std::io::Result<(File, Vec<bool>)> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let len = file.metadata()?.len();
+    if len != m.size {
+        file.set_len(m.size)?;
+    }
+    let mut have = vec![false; m.chunks() as usize];
+    if len > 0 {
+        let mut buf = vec![0u8; m.chunk_size as usize];
+        for (i, h) in have.iter_mut().enumerate() {
+            let r = m.range(i as u32);
+            if r.end > len {
+                break;
+            }
+            let b = &mut buf[..(r.end - r.start) as usize];
+            file.read_exact_at(b, r.start)?;
+            *h = m.verify_chunk(i as u32, b).is_ok();
+        }
+    }
+    Ok((file, have))
+}
+
+/// Runs workers for every usable holder until every chunk is here; fails when no holder is
+/// usable for [`NO_HOLDER_WAIT`].
+async fn fetch_all(job: &Arc<Job>) -> Result<(), String> {
+    let mut workers = tokio::task::JoinSet::new();
+    let mut alone_since: Option<Instant> = None;
+    loop {
+        for h in job.share.holders(&job.offer.digest) {
+            if h.root.as_deref() != Some(job.root.as_str()) || job.share.is_bad(h.peer, &job.offer.digest) {
+                continue;
+            }
+            let new = {
+                let mut nodes = job.nodes.lock().expect("nodes lock");
+                let new = !nodes.iter().any(|(p, _)| *p == h.peer);
+                if new {
+                    nodes.push((h.peer, h.node.clone()));
+                }
+                new
+            };
+            if new {
+                job.plan.lock().expect("plan lock").add_holder(h.peer);
+                for _ in 0..PER_HOLDER {
+                    workers.spawn(worker(job.clone(), h.peer));
+                }
+            }
+        }
+        let (done, usable) = {
+            let plan = job.plan.lock().expect("plan lock");
+            (plan.done(), plan.usable_holders())
+        };
+        if done {
+            workers.abort_all();
+            return Ok(());
+        }
+        if usable == 0 {
+            let since = *alone_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > NO_HOLDER_WAIT {
+                let (have, total) = job.plan.lock().expect("plan lock").progress();
+                return Err(format!(
+                    "no holder left to pull from ({} of {} MB here; they are kept, and the next pull resumes from there)",
+                    have >> 20,
+                    total >> 20
+                ));
+            }
+        } else {
+            alone_since = None;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(LOOK) => {}
+            Some(_) = workers.join_next() => {}
+        }
+    }
+}
+
+/// What went wrong with one request.
+enum Fault {
+    /// The stream broke, timed out or was refused.
+    Broken(String),
+    /// A chunk did not verify.
+    Bad(BlobError),
+}
+
+/// Asks `peer` for batches until nothing is left for it.
+async fn worker(job: Arc<Job>, peer: PeerId) {
+    loop {
+        let batch = {
+            let mut plan = job.plan.lock().expect("plan lock");
+            if plan.done() || !plan.usable(&peer) {
+                return;
+            }
+            plan.next_batch(&peer, BATCH.min(MAX_CHUNKS_PER_REQUEST))
+        };
+        let Some(batch) = batch else {
+            // Everything left is being fetched by others; one of them may fail.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let result = fetch(&job, peer, batch.clone()).await;
+        let mut plan = job.plan.lock().expect("plan lock");
+        match result {
+            Ok(()) => plan.release(&peer, batch),
+            Err(Fault::Broken(e)) => {
+                tracing::info!(%peer, model = %job.offer.name, error = %e, "a holder stopped sending; the others go on");
+                plan.failed(&peer);
+            }
+            Err(Fault::Bad(e)) => {
+                Metrics::inc(&job.share.metrics.blob_bad_chunks);
+                tracing::warn!(%peer, model = %job.offer.name, error = %e, "a holder sent bytes that do not verify: discarded, and it is not asked for this model again");
+                job.share.mark_bad(peer, &job.offer.digest);
+                plan.bad(&peer);
+            }
+        }
+        drop(plan);
+        job.report("pulling");
+    }
+}
+
+/// Fetches `batch` from `peer`, writing each verified chunk in place.
+async fn fetch(job: &Arc<Job>, peer: PeerId, batch: std::ops::Range<u32>) -> Result<(), Fault> {
+    let request = BlobRequest::Chunks {
+        digest: job.offer.digest.clone(),
+        first: batch.start,
+        count: batch.end - batch.start,
+    };
+    let (mut stream, first) = job
+        .share
+        .mesh
+        .ask::<_, BlobFrame>(peer, BLOB_PROTOCOL, &request)
+        .await
+        .map_err(|e| Fault::Broken(e.to_string()))?;
+    let mut frame = Some(first);
+    for expected in batch {
+        let f = match frame.take() {
+            Some(f) => f,
+            None => tokio::time::timeout(CHUNK_TIMEOUT, read_frame(&mut stream))
+                .await
+                .map_err(|_| Fault::Broken(format!("no chunk for {CHUNK_TIMEOUT:?}")))?
+                .map_err(|e| Fault::Broken(e.to_string()))?
+                .ok_or_else(|| Fault::Broken("the answer ended early".into()))?,
+        };
+        let (index, bytes) = match f {
+            BlobFrame::Chunk { index, bytes } if index == expected => (index, bytes),
+            BlobFrame::Refused { reason } => return Err(Fault::Broken(reason)),
+            _ => return Err(Fault::Broken(format!("not chunk {expected}"))),
+        };
+        let j = job.clone();
+        let n = bytes.len() as u64;
+        tokio::task::spawn_blocking(move || {
+            j.manifest.verify_chunk(index, &bytes).map_err(Fault::Bad)?;
+            j.file
+                .write_all_at(&bytes, j.manifest.range(index).start)
+                .map_err(|e| Fault::Broken(format!("cannot write the chunk here: {e}")))
+        })
+        .await
+        .map_err(|e| Fault::Broken(e.to_string()))??;
+        // Counted once: a chunk that arrives after its holder was given up on is fetched again.
+        if job.plan.lock().expect("plan lock").got(&peer, index) {
+            job.share
+                .metrics
+                .blob_bytes_received
+                .fetch_add(n, Ordering::Relaxed);
+        }
+        job.report("pulling");
+    }
+    Ok(())
+}
+
+impl Job {
+    fn report(&self, status: &'static str) {
+        let plan = self.plan.lock().expect("plan lock");
+        let (completed, total) = plan.progress();
+        let nodes = self.nodes.lock().expect("nodes lock");
+        let peers = plan
+            .holders()
+            .iter()
+            .map(|h| PeerProgress {
+                node: nodes
+                    .iter()
+                    .find(|(p, _)| *p == h.id)
+                    .map_or_else(String::new, |(_, n)| n.clone()),
+                peer: h.id.to_string(),
+                bytes: h.bytes,
+                standing: match h.standing {
+                    Standing::Usable => "ok",
+                    Standing::Failed => "failed",
+                    Standing::Bad => "bad",
+                },
+            })
+            .collect();
+        let resumed = plan.resumed;
+        drop(plan);
+        drop(nodes);
+        self.progress.send_modify(|p| {
+            p.status = status;
+            p.total = total;
+            p.completed = completed;
+            p.resumed = resumed;
+            p.peers = peers;
+        });
+    }
+}

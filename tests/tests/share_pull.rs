@@ -1,0 +1,298 @@
+//! Models pulled from household peers: real node processes on loopback, the real model file,
+//! `hearth models pull` and `POST /api/models/pull`.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use hearth_tests::mesh::{post, wait_for, Household, NodeOptions, SseReader, TestNode};
+use hearth_tests::TestModel;
+use serde_json::{json, Value};
+
+const SMOLLM2_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+const CHUNK_DELAY: &str = "HEARTH_TEST_CHUNK_DELAY_MS";
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn model_file(node: &TestNode) -> std::path::PathBuf {
+    node.data()
+        .join("models")
+        .join(format!("{SMOLLM2_SHA256}.gguf"))
+}
+
+fn size() -> u64 {
+    std::fs::metadata(TestModel::SmolLm2.path()).unwrap().len()
+}
+
+/// Waits until `node` sees `names` as members, with cards (so it knows what they hold).
+fn meet(node: &TestNode, names: &[&str]) {
+    assert!(
+        node.wait_for_members(names, Duration::from_secs(30)),
+        "{} sees {:?}\n{}",
+        node.name,
+        node.member_names(),
+        node.log()
+    );
+}
+
+/// The pull's progress events until it ends: calls `each` with every event; returns the last.
+fn pull_watching(node: &TestNode, model: &str, mut each: impl FnMut(&Value)) -> Value {
+    let mut events = SseReader::open(&node.url("/api/models/pull"), &json!({"model": model}));
+    let mut last = Value::Null;
+    while let Some(ev) = events.next_event() {
+        each(&ev);
+        last = ev;
+    }
+    last
+}
+
+fn peer_bytes(progress: &Value, node: &str) -> (u64, String) {
+    progress["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["node"] == node)
+        .map_or((0, String::new()), |p| {
+            (
+                p["bytes"].as_u64().unwrap(),
+                p["standing"].as_str().unwrap().to_owned(),
+            )
+        })
+}
+
+fn chat_on(node: &TestNode, pin: &str) -> (u16, Value) {
+    post(
+        node,
+        "/v1/chat/completions",
+        json!({"model": "smollm2-135m", "max_tokens": 8, "temperature": 0,
+               "messages": [{"role": "user", "content": "Say hello."}],
+               "hearth": {"node": pin}})
+        .to_string(),
+    )
+}
+
+#[test]
+fn a_model_is_pulled_into_an_empty_node_verified_and_served_there() {
+    let household = Household::new();
+    let holder = TestNode::start("holder", &household, NodeOptions::holding(TestModel::SmolLm2));
+    let empty = TestNode::start("empty", &household, NodeOptions::dialing(&[&holder]));
+    meet(&empty, &["holder", "empty"]);
+
+    // Mistakes first: an unknown model is refused before anything streams.
+    let (status, body) = post(
+        &empty,
+        "/api/models/pull",
+        json!({"model": "no-such-model"}).to_string(),
+    );
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("smollm2-135m"),
+        "{body}"
+    );
+    let out = empty.cli(&["models", "pull", "no-such-model"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no household node holds no-such-model"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = empty.cli(&["models", "pull", "smollm2-135m"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        empty.log()
+    );
+    assert!(stdout.contains("pulled smollm2-135m as smollm2-135m"), "{stdout}");
+    assert!(stdout.contains("from holder"), "{stdout}");
+    assert_eq!(sha256(&model_file(&empty)), SMOLLM2_SHA256);
+    assert_eq!(
+        empty.metric("hearth_blob_bytes_received_total") as u64,
+        size()
+    );
+    assert_eq!(holder.metric("hearth_blob_bytes_sent_total") as u64, size());
+    assert_eq!(empty.metric("hearth_pulls_completed_total"), 1.0);
+    // No temp file is left.
+    let leftovers: Vec<_> = std::fs::read_dir(empty.data().join("models"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // It serves there, pinned to the node that pulled it.
+    let (status, reply) = chat_on(&empty, "empty");
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["hearth"]["nodes"], json!(["empty"]), "{reply}");
+
+    // Pulling again is a no-op.
+    let out = empty.cli(&["models", "pull", "smollm2-135m"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("in this node's cache already"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let list = empty.cli(&["models", "list"]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains("smollm2-135m"));
+}
+
+#[test]
+fn a_sender_killed_mid_transfer_is_replaced_and_the_pull_does_not_restart() {
+    let household = Household::new();
+    let slow = |n: &str| {
+        NodeOptions::holding(TestModel::SmolLm2).with_env(CHUNK_DELAY, n)
+    };
+    let mut first = TestNode::start("first", &household, slow("40"));
+    let second = TestNode::start("second", &household, slow("40"));
+    let puller = TestNode::start(
+        "puller",
+        &household,
+        NodeOptions::dialing(&[&first, &second]),
+    );
+    meet(&puller, &["first", "second", "puller"]);
+
+    let total = size();
+    let mut killed_at = None;
+    let last = pull_watching(&puller, "smollm2-135m", |p| {
+        let done = p["completed"].as_u64().unwrap_or(0);
+        if killed_at.is_none()
+            && done > total / 4
+            && peer_bytes(p, "first").0 > 0
+            && peer_bytes(p, "second").0 > 0
+        {
+            first.kill();
+            killed_at = Some(done);
+        }
+    });
+    assert_eq!(last["status"], "success", "{last}\n{}", puller.log());
+    let killed_at = killed_at.expect("the pull was still running at a quarter");
+    assert!(killed_at < total, "{killed_at}");
+    let (from_first, standing) = peer_bytes(&last, "first");
+    let (from_second, _) = peer_bytes(&last, "second");
+    assert_eq!(standing, "failed", "{last}");
+    assert!(from_first > 0 && from_second > 0, "{last}");
+    // Nothing was fetched twice: what the first holder sent before it died was kept.
+    assert_eq!(from_first + from_second, total, "{last}");
+    let received = puller.metric("hearth_blob_bytes_received_total") as u64;
+    assert_eq!(received, total, "bytes received: {received} of {total}");
+    assert_eq!(sha256(&model_file(&puller)), SMOLLM2_SHA256);
+}
+
+#[test]
+fn an_interrupted_pull_resumes_where_it_stopped() {
+    let household = Household::new();
+    let holder = TestNode::start(
+        "holder",
+        &household,
+        NodeOptions::holding(TestModel::SmolLm2).with_env(CHUNK_DELAY, "20"),
+    );
+    let options = NodeOptions::dialing(&[&holder]);
+    let mut puller = TestNode::start("puller", &household, options.clone());
+    meet(&puller, &["holder", "puller"]);
+
+    let total = size();
+    let mut events = SseReader::open(
+        &puller.url("/api/models/pull"),
+        &json!({"model": "smollm2-135m"}),
+    );
+    let mut before = 0;
+    while let Some(ev) = events.next_event() {
+        before = ev["completed"].as_u64().unwrap_or(0);
+        if before > total / 3 {
+            break;
+        }
+    }
+    assert!(before > total / 3 && before < total, "{before}");
+    // The node dies in the middle (no chance to tidy up), and starts again.
+    puller.restart(&options);
+    meet(&puller, &["holder", "puller"]);
+
+    let out = puller.cli(&["models", "pull", "smollm2-135m"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", puller.log());
+    assert!(stdout.contains("were here from an earlier pull"), "{stdout}");
+    let received = puller.metric("hearth_blob_bytes_received_total") as u64;
+    assert!(
+        received + before - 2 * (8 << 20) <= total && received < total,
+        "after the restart {received} bytes came, {before} were here before, of {total}"
+    );
+    assert_eq!(sha256(&model_file(&puller)), SMOLLM2_SHA256);
+}
+
+#[test]
+fn a_holder_sending_a_corrupt_chunk_is_caught_there_and_not_asked_again() {
+    let household = Household::new();
+    let bad = TestNode::start("bad", &household, NodeOptions::holding(TestModel::SmolLm2));
+    // A byte flipped in the middle of the bad holder's copy (its card still advertises the
+    // manifest made when the file was imported whole).
+    let path = model_file(&bad);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+
+    // The puller knows only the bad holder at first: the bad chunk is certainly its.
+    let puller = TestNode::start("puller", &household, NodeOptions::dialing(&[&bad]));
+    meet(&puller, &["bad", "puller"]);
+    let pulling = std::thread::spawn({
+        let url = puller.url("/api/models/pull");
+        move || {
+            let mut events = SseReader::open(&url, &json!({"model": "smollm2-135m"}));
+            let mut all = Vec::new();
+            while let Some(ev) = events.next_event() {
+                all.push(ev);
+            }
+            all
+        }
+    });
+    assert!(
+        wait_for(Duration::from_secs(60), || {
+            (puller.metric("hearth_blob_bad_chunks_total") >= 1.0).then_some(())
+        })
+        .is_some(),
+        "{}",
+        puller.log()
+    );
+    // Then a good holder joins the household, and the rest comes from it.
+    let good = TestNode::start(
+        "good",
+        &household,
+        NodeOptions::holding(TestModel::SmolLm2).with_args(&["--peer", &puller.listen]),
+    );
+    let events = pulling.join().unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last["status"], "success", "{last}\n{}", puller.log());
+    let (from_bad, standing) = peer_bytes(last, "bad");
+    let (from_good, _) = peer_bytes(last, "good");
+    assert_eq!(standing, "bad", "{last}");
+    assert!(from_bad > 0 && from_bad < size(), "{last}");
+    assert_eq!(from_bad + from_good, size(), "{last}");
+    assert_eq!(sha256(&model_file(&puller)), SMOLLM2_SHA256);
+    assert!(
+        puller.log().contains("do not verify"),
+        "the event is logged:\n{}",
+        puller.log()
+    );
+    assert_eq!(puller.metric("hearth_blob_bad_chunks_total"), 1.0);
+
+    // Removed and pulled again: the bad holder is not asked.
+    let out = puller.cli(&["models", "remove", "smollm2-135m"]);
+    assert!(out.status.success());
+    let again = pull_watching(&puller, "smollm2-135m", |_| {});
+    assert_eq!(again["status"], "success", "{again}");
+    assert_eq!(peer_bytes(&again, "bad").0, 0, "{again}");
+    assert_eq!(peer_bytes(&again, "good").0, size(), "{again}");
+    drop(good);
+}
