@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use hearth_tests::mesh::{post, wait_for, Household, NodeOptions, SseReader, TestNode};
-use hearth_tests::TestModel;
+use hearth_tests::{repo_root, TestModel};
 use serde_json::{json, Value};
 
 const SMOLLM2_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
@@ -295,4 +295,53 @@ fn a_holder_sending_a_corrupt_chunk_is_caught_there_and_not_asked_again() {
     assert_eq!(peer_bytes(&again, "bad").0, 0, "{again}");
     assert_eq!(peer_bytes(&again, "good").0, size(), "{again}");
     drop(good);
+}
+
+#[test]
+fn the_ollama_client_pulls_a_model_from_the_household() {
+    let household = Household::new();
+    let holder = TestNode::start("holder", &household, NodeOptions::holding(TestModel::SmolLm2));
+    let empty = TestNode::start(
+        "empty",
+        &household,
+        NodeOptions::dialing(&[&holder]).with_args(&["--ollama-api", "127.0.0.1:0"]),
+    );
+    meet(&empty, &["holder", "empty"]);
+    let info: Value =
+        serde_json::from_slice(&std::fs::read(empty.data().join("node.json")).unwrap()).unwrap();
+    let python = repo_root().join(".cache/clients/bin/python");
+    assert!(
+        python.is_file(),
+        "the `ollama` Python client is not installed: run `make clients` (make test does)"
+    );
+    let out = Command::new(python)
+        .arg(repo_root().join("tests/python/ollama_pull.py"))
+        .args([info["ollama_api"].as_str().unwrap(), "smollm2-135m"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        empty.log()
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let statuses = got["statuses"].as_array().unwrap();
+    assert_eq!(statuses.first().unwrap(), "pulling manifest", "{got}");
+    assert_eq!(statuses.last().unwrap(), "success", "{got}");
+    assert!(statuses.contains(&json!("verifying sha256 digest")), "{got}");
+    assert_eq!(got["digests"], json!([format!("sha256:{SMOLLM2_SHA256}")]), "{got}");
+    assert!(got["progress_lines"].as_u64().unwrap() > 1, "{got}");
+    assert_eq!(got["completed"].as_u64(), Some(size()), "{got}");
+    assert_eq!(got["total"].as_u64(), Some(size()), "{got}");
+    assert!(
+        got["tags"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("smollm2-135m:latest")),
+        "{got}"
+    );
+    assert_eq!(got["again"], "success", "{got}");
+    assert_eq!(got["unknown"][0], 404, "{got}");
+    assert_eq!(sha256(&model_file(&empty)), SMOLLM2_SHA256);
 }
