@@ -43,7 +43,11 @@ pub enum BlobFrame {
         last: bool,
     },
     /// One chunk's bytes.
-    Chunk { index: u32, bytes: Vec<u8> },
+    Chunk {
+        index: u32,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
     /// The holder will not serve this request (does not hold the model, a bad range).
     Refused { reason: String },
 }
@@ -424,6 +428,27 @@ mod tests {
         let empty = ManifestBuilder::new(64).finish();
         let mut r = ManifestReader::default();
         assert_eq!(r.push(empty.frames()[0].clone()), Ok(Some(empty)));
+    }
+
+    #[test]
+    fn chunk_bytes_are_encoded_as_a_length_and_the_bytes() {
+        // serde_bytes decodes in one copy, and the wire is what a sequence of u8 gives.
+        let frame = BlobFrame::Chunk {
+            index: 3,
+            bytes: vec![1, 2, 255],
+        };
+        #[derive(Serialize)]
+        enum Plain {
+            _Manifest,
+            Chunk { index: u32, bytes: Vec<u8> },
+        }
+        let plain = Plain::Chunk {
+            index: 3,
+            bytes: vec![1, 2, 255],
+        };
+        let bytes = postcard::to_allocvec(&frame).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec(&plain).unwrap());
+        assert_eq!(postcard::from_bytes::<BlobFrame>(&bytes).unwrap(), frame);
     }
 
     #[test]

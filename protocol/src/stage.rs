@@ -117,6 +117,7 @@ pub enum StageFrame {
         rows: u32,
         dim: u32,
         dtype: WireDtype,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
         last: bool,
     },

@@ -26,6 +26,7 @@ pub enum SyncFrame {
     Part {
         doc: String,
         kind: PartKind,
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
         last: bool,
     },
