@@ -353,6 +353,16 @@ pub enum ModelsCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Keep a model when the cache makes room for another (see `hearth node --cache-size`).
+    Pin {
+        /// Name or digest prefix.
+        model: String,
+    },
+    /// Let a pinned model be removed again when the cache makes room.
+    Unpin {
+        /// Name or digest prefix.
+        model: String,
+    },
     /// Delete a cached model.
     Remove {
         /// Name or digest prefix.

@@ -65,6 +65,11 @@ pub struct Settings {
     /// that is free]. Routing and split planning respect it.
     #[arg(long, env = "HEARTH_MAX_MEMORY", value_name = "SIZE")]
     pub max_memory: Option<String>,
+    /// Most disk the model cache may take, e.g. 20GB [default: no limit]. A pull that needs room
+    /// removes the least recently used models first, never one that is loaded, being pulled or
+    /// pinned (`hearth models pin`).
+    #[arg(long, env = "HEARTH_CACHE_SIZE", value_name = "SIZE")]
+    pub cache_size: Option<String>,
     /// Models to load at start rather than at their first request (repeatable).
     #[arg(
         long = "load",
@@ -114,6 +119,8 @@ pub struct NodeConfig {
     pub ctx: usize,
     /// Bytes offered for models; `None`: all that is free.
     pub max_memory: Option<u64>,
+    /// Most bytes the model cache may hold; `None`: no limit.
+    pub cache_size: Option<u64>,
     pub load: Vec<String>,
     pub grace: std::time::Duration,
     pub queue_timeout: std::time::Duration,
@@ -150,6 +157,7 @@ impl Settings {
             threads: self.threads.or(fallback.threads),
             ctx: self.ctx.or(fallback.ctx),
             max_memory: self.max_memory.or(fallback.max_memory),
+            cache_size: self.cache_size.or(fallback.cache_size),
             load: vec_or(self.load, fallback.load),
             grace: self.grace.or(fallback.grace),
             queue_timeout: self.queue_timeout.or(fallback.queue_timeout),
@@ -231,6 +239,12 @@ impl Settings {
                 .map(crate::memory::parse_size)
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--max-memory: {e}"))?,
+            cache_size: self
+                .cache_size
+                .as_deref()
+                .map(crate::memory::parse_size)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--cache-size: {e}"))?,
             load: self.load,
             grace: std::time::Duration::from_secs(self.grace.unwrap_or(5)),
             queue_timeout: std::time::Duration::from_secs(positive(

@@ -118,7 +118,14 @@ async fn serve(
         Arc::new(move || cards::build_card(&name, &mesh, &engine))
     };
     let cards = cards::start(&mesh, card.clone())?;
-    let share = share::start(&mesh, cards.clone(), cache.clone(), metrics.clone())?;
+    let share = {
+        let engine = engine.clone();
+        let limits = share::Limits {
+            cache_size: config.cache_size,
+            in_use: Box::new(move || engine.in_use()),
+        };
+        share::start(&mesh, cards.clone(), cache.clone(), metrics.clone(), limits)?
+    };
     jobs::serve(&mesh, engine.clone())?;
     let stages = split::Host::new(
         mesh.clone(),

@@ -1,7 +1,10 @@
 //! Models on this node: the content-addressed cache of GGUF files and the names it knows them by,
-//! and the GGUF files other tools keep on this device (`scan`).
+//! which of them make room for another under `--cache-size` (`evict`), and the GGUF files other
+//! tools keep on this device (`scan`).
 
 pub mod cache;
+
+pub mod evict;
 
 pub mod scan;
 

@@ -30,6 +30,7 @@ pub struct Share {
     cards: Cards,
     cache: ModelCache,
     metrics: Arc<Metrics>,
+    limits: Limits,
     pulls: Mutex<HashMap<String, watch::Receiver<Progress>>>,
     /// (holder, model digest) pairs that sent chunks that did not verify.
     bad: Mutex<HashSet<(PeerId, String)>>,
@@ -39,6 +40,14 @@ impl std::fmt::Debug for Share {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Share")
     }
+}
+
+/// What bounds the cache: its size, and the models it must keep.
+pub struct Limits {
+    /// Most bytes the cache may hold (`--cache-size`); `None`: no limit.
+    pub cache_size: Option<u64>,
+    /// Digests of the models in use now (loaded or being loaded): never removed to make room.
+    pub in_use: Box<dyn Fn() -> Vec<String> + Send + Sync>,
 }
 
 /// A model some household node holds.
@@ -58,6 +67,8 @@ pub enum PullError {
     Ambiguous(String),
     #[error("{0}")]
     NotReady(String),
+    #[error("{0}")]
+    NoRoom(String),
 }
 
 /// What asking for a pull gave.
@@ -75,6 +86,7 @@ pub fn start(
     cards: Cards,
     cache: ModelCache,
     metrics: Arc<Metrics>,
+    limits: Limits,
 ) -> Result<Arc<Share>> {
     let incoming = mesh.accept(BLOB_PROTOCOL)?;
     tokio::spawn(server::serve(incoming, cache.clone(), metrics.clone()));
@@ -91,6 +103,7 @@ pub fn start(
         cards,
         cache,
         metrics,
+        limits,
         pulls: Mutex::new(HashMap::new()),
         bad: Mutex::new(HashSet::new()),
     }))
@@ -197,6 +210,29 @@ impl Share {
         }
     }
 
+    /// Under `--cache-size`, removes least-recently-used models until `offer` fits beside the
+    /// pulls that run; refuses when the models in use or pinned leave no room.
+    fn make_room(
+        &self,
+        offer: &Offer,
+        pulls: &HashMap<String, watch::Receiver<Progress>>,
+    ) -> Result<(), PullError> {
+        let Some(cap) = self.limits.cache_size else {
+            return Ok(());
+        };
+        let running: u64 = pulls
+            .values()
+            .map(|p| p.borrow().clone())
+            .filter(|p| p.is_running())
+            .map(|p| p.total)
+            .sum();
+        let in_use = (self.limits.in_use)();
+        self.cache
+            .make_room(offer.size + running, cap, &|m| in_use.contains(&m.digest))
+            .map(|_| ())
+            .map_err(|e| PullError::NoRoom(format!("cannot pull {}: {e:#}", offer.name)))
+    }
+
     /// Pulls the model `query` names into this node's cache, or joins the pull of it that runs;
     /// `name` overrides the name it gets here. Fails at once when no connected peer holds it.
     pub fn pull(self: &Arc<Self>, query: &str, name: Option<&str>) -> Result<Started, PullError> {
@@ -226,6 +262,7 @@ impl Share {
                 offer.name
             )));
         }
+        self.make_room(&offer, &pulls)?;
         let rx = pull::start(
             self.clone(),
             offer.clone(),

@@ -20,7 +20,7 @@ use crate::stage::Stage;
 use crate::tokenizer::Tokenizer;
 
 /// What `hearth models list` shows about a file; readable even for unsupported architectures.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModelSummary {
     /// `general.name`, if present.
     pub name: Option<String>,

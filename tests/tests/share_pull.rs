@@ -345,3 +345,50 @@ fn the_ollama_client_pulls_a_model_from_the_household() {
     assert_eq!(got["unknown"][0], 404, "{got}");
     assert_eq!(sha256(&model_file(&empty)), SMOLLM2_SHA256);
 }
+
+#[test]
+fn making_room_never_removes_a_loaded_or_pinned_model() {
+    let household = Household::new();
+    let holder = TestNode::start("holder", &household, NodeOptions::holding(TestModel::Gemma3));
+    let gemma = std::fs::metadata(TestModel::Gemma3.path()).unwrap().len();
+    // Room for the new model only if the one already here goes.
+    let cap = (size() + gemma - (1 << 20)).to_string();
+    let base = NodeOptions::holding(TestModel::SmolLm2)
+        .with_args(&["--peer", &holder.listen, "--cache-size", &cap]);
+    let mut node = TestNode::start(
+        "small",
+        &household,
+        base.clone().with_args(&["--load", "smollm2-135m"]),
+    );
+    meet(&node, &["holder", "small"]);
+    let refused = |node: &TestNode, why: &str| {
+        let (status, body) = post(
+            node,
+            "/api/models/pull",
+            json!({"model": "gemma3-270m"}).to_string(),
+        );
+        assert_eq!(status, 507, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&format!("smollm2-135m (94 MB, {why})")), "{message}");
+    };
+    // Loaded: it stays, and the pull is refused with the reason.
+    refused(&node, "in use");
+
+    // Not loaded but pinned: it stays too.
+    node.restart(&base);
+    meet(&node, &["holder", "small"]);
+    let out = node.cli(&["models", "pin", "smollm2-135m"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    refused(&node, "pinned");
+    assert!(model_file(&node).is_file());
+
+    // Unpinned and idle: the least recently used goes, and the pull goes through.
+    let out = node.cli(&["models", "unpin", "smollm2-135m"]);
+    assert!(out.status.success());
+    let last = pull_watching(&node, "gemma3-270m", |_| {});
+    assert_eq!(last["status"], "success", "{last}\n{}", node.log());
+    assert!(!model_file(&node).exists());
+    let list = String::from_utf8_lossy(&node.cli(&["models", "list"]).stdout).into_owned();
+    assert!(list.contains("gemma3-270m") && !list.contains("smollm2-135m"), "{list}");
+    assert!(node.log().contains("to make room"), "{}", node.log());
+}

@@ -67,12 +67,13 @@ pub async fn pull(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response
 /// Starts a pull, mapping refusals to their status codes.
 pub(crate) fn start(node: &Node, model: &str, name: Option<&str>) -> Result<Started, ApiError> {
     node.share.pull(model, name).map_err(|e| {
-        let status = match &e {
-            PullError::NotFound(_) => StatusCode::NOT_FOUND,
-            PullError::Ambiguous(_) => StatusCode::BAD_REQUEST,
-            PullError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+        let (status, code) = match &e {
+            PullError::NotFound(_) => (StatusCode::NOT_FOUND, "model_not_found"),
+            PullError::Ambiguous(_) => (StatusCode::BAD_REQUEST, "invalid_request_error"),
+            PullError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            PullError::NoRoom(_) => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
         };
-        ApiError::new(status, "model_not_found", e.to_string()).with_param("model")
+        ApiError::new(status, code, e.to_string()).with_param("model")
     })
 }
 

@@ -28,12 +28,29 @@ pub(super) fn models(data: &DataDir, cache: &ModelCache, cmd: ModelsCommand) -> 
             Store::Copy,
         ),
         ModelsCommand::Import { all, pick, .. } => scan_and_import(cache, all, &pick),
+        ModelsCommand::Pin { model } => pin(cache, &model, true),
+        ModelsCommand::Unpin { model } => pin(cache, &model, false),
         ModelsCommand::Remove { model } => {
             let m = cache.remove(&model)?;
             println!("removed {} [{}]", m.name, &m.digest[..12]);
             Ok(())
         }
     }
+}
+
+/// Pins or unpins a cached model.
+fn pin(cache: &ModelCache, model: &str, pin: bool) -> Result<()> {
+    let m = cache.set_pinned(model, pin)?;
+    if pin {
+        println!(
+            "pinned {} [{}]: it stays when the cache makes room",
+            m.name,
+            &m.digest[..12]
+        );
+    } else {
+        println!("unpinned {} [{}]", m.name, &m.digest[..12]);
+    }
+    Ok(())
 }
 
 /// Pulls a model through the running node, with a progress bar (rate and ETA).
@@ -243,8 +260,8 @@ fn list(cache: &ModelCache, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<8} {:<8} {:>9} {:>6}  DIGEST",
-        "NAME", "FAMILY", "QUANT", "SIZE", "LAYERS"
+        "{:<20} {:<8} {:<8} {:>9} {:>6}  {:<16}  PINNED",
+        "NAME", "FAMILY", "QUANT", "SIZE", "LAYERS", "DIGEST"
     );
     for m in models {
         let layers = m
@@ -252,13 +269,14 @@ fn list(cache: &ModelCache, json: bool) -> Result<()> {
             .layers
             .map_or_else(|| "?".to_owned(), |l| l.to_string());
         println!(
-            "{:<20} {:<8} {:<8} {:>9} {:>6}  {}",
+            "{:<20} {:<8} {:<8} {:>9} {:>6}  {:<16}  {}",
             m.name,
             m.summary.architecture,
             m.summary.quantization,
             format!("{:.1} MB", m.size as f64 / 1e6),
             layers,
-            &m.digest[..16]
+            &m.digest[..16],
+            if m.pinned { "yes" } else { "" }
         );
     }
     Ok(())

@@ -350,6 +350,13 @@ impl Engine {
             .collect()
     }
 
+    /// Digests of the models loaded or being loaded: what the model cache must keep.
+    pub fn in_use(&self) -> Vec<String> {
+        let mut digests = self.loaded();
+        digests.extend(self.loading.lock().expect("loading lock").keys().cloned());
+        digests
+    }
+
     /// Measured decode tokens/s per digest.
     pub fn speeds(&self) -> Vec<(String, f32)> {
         self.speeds
@@ -495,6 +502,9 @@ impl Engine {
             }
         };
         tracing::info!(model = %entry.name, digest, "model loaded");
+        if let Err(e) = self.cache.touch(digest) {
+            tracing::warn!(error = %format!("{e:#}"), "cannot record the model's use in the cache index");
+        }
         self.self_benchmark(digest, &m);
         self.loaded
             .lock()

@@ -28,6 +28,19 @@ pub struct CachedModel {
     /// or at the node's start for models imported before manifests existed.
     #[serde(default)]
     pub manifest_root: Option<String>,
+    /// Kept when the cache makes room (`hearth models pin`).
+    #[serde(default)]
+    pub pinned: bool,
+    /// When it was last loaded, imported or pulled (seconds since the Unix epoch): the least
+    /// recently used go first when the cache makes room.
+    #[serde(default)]
+    pub last_used: u64,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -256,6 +269,8 @@ impl ModelCache {
             manifest_root: Some(manifest.root()),
             digest,
             summary,
+            pinned: false,
+            last_used: now(),
         };
         let mut index = self.load_index()?;
         index.models.retain(|m| m.digest != entry.digest);
@@ -300,6 +315,54 @@ impl ModelCache {
             format!("model-{}", &digest[..12])
         };
         self.enter(tmp, name, digest.to_owned(), summary, manifest)
+    }
+
+    /// Pins (or unpins) a model by name or digest prefix: a pinned model is never removed to
+    /// make room.
+    pub fn set_pinned(&self, query: &str, pinned: bool) -> Result<CachedModel> {
+        let mut index = self.load_index()?;
+        let digest = find(&index.models, query)?.digest.clone();
+        let entry = index
+            .models
+            .iter_mut()
+            .find(|m| m.digest == digest)
+            .expect("found above");
+        entry.pinned = pinned;
+        let entry = entry.clone();
+        self.save_index(&index)?;
+        Ok(entry)
+    }
+
+    /// Records that the model with `digest` was used now.
+    pub fn touch(&self, digest: &str) -> Result<()> {
+        let mut index = self.load_index()?;
+        if let Some(m) = index.models.iter_mut().find(|m| m.digest == digest) {
+            m.last_used = now();
+            self.save_index(&index)?;
+        }
+        Ok(())
+    }
+
+    /// Removes least-recently-used models until `need` more bytes fit in `cap`, never one that
+    /// is pinned or `protected`; returns what it removed, or why it cannot make room (then it
+    /// removes nothing).
+    pub fn make_room(
+        &self,
+        need: u64,
+        cap: u64,
+        protected: &dyn Fn(&CachedModel) -> bool,
+    ) -> Result<Vec<CachedModel>> {
+        let models = self.list()?;
+        let chosen: Vec<CachedModel> = super::evict::evictions(&models, need, cap, protected)
+            .map_err(|why| anyhow::anyhow!("no room in the model cache: {why}"))?
+            .into_iter()
+            .cloned()
+            .collect();
+        for m in &chosen {
+            self.remove(&m.digest)?;
+            tracing::info!(model = %m.name, digest = %m.digest, size = m.size, "removed from the model cache to make room (least recently used)");
+        }
+        Ok(chosen)
     }
 
     /// Removes a cached model by name or digest prefix.
