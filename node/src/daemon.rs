@@ -130,6 +130,7 @@ async fn serve(
     let stages = split::Host::new(
         mesh.clone(),
         cache.clone(),
+        share.clone(),
         config
             .threads
             .unwrap_or_else(hearth_shards::default_threads),

@@ -21,6 +21,7 @@ use crate::cards::Cards;
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::models::{CachedModel, ModelCache};
+use pull::Partial;
 pub use pull::Progress;
 pub use server::CHUNK_DELAY_VAR;
 
@@ -34,6 +35,8 @@ pub struct Share {
     pulls: Mutex<HashMap<String, watch::Receiver<Progress>>>,
     /// (holder, model digest) pairs that sent chunks that did not verify.
     bad: Mutex<HashSet<(PeerId, String)>>,
+    /// Files split stages here fill part by part, by digest (one fetch at a time for each).
+    partials: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Partial>>>>>,
 }
 
 impl std::fmt::Debug for Share {
@@ -106,6 +109,7 @@ pub fn start(
         limits,
         pulls: Mutex::new(HashMap::new()),
         bad: Mutex::new(HashSet::new()),
+        partials: Mutex::new(HashMap::new()),
     }))
 }
 
@@ -208,6 +212,86 @@ impl Share {
                     .join(", ")
             ))),
         }
+    }
+
+    /// Makes sure this node has the header of the model file with `digest` and, when `layers`
+    /// are given, the tensors a split stage holding them reads, fetching what is missing from
+    /// the household chunk by chunk (each verified); returns the partial file's path. So a node
+    /// without the model takes part in a split moving only its share of the file; the chunks stay
+    /// for a later stage or a full pull. Call it off the async runtime's workers' hot path: it
+    /// reads and parses the file's header.
+    pub async fn fetch_stage(
+        self: &Arc<Self>,
+        digest: &str,
+        layers: Option<std::ops::Range<u32>>,
+    ) -> Result<std::path::PathBuf, String> {
+        let slot = self
+            .partials
+            .lock()
+            .expect("partials lock")
+            .entry(digest.to_owned())
+            .or_default()
+            .clone();
+        let mut guard = slot.lock().await;
+        if guard.is_none() {
+            *guard = Some(Partial::open(self, digest).await?);
+        }
+        let partial = guard.as_mut().expect("opened above");
+        let label = format!("{} (a split stage's part)", &digest[..12]);
+        let chunks = partial.manifest.chunks();
+        let chunk = u64::from(partial.manifest.chunk_size);
+        // The header's length shows only once it parses: fetch a growing prefix until it does,
+        // and until every tensor starts past it (so it was read from verified bytes only).
+        let mut prefix = 4u32;
+        let gguf = loop {
+            let n = prefix.min(chunks);
+            partial.fetch(self, &label, &|i| i < n, None).await?;
+            let path = partial.path.clone();
+            let parsed = tokio::task::spawn_blocking(move || hearth_shards::Gguf::open(&path))
+                .await
+                .map_err(|e| e.to_string())?;
+            match parsed {
+                Ok(g)
+                    if g.tensors.values().map(|t| t.offset as u64).min().unwrap_or(0)
+                        <= u64::from(n) * chunk =>
+                {
+                    break g
+                }
+                Err(e) if n == chunks => return Err(format!("the fetched file is not a model hearth reads: {e}")),
+                _ if n == chunks => return Err("the fetched file's header never ends".into()),
+                _ => prefix = prefix.saturating_mul(2),
+            }
+        };
+        if let Some(layers) = layers {
+            let n_layers = hearth_shards::model::layout(&gguf)
+                .map_err(|e| e.to_string())?
+                .layers() as usize;
+            let ranges = hearth_shards::stage::tensor_ranges(
+                &gguf,
+                layers.start as usize..layers.end as usize,
+                n_layers,
+            );
+            let mut wanted = vec![false; chunks as usize];
+            for r in ranges {
+                for c in partial.manifest.chunks_of(r) {
+                    wanted[c as usize] = true;
+                }
+            }
+            let fetched = partial
+                .fetch(self, &label, &|i| wanted[i as usize], None)
+                .await?;
+            if fetched > 0 {
+                tracing::info!(
+                    digest,
+                    layers = %format!("{}..{}", layers.start, layers.end),
+                    fetched_mb = fetched >> 20,
+                    here_mb = partial.bytes_here() >> 20,
+                    file_mb = partial.manifest.size >> 20,
+                    "fetched a split stage's part of a model from the household"
+                );
+            }
+        }
+        Ok(partial.path.clone())
     }
 
     /// Under `--cache-size`, removes least-recently-used models until `offer` fits beside the

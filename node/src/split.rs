@@ -25,6 +25,7 @@ use crate::memory::{Budget, Reservation};
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::models::ModelCache;
+use crate::share::Share;
 pub use ring::Ring;
 
 /// Loaded stages not used for this long are dropped.
@@ -75,6 +76,8 @@ impl LoadedStage {
 pub struct Host {
     mesh: Mesh,
     cache: ModelCache,
+    /// Fetches the parts of models this node lacks.
+    share: Arc<Share>,
     threads: usize,
     budget: Arc<Budget>,
     metrics: Arc<Metrics>,
@@ -99,6 +102,7 @@ impl Host {
     pub fn new(
         mesh: Mesh,
         cache: ModelCache,
+        share: Arc<Share>,
         threads: usize,
         budget: Arc<Budget>,
         metrics: Arc<Metrics>,
@@ -107,6 +111,7 @@ impl Host {
         Arc::new(Host {
             mesh,
             cache,
+            share,
             threads,
             budget,
             metrics,
@@ -129,9 +134,14 @@ impl Host {
         if let Some(m) = self.models.lock().expect("models lock").get(digest) {
             return Ok(m.clone());
         }
-        let entry = crate::jobs::cached(&self.cache, digest)?;
-        let model = Model::open(&self.cache.file_path(&entry.digest), self.threads)
-            .map_err(|e| JobError::Internal(format!("cannot open {}: {e}", entry.name)))?;
+        // A model this node lacks: its header, fetched from the household.
+        let (path, name) = match crate::jobs::cached(&self.cache, digest) {
+            Ok(entry) => (self.cache.file_path(&entry.digest), entry.name),
+            Err(JobError::NoModel(_)) => (self.fetch(digest, None)?, digest[..12].to_owned()),
+            Err(e) => return Err(e),
+        };
+        let model = Model::open(&path, self.threads)
+            .map_err(|e| JobError::Internal(format!("cannot open {name}: {e}")))?;
         let layout = hearth_shards::model::layout(model.gguf())
             .map_err(|e| JobError::BadRequest(e.to_string()))?;
         let opened = Opened {
@@ -141,8 +151,22 @@ impl Host {
         self.models
             .lock()
             .expect("models lock")
-            .insert(entry.digest, opened.clone());
+            .insert(digest.to_owned(), opened.clone());
         Ok(opened)
+    }
+
+    /// Fetches what a stage of `digest` holding `layers` (or only the header) reads, when this
+    /// node's cache lacks the model. Blocks: call it off the async runtime.
+    fn fetch(&self, digest: &str, layers: Option<Range<u32>>) -> Result<std::path::PathBuf, JobError> {
+        let (share, d) = (self.share.clone(), digest.to_owned());
+        self.runtime
+            .block_on(async move { share.fetch_stage(&d, layers).await })
+            .map_err(|e| {
+                JobError::Internal(format!(
+                    "this node lacks model {} and cannot fetch its part from the household: {e}",
+                    &digest[..12.min(digest.len())]
+                ))
+            })
     }
 
     /// Sets up this node's part of session `index` of `split` for `digest`: checks the split
@@ -205,6 +229,12 @@ impl Host {
             .lock()
             .expect("stages lock")
             .retain(|k, s| k.0 != digest || s.in_use());
+        if matches!(
+            crate::jobs::cached(&self.cache, digest),
+            Err(JobError::NoModel(_))
+        ) {
+            self.fetch(digest, Some(layers.clone()))?;
+        }
         let bytes = layout.stage_bytes(layers.start, layers.end, 0);
         let what = format!("layers {}..{}", layers.start, layers.end);
         let memory = self.reserve(&what, bytes)?;

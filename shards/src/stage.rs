@@ -104,6 +104,37 @@ fn load_vector(gguf: &Gguf, name: &str, len: usize) -> Result<Vec<f32>> {
     }
 }
 
+/// Byte ranges in the file of the tensors a stage holding `layers` of an `n_layers`-layer model
+/// reads (what [`Stage::load`] loads): its blocks, the token embedding when it is first (or last,
+/// with tied embeddings), the output norm and matrix when it is last, and any other tensor outside
+/// the blocks. What a node fetches to run only its part of a split.
+pub fn tensor_ranges(gguf: &Gguf, layers: Range<usize>, n_layers: usize) -> Vec<Range<u64>> {
+    let first = layers.start == 0;
+    let last = layers.end == n_layers;
+    let tied = !gguf.tensors.contains_key("output.weight");
+    let mut out: Vec<Range<u64>> = gguf
+        .tensors
+        .values()
+        .filter(|t| {
+            if let Some(rest) = t.name.strip_prefix("blk.") {
+                return rest
+                    .split('.')
+                    .next()
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .is_some_and(|i| layers.contains(&i));
+            }
+            match t.name.as_str() {
+                "token_embd.weight" => first || (last && tied),
+                "output.weight" | "output_norm.weight" => last,
+                _ => true,
+            }
+        })
+        .map(|t| t.offset as u64..(t.offset + t.len) as u64)
+        .collect();
+    out.sort_by_key(|r| r.start);
+    out
+}
+
 impl Stage {
     /// Builds the stage holding `range` of the model's layers, reading only its tensors.
     pub fn load(

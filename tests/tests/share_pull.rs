@@ -392,3 +392,57 @@ fn making_room_never_removes_a_loaded_or_pinned_model() {
     assert!(list.contains("gemma3-270m") && !list.contains("smollm2-135m"), "{list}");
     assert!(node.log().contains("to make room"), "{}", node.log());
 }
+
+#[test]
+fn split_stages_on_nodes_without_the_model_fetch_only_their_part() {
+    let household = Household::new();
+    let holder = TestNode::start("holder", &household, NodeOptions::holding(TestModel::SmolLm2));
+    let s2 = TestNode::start("s2", &household, NodeOptions::dialing(&[&holder]));
+    let s3 = TestNode::start("s3", &household, NodeOptions::dialing(&[&holder, &s2]));
+    for n in [&holder, &s2, &s3] {
+        meet(n, &["holder", "s2", "s3"]);
+    }
+    let ask = |hearth: Value| {
+        let (status, v) = post(
+            &holder,
+            "/v1/chat/completions",
+            json!({"model": "smollm2-135m", "max_tokens": 24, "temperature": 0,
+                   "messages": [{"role": "user", "content": "Name three colours and say why you like them."}],
+                   "hearth": hearth})
+            .to_string(),
+        );
+        assert_eq!(status, 200, "{v}\n{}\n{}", s2.log(), s3.log());
+        (
+            v["choices"][0]["message"]["content"].as_str().unwrap().to_owned(),
+            v["hearth"]["nodes"].clone(),
+        )
+    };
+    let (whole, _) = ask(json!({"node": "holder"}));
+    let (split, nodes) = ask(json!({"stages": ["holder", "s2", "s3"]}));
+    assert_eq!(split, whole, "{nodes}");
+    let total = size();
+    let moved: Vec<u64> = [&s2, &s3]
+        .iter()
+        .map(|n| n.metric("hearth_blob_bytes_received_total") as u64)
+        .collect();
+    eprintln!(
+        "a 3-way split over a holder and two nodes without the {total}-byte file moved {} and {} bytes ({:.0} % and {:.0} %)",
+        moved[0],
+        moved[1],
+        moved[0] as f64 * 100.0 / total as f64,
+        moved[1] as f64 * 100.0 / total as f64
+    );
+    for (n, m) in [&s2, &s3].iter().zip(&moved) {
+        assert!(*m > 0 && *m < total / 2, "{} fetched {m} of {total}", n.name);
+        // A part of a file is not a cached model.
+        let list = String::from_utf8_lossy(&n.cli(&["models", "list"]).stdout).into_owned();
+        assert!(!list.contains("smollm2-135m"), "{list}");
+    }
+    // Again: nothing more moves.
+    let (again, _) = ask(json!({"stages": ["holder", "s2", "s3"]}));
+    assert_eq!(again, whole);
+    assert_eq!(
+        s2.metric("hearth_blob_bytes_received_total") as u64,
+        moved[0]
+    );
+}

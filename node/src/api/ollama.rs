@@ -288,16 +288,17 @@ pub async fn pull(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response
     }
     use futures::StreamExt;
     let lines = super::share::progress_stream(rx).flat_map(|p| {
-        let digest = format!("sha256:{}", p.digest);
+        let pulling = json!({
+            "status": format!("pulling {}", &p.digest[..12]),
+            "digest": format!("sha256:{}", p.digest),
+            "total": p.total,
+            "completed": p.completed,
+        });
         let lines: Vec<Value> = match p.status {
             "manifest" => vec![json!({"status": "pulling manifest"})],
-            "pulling" => vec![json!({
-                "status": format!("pulling {}", &p.digest[..12]),
-                "digest": digest,
-                "total": p.total,
-                "completed": p.completed,
-            })],
-            "verifying" => vec![json!({"status": "verifying sha256 digest"})],
+            "pulling" => vec![pulling],
+            // Progress lines fold while they wait to be read: the last one says all is here.
+            "verifying" => vec![pulling, json!({"status": "verifying sha256 digest"})],
             "success" => vec![
                 json!({"status": "writing manifest"}),
                 json!({"status": "success"}),

@@ -183,12 +183,18 @@ impl Members {
             }));
             return route;
         };
+        // A node without the file can fetch its part when a holder has the file's manifest.
+        let fetchable = self
+            .0
+            .iter()
+            .any(|m| m.card.model(digest).is_some_and(|i| i.manifest_root.is_some()));
         let nodes: Vec<plan::PlanNode> = self
             .0
             .iter()
             .map(|m| plan::PlanNode {
                 name: m.card.name.clone(),
                 has_model: m.card.model(digest).is_some(),
+                can_fetch: fetchable,
                 memory_free: m.card.memory_free(),
                 tokens_per_s: m.card.speed(digest),
                 latency_ms: m.latency_ms,

@@ -210,6 +210,11 @@ impl<H: PartialEq + Clone> Plan<H> {
         }
     }
 
+    /// Whether chunk `index` is here.
+    pub fn has(&self, index: u32) -> bool {
+        self.chunks.get(index as usize) == Some(&Chunk::Have)
+    }
+
     /// Whether every wanted chunk is here.
     pub fn done(&self) -> bool {
         self.left == 0

@@ -91,16 +91,110 @@ pub fn partial_path(share: &Share, digest: &str) -> PathBuf {
     share.cache.dir().join(format!(".pull-{digest}.partial"))
 }
 
+/// A model file being filled from the household: its manifest (checked against the root its
+/// holders advertise), the partial file, and which of its chunks verify there.
+pub(crate) struct Partial {
+    pub digest: String,
+    pub root: String,
+    pub manifest: Manifest,
+    pub path: PathBuf,
+    file: Arc<File>,
+    have: Vec<bool>,
+}
+
+impl Partial {
+    /// The manifest from a holder and the partial file of `digest`, with what it holds already.
+    pub(crate) async fn open(share: &Share, digest: &str) -> Result<Partial, String> {
+        let (root, manifest) = manifest(share, digest).await?;
+        let path = partial_path(share, digest);
+        let (p, m) = (path.clone(), manifest.clone());
+        let (file, have) = tokio::task::spawn_blocking(move || open_partial(&p, &m))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(Partial {
+            digest: digest.to_owned(),
+            root,
+            manifest,
+            path,
+            file: Arc::new(file),
+            have,
+        })
+    }
+
+    /// Bytes of the file here and verified.
+    pub(crate) fn bytes_here(&self) -> u64 {
+        (0..self.manifest.chunks())
+            .filter(|&i| self.have[i as usize])
+            .map(|i| {
+                let r = self.manifest.range(i);
+                r.end - r.start
+            })
+            .sum()
+    }
+
+    /// Fetches the chunks `wanted` says that are not here yet, from every usable holder;
+    /// returns the bytes fetched. `label` names the model in logs; `progress`, when given,
+    /// follows the fetch.
+    pub(crate) async fn fetch(
+        &mut self,
+        share: &Arc<Share>,
+        label: &str,
+        wanted: &(dyn Fn(u32) -> bool + Sync),
+        progress: Option<watch::Sender<Progress>>,
+    ) -> Result<u64, String> {
+        let have = &self.have;
+        let plan = Plan::new(
+            self.manifest.size,
+            self.manifest.chunk_size,
+            wanted,
+            |i| have[i as usize],
+        );
+        if plan.done() {
+            return Ok(0);
+        }
+        if plan.resumed > 0 {
+            tracing::info!(model = %label, bytes = plan.resumed, "these bytes are here already");
+        }
+        let job = Arc::new(Job {
+            share: share.clone(),
+            digest: self.digest.clone(),
+            label: label.to_owned(),
+            root: self.root.clone(),
+            manifest: self.manifest.clone(),
+            file: self.file.clone(),
+            plan: Mutex::new(plan),
+            nodes: Mutex::new(Vec::new()),
+            progress,
+            chunk_hash_ns: Default::default(),
+        });
+        job.report("pulling");
+        let result = fetch_all(&job).await;
+        let plan = job.plan.lock().expect("plan lock");
+        for (i, h) in self.have.iter_mut().enumerate() {
+            *h = *h || plan.has(i as u32);
+        }
+        let fetched = plan.holders().iter().map(|h| h.bytes).sum();
+        drop(plan);
+        if let Some(p) = &job.progress {
+            let ms = job.chunk_hash_ns.load(Ordering::Relaxed) / 1_000_000;
+            p.send_modify(|p| p.chunk_hash_ms = ms);
+        }
+        result.map(|()| fetched)
+    }
+}
+
+/// One fetch of chunks, shared by its workers.
 struct Job {
     share: Arc<Share>,
-    offer: Offer,
-    name: String,
+    digest: String,
+    label: String,
     root: String,
     manifest: Manifest,
     file: Arc<File>,
     plan: Mutex<Plan<PeerId>>,
     nodes: Mutex<Vec<(PeerId, String)>>,
-    progress: watch::Sender<Progress>,
+    progress: Option<watch::Sender<Progress>>,
     /// Nanoseconds spent checking chunks.
     chunk_hash_ns: std::sync::atomic::AtomicU64,
 }
@@ -148,43 +242,23 @@ async fn run(
     name: String,
     progress: watch::Sender<Progress>,
 ) -> Result<String, String> {
-    let (root, manifest) = manifest(&share, &offer.digest).await?;
-    let path = partial_path(&share, &offer.digest);
-    let (file, have) = {
-        let (p, m) = (path.clone(), manifest.clone());
-        tokio::task::spawn_blocking(move || open_partial(&p, &m))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?
-    };
-    let plan = Plan::new(manifest.size, manifest.chunk_size, |_| true, |i| {
-        have[i as usize]
-    });
-    if plan.resumed > 0 {
-        tracing::info!(model = %offer.name, bytes = plan.resumed, "resuming a pull: these bytes are here already");
-    }
-    let job = Arc::new(Job {
-        share,
-        name,
-        root,
-        manifest,
-        file: Arc::new(file),
-        plan: Mutex::new(plan),
-        nodes: Mutex::new(Vec::new()),
-        progress,
-        offer,
-        chunk_hash_ns: Default::default(),
-    });
-    job.report("pulling");
-    fetch_all(&job).await?;
-    job.report("verifying");
-    let j = job.clone();
+    let mut partial = Partial::open(&share, &offer.digest).await?;
+    partial
+        .fetch(&share, &offer.name, &|_| true, Some(progress.clone()))
+        .await?;
+    progress.send_modify(|p| p.status = "verifying");
     let file_hash = Instant::now();
+    let (s, path, digest, manifest, file) = (
+        share.clone(),
+        partial.path.clone(),
+        offer.digest.clone(),
+        partial.manifest.clone(),
+        partial.file.clone(),
+    );
     let entry = tokio::task::spawn_blocking(move || {
-        j.file.sync_all().map_err(|e| e.to_string())?;
-        j.share
-            .cache
-            .add_pulled(&path, &j.name, &j.offer.digest, &j.manifest, &|_, _| {})
+        file.sync_all().map_err(|e| e.to_string())?;
+        s.cache
+            .add_pulled(&path, &name, &digest, &manifest, &|_, _| {})
             .map_err(|e| {
                 // The chunks matched a manifest that does not describe the model: every holder
                 // of that root is wrong, and what was fetched is worthless.
@@ -197,19 +271,18 @@ async fn run(
     let entry = match entry {
         Ok(e) => e,
         Err(e) => {
-            for h in job.share.holders(&job.offer.digest) {
-                if h.root.as_deref() == Some(job.root.as_str()) {
-                    job.share.mark_bad(h.peer, &job.offer.digest);
+            for h in share.holders(&offer.digest) {
+                if h.root.as_deref() == Some(partial.root.as_str()) {
+                    share.mark_bad(h.peer, &offer.digest);
                 }
             }
             return Err(e);
         }
     };
-    job.progress.send_modify(|p| {
+    progress.send_modify(|p| {
         p.status = "success";
         p.name = Some(entry.name.clone());
         p.file_hash_ms = file_hash.elapsed().as_millis() as u64;
-        p.chunk_hash_ms = job.chunk_hash_ns.load(Ordering::Relaxed) / 1_000_000;
     });
     Ok(entry.name)
 }
@@ -312,8 +385,8 @@ async fn fetch_all(job: &Arc<Job>) -> Result<(), String> {
     let mut workers = tokio::task::JoinSet::new();
     let mut alone_since: Option<Instant> = None;
     loop {
-        for h in job.share.holders(&job.offer.digest) {
-            if h.root.as_deref() != Some(job.root.as_str()) || job.share.is_bad(h.peer, &job.offer.digest) {
+        for h in job.share.holders(&job.digest) {
+            if h.root.as_deref() != Some(job.root.as_str()) || job.share.is_bad(h.peer, &job.digest) {
                 continue;
             }
             let new = {
@@ -387,13 +460,13 @@ async fn worker(job: Arc<Job>, peer: PeerId) {
         match result {
             Ok(()) => plan.release(&peer, batch),
             Err(Fault::Broken(e)) => {
-                tracing::info!(%peer, model = %job.offer.name, error = %e, "a holder stopped sending; the others go on");
+                tracing::info!(%peer, model = %job.label, error = %e, "a holder stopped sending; the others go on");
                 plan.failed(&peer);
             }
             Err(Fault::Bad(e)) => {
                 Metrics::inc(&job.share.metrics.blob_bad_chunks);
-                tracing::warn!(%peer, model = %job.offer.name, error = %e, "a holder sent bytes that do not verify: discarded, and it is not asked for this model again");
-                job.share.mark_bad(peer, &job.offer.digest);
+                tracing::warn!(%peer, model = %job.label, error = %e, "a holder sent bytes that do not verify: discarded, and it is not asked for this model again");
+                job.share.mark_bad(peer, &job.digest);
                 plan.bad(&peer);
             }
         }
@@ -405,7 +478,7 @@ async fn worker(job: Arc<Job>, peer: PeerId) {
 /// Fetches `batch` from `peer`, writing each verified chunk in place.
 async fn fetch(job: &Arc<Job>, peer: PeerId, batch: std::ops::Range<u32>) -> Result<(), Fault> {
     let request = BlobRequest::Chunks {
-        digest: job.offer.digest.clone(),
+        digest: job.digest.clone(),
         first: batch.start,
         count: batch.end - batch.start,
     };
@@ -481,7 +554,10 @@ impl Job {
         let resumed = plan.resumed;
         drop(plan);
         drop(nodes);
-        self.progress.send_modify(|p| {
+        let Some(progress) = &self.progress else {
+            return;
+        };
+        progress.send_modify(|p| {
             p.status = status;
             p.total = total;
             p.completed = completed;

@@ -33,6 +33,9 @@ pub struct PlanNode {
     pub name: String,
     /// The node holds the model file.
     pub has_model: bool,
+    /// Lacking it, the node can fetch its stage's part from a household node that holds it
+    /// (used when the request names the stages).
+    pub can_fetch: bool,
     /// Bytes it offers for models now.
     pub memory_free: u64,
     /// Its measured decode speed for the whole model, if any.
@@ -129,7 +132,7 @@ pub fn plan(
                     Some(i) if picked.contains(&i) => {
                         reasons.push(format!("{name} is named twice"))
                     }
-                    Some(i) => match unusable(&nodes[i]) {
+                    Some(i) => match unusable(&nodes[i], true) {
                         Some(why) => reasons.push(format!("{name} {why}")),
                         None => picked.push(i),
                     },
@@ -144,7 +147,7 @@ pub fn plan(
         _ => {
             let mut usable = Vec::new();
             for (i, n) in nodes.iter().enumerate() {
-                match unusable(n) {
+                match unusable(n, false) {
                     Some(why) => reasons.push(format!("{} {why}", n.name)),
                     None => usable.push(i),
                 }
@@ -243,10 +246,15 @@ pub fn plan(
     Ok(chosen)
 }
 
-/// Why a node cannot be a stage, if it cannot.
-fn unusable(n: &PlanNode) -> Option<&'static str> {
-    if !n.has_model {
-        Some("does not have the model file")
+/// Why a node cannot be a stage, if it cannot: a node named by the request may fetch its part of
+/// a file it lacks; the planner's own choices hold the file already.
+fn unusable(n: &PlanNode, named: bool) -> Option<&'static str> {
+    if !n.has_model && !(named && n.can_fetch) {
+        Some(if named {
+            "does not have the model file, and no household node can send it"
+        } else {
+            "does not have the model file"
+        })
     } else if n.draining {
         Some("is shutting down")
     } else {
@@ -416,6 +424,7 @@ mod tests {
         PlanNode {
             name: name.into(),
             has_model: true,
+            can_fetch: false,
             memory_free: free_mb * MB,
             tokens_per_s: Some(50.0),
             latency_ms: Some(0.5),
@@ -569,6 +578,7 @@ mod tests {
     fn nodes_without_the_file_or_leaving_are_left_out_with_the_reason() {
         let missing = PlanNode {
             has_model: false,
+            can_fetch: true,
             ..node("missing", 500)
         };
         let leaving = PlanNode {
@@ -578,7 +588,7 @@ mod tests {
         let p = plan(
             &layout(),
             CTX,
-            &[missing, leaving, node("a", 90), node("b", 90)],
+            &[missing.clone(), leaving, node("a", 90), node("b", 90)],
             &Ask::Auto,
         )
         .unwrap();
@@ -587,6 +597,20 @@ mod tests {
             .reasons
             .contains(&"missing does not have the model file".to_owned()));
         assert!(p.reasons.contains(&"leaving is shutting down".to_owned()));
+        // Named, a node without the file takes part when it can fetch its stage's part.
+        let named = Ask::Nodes(vec!["a".into(), "missing".into()]);
+        let nodes = [missing.clone(), node("a", 90)];
+        let p = plan(&layout(), CTX, &nodes, &named).unwrap();
+        assert_eq!(p.stages[1].node, "missing");
+        let stranded = PlanNode {
+            can_fetch: false,
+            ..missing
+        };
+        let err = plan(&layout(), CTX, &[stranded, node("a", 90)], &named).unwrap_err();
+        assert!(
+            err.to_string().contains("no household node can send it"),
+            "{err}"
+        );
     }
 
     #[test]
