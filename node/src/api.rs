@@ -6,8 +6,8 @@ mod history;
 mod mesh;
 mod ollama;
 mod openai;
-mod share;
 pub mod server;
+mod share;
 
 use std::sync::Arc;
 

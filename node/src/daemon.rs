@@ -20,8 +20,8 @@ use crate::metrics::Metrics;
 use crate::models::ModelCache;
 use crate::node::Node;
 use crate::runtime_file::RuntimeInfo;
-use crate::{share, split};
 use crate::{api, durable, identity, logs};
+use crate::{share, split};
 
 /// Test hook: milliseconds added to every model load, so tests can watch a node while it loads.
 const LOAD_DELAY_VAR: &str = "HEARTH_TEST_LOAD_DELAY_MS";

@@ -78,7 +78,7 @@ pub enum PullError {
 #[derive(Debug)]
 pub enum Started {
     /// The model is in this node's cache already.
-    Present(CachedModel),
+    Present(Box<CachedModel>),
     /// A pull runs (started now, or joined): its progress.
     Pulling(watch::Receiver<Progress>),
 }
@@ -98,7 +98,10 @@ pub fn start(
     let c = cache.clone();
     tokio::task::spawn_blocking(move || match c.ensure_manifests() {
         Ok(0) => {}
-        Ok(n) => tracing::info!(models = n, "made chunk manifests for models imported earlier"),
+        Ok(n) => tracing::info!(
+            models = n,
+            "made chunk manifests for models imported earlier"
+        ),
         Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot make chunk manifests"),
     });
     Ok(Arc::new(Share {
@@ -252,12 +255,18 @@ impl Share {
                 .map_err(|e| e.to_string())?;
             match parsed {
                 Ok(g)
-                    if g.tensors.values().map(|t| t.offset as u64).min().unwrap_or(0)
+                    if g.tensors
+                        .values()
+                        .map(|t| t.offset as u64)
+                        .min()
+                        .unwrap_or(0)
                         <= u64::from(n) * chunk =>
                 {
                     break g
                 }
-                Err(e) if n == chunks => return Err(format!("the fetched file is not a model hearth reads: {e}")),
+                Err(e) if n == chunks => {
+                    return Err(format!("the fetched file is not a model hearth reads: {e}"))
+                }
                 _ if n == chunks => return Err("the fetched file's header never ends".into()),
                 _ => prefix = prefix.saturating_mul(2),
             }
@@ -320,18 +329,15 @@ impl Share {
     /// Pulls the model `query` names into this node's cache, or joins the pull of it that runs;
     /// `name` overrides the name it gets here. Fails at once when no connected peer holds it.
     pub fn pull(self: &Arc<Self>, query: &str, name: Option<&str>) -> Result<Started, PullError> {
-        let local = self
-            .cache
-            .list()
-            .unwrap_or_default()
-            .into_iter()
-            .find(|m| m.name.eq_ignore_ascii_case(query) || (is_digest(query) && m.digest == query));
+        let local = self.cache.list().unwrap_or_default().into_iter().find(|m| {
+            m.name.eq_ignore_ascii_case(query) || (is_digest(query) && m.digest == query)
+        });
         if let Some(m) = local {
-            return Ok(Started::Present(m));
+            return Ok(Started::Present(Box::new(m)));
         }
         let offer = self.find(query)?;
         if let Ok(Some(m)) = self.cache.by_digest(&offer.digest) {
-            return Ok(Started::Present(m));
+            return Ok(Started::Present(Box::new(m)));
         }
         let mut pulls = self.pulls.lock().expect("pulls lock");
         if let Some(running) = pulls.get(&offer.digest) {

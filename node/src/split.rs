@@ -157,7 +157,11 @@ impl Host {
 
     /// Fetches what a stage of `digest` holding `layers` (or only the header) reads, when this
     /// node's cache lacks the model. Blocks: call it off the async runtime.
-    fn fetch(&self, digest: &str, layers: Option<Range<u32>>) -> Result<std::path::PathBuf, JobError> {
+    fn fetch(
+        &self,
+        digest: &str,
+        layers: Option<Range<u32>>,
+    ) -> Result<std::path::PathBuf, JobError> {
         let (share, d) = (self.share.clone(), digest.to_owned());
         self.runtime
             .block_on(async move { share.fetch_stage(&d, layers).await })

@@ -65,7 +65,9 @@ pub struct Manifest {
 pub enum BlobError {
     #[error("the manifest does not match the root the holder advertised")]
     WrongRoot,
-    #[error("a manifest of {hashes} chunk hashes for a file of {size} bytes in chunks of {chunk_size}")]
+    #[error(
+        "a manifest of {hashes} chunk hashes for a file of {size} bytes in chunks of {chunk_size}"
+    )]
     Inconsistent {
         size: u64,
         chunk_size: u32,
@@ -206,7 +208,7 @@ impl Manifest {
 
     /// Reads the stored form; `None` when it is damaged.
     pub fn from_bytes(bytes: &[u8]) -> Option<Manifest> {
-        if bytes.len() < 12 || (bytes.len() - 12) % 32 != 0 {
+        if bytes.len() < 12 || !(bytes.len() - 12).is_multiple_of(32) {
             return None;
         }
         let m = Manifest {
@@ -369,10 +371,7 @@ mod tests {
             m.verify_chunk(2, &bytes[2048..3072]),
             Err(BlobError::BadChunk { index: 2 })
         );
-        assert!(matches!(
-            m.verify_chunk(4, &bytes[4096..5000]),
-            Ok(())
-        ));
+        assert!(matches!(m.verify_chunk(4, &bytes[4096..5000]), Ok(())));
         assert!(matches!(
             m.verify_chunk(4, &bytes[4096..4999]),
             Err(BlobError::WrongLength { .. })

@@ -81,7 +81,11 @@ fn chat_on(node: &TestNode, pin: &str) -> (u16, Value) {
 #[test]
 fn a_model_is_pulled_into_an_empty_node_verified_and_served_there() {
     let household = Household::new();
-    let holder = TestNode::start("holder", &household, NodeOptions::holding(TestModel::SmolLm2));
+    let holder = TestNode::start(
+        "holder",
+        &household,
+        NodeOptions::holding(TestModel::SmolLm2),
+    );
     let empty = TestNode::start("empty", &household, NodeOptions::dialing(&[&holder]));
     meet(&empty, &["holder", "empty"]);
 
@@ -115,7 +119,10 @@ fn a_model_is_pulled_into_an_empty_node_verified_and_served_there() {
         String::from_utf8_lossy(&out.stderr),
         empty.log()
     );
-    assert!(stdout.contains("pulled smollm2-135m as smollm2-135m"), "{stdout}");
+    assert!(
+        stdout.contains("pulled smollm2-135m as smollm2-135m"),
+        "{stdout}"
+    );
     assert!(stdout.contains("from holder"), "{stdout}");
     assert_eq!(sha256(&model_file(&empty)), SMOLLM2_SHA256);
     assert_eq!(
@@ -151,9 +158,7 @@ fn a_model_is_pulled_into_an_empty_node_verified_and_served_there() {
 #[test]
 fn a_sender_killed_mid_transfer_is_replaced_and_the_pull_does_not_restart() {
     let household = Household::new();
-    let slow = |n: &str| {
-        NodeOptions::holding(TestModel::SmolLm2).with_env(CHUNK_DELAY, n)
-    };
+    let slow = |n: &str| NodeOptions::holding(TestModel::SmolLm2).with_env(CHUNK_DELAY, n);
     let mut first = TestNode::start("first", &household, slow("40"));
     let second = TestNode::start("second", &household, slow("40"));
     let puller = TestNode::start(
@@ -222,7 +227,10 @@ fn an_interrupted_pull_resumes_where_it_stopped() {
     let out = puller.cli(&["models", "pull", "smollm2-135m"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", puller.log());
-    assert!(stdout.contains("were here from an earlier pull"), "{stdout}");
+    assert!(
+        stdout.contains("were here from an earlier pull"),
+        "{stdout}"
+    );
     let received = puller.metric("hearth_blob_bytes_received_total") as u64;
     assert!(
         received + before - 2 * (8 << 20) <= total && received < total,
@@ -300,7 +308,11 @@ fn a_holder_sending_a_corrupt_chunk_is_caught_there_and_not_asked_again() {
 #[test]
 fn the_ollama_client_pulls_a_model_from_the_household() {
     let household = Household::new();
-    let holder = TestNode::start("holder", &household, NodeOptions::holding(TestModel::SmolLm2));
+    let holder = TestNode::start(
+        "holder",
+        &household,
+        NodeOptions::holding(TestModel::SmolLm2),
+    );
     let empty = TestNode::start(
         "empty",
         &household,
@@ -329,8 +341,15 @@ fn the_ollama_client_pulls_a_model_from_the_household() {
     let statuses = got["statuses"].as_array().unwrap();
     assert_eq!(statuses.first().unwrap(), "pulling manifest", "{got}");
     assert_eq!(statuses.last().unwrap(), "success", "{got}");
-    assert!(statuses.contains(&json!("verifying sha256 digest")), "{got}");
-    assert_eq!(got["digests"], json!([format!("sha256:{SMOLLM2_SHA256}")]), "{got}");
+    assert!(
+        statuses.contains(&json!("verifying sha256 digest")),
+        "{got}"
+    );
+    assert_eq!(
+        got["digests"],
+        json!([format!("sha256:{SMOLLM2_SHA256}")]),
+        "{got}"
+    );
     assert!(got["progress_lines"].as_u64().unwrap() > 1, "{got}");
     assert_eq!(got["completed"].as_u64(), Some(size()), "{got}");
     assert_eq!(got["total"].as_u64(), Some(size()), "{got}");
@@ -349,12 +368,20 @@ fn the_ollama_client_pulls_a_model_from_the_household() {
 #[test]
 fn making_room_never_removes_a_loaded_or_pinned_model() {
     let household = Household::new();
-    let holder = TestNode::start("holder", &household, NodeOptions::holding(TestModel::Gemma3));
+    let holder = TestNode::start(
+        "holder",
+        &household,
+        NodeOptions::holding(TestModel::Gemma3),
+    );
     let gemma = std::fs::metadata(TestModel::Gemma3.path()).unwrap().len();
     // Room for the new model only if the one already here goes.
     let cap = (size() + gemma - (1 << 20)).to_string();
-    let base = NodeOptions::holding(TestModel::SmolLm2)
-        .with_args(&["--peer", &holder.listen, "--cache-size", &cap]);
+    let base = NodeOptions::holding(TestModel::SmolLm2).with_args(&[
+        "--peer",
+        &holder.listen,
+        "--cache-size",
+        &cap,
+    ]);
     let mut node = TestNode::start(
         "small",
         &household,
@@ -369,7 +396,10 @@ fn making_room_never_removes_a_loaded_or_pinned_model() {
         );
         assert_eq!(status, 507, "{body}");
         let message = body["error"]["message"].as_str().unwrap();
-        assert!(message.contains(&format!("smollm2-135m (94 MB, {why})")), "{message}");
+        assert!(
+            message.contains(&format!("smollm2-135m (94 MB, {why})")),
+            "{message}"
+        );
     };
     // Loaded: it stays, and the pull is refused with the reason.
     refused(&node, "in use");
@@ -378,7 +408,11 @@ fn making_room_never_removes_a_loaded_or_pinned_model() {
     node.restart(&base);
     meet(&node, &["holder", "small"]);
     let out = node.cli(&["models", "pin", "smollm2-135m"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     refused(&node, "pinned");
     assert!(model_file(&node).is_file());
 
@@ -389,14 +423,21 @@ fn making_room_never_removes_a_loaded_or_pinned_model() {
     assert_eq!(last["status"], "success", "{last}\n{}", node.log());
     assert!(!model_file(&node).exists());
     let list = String::from_utf8_lossy(&node.cli(&["models", "list"]).stdout).into_owned();
-    assert!(list.contains("gemma3-270m") && !list.contains("smollm2-135m"), "{list}");
+    assert!(
+        list.contains("gemma3-270m") && !list.contains("smollm2-135m"),
+        "{list}"
+    );
     assert!(node.log().contains("to make room"), "{}", node.log());
 }
 
 #[test]
 fn split_stages_on_nodes_without_the_model_fetch_only_their_part() {
     let household = Household::new();
-    let holder = TestNode::start("holder", &household, NodeOptions::holding(TestModel::SmolLm2));
+    let holder = TestNode::start(
+        "holder",
+        &household,
+        NodeOptions::holding(TestModel::SmolLm2),
+    );
     let s2 = TestNode::start("s2", &household, NodeOptions::dialing(&[&holder]));
     let s3 = TestNode::start("s3", &household, NodeOptions::dialing(&[&holder, &s2]));
     for n in [&holder, &s2, &s3] {
@@ -413,7 +454,10 @@ fn split_stages_on_nodes_without_the_model_fetch_only_their_part() {
         );
         assert_eq!(status, 200, "{v}\n{}\n{}", s2.log(), s3.log());
         (
-            v["choices"][0]["message"]["content"].as_str().unwrap().to_owned(),
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
             v["hearth"]["nodes"].clone(),
         )
     };
@@ -433,7 +477,11 @@ fn split_stages_on_nodes_without_the_model_fetch_only_their_part() {
         moved[1] as f64 * 100.0 / total as f64
     );
     for (n, m) in [&s2, &s3].iter().zip(&moved) {
-        assert!(*m > 0 && *m < total / 2, "{} fetched {m} of {total}", n.name);
+        assert!(
+            *m > 0 && *m < total / 2,
+            "{} fetched {m} of {total}",
+            n.name
+        );
         // A part of a file is not a cached model.
         let list = String::from_utf8_lossy(&n.cli(&["models", "list"]).stdout).into_owned();
         assert!(!list.contains("smollm2-135m"), "{list}");

@@ -184,10 +184,11 @@ impl Members {
             return route;
         };
         // A node without the file can fetch its part when a holder has the file's manifest.
-        let fetchable = self
-            .0
-            .iter()
-            .any(|m| m.card.model(digest).is_some_and(|i| i.manifest_root.is_some()));
+        let fetchable = self.0.iter().any(|m| {
+            m.card
+                .model(digest)
+                .is_some_and(|i| i.manifest_root.is_some())
+        });
         let nodes: Vec<plan::PlanNode> = self
             .0
             .iter()

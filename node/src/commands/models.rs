@@ -91,7 +91,9 @@ fn pull(data: &DataDir, model: &str, name: Option<&str>) -> Result<()> {
     if last["status"] == "failed" || last.is_null() {
         bail!(
             "pulling {model} failed: {}",
-            last["error"].as_str().unwrap_or("the node's stream ended early")
+            last["error"]
+                .as_str()
+                .unwrap_or("the node's stream ended early")
         );
     }
     let from: Vec<String> = last["peers"]
@@ -99,7 +101,13 @@ fn pull(data: &DataDir, model: &str, name: Option<&str>) -> Result<()> {
         .into_iter()
         .flatten()
         .filter(|p| p["bytes"].as_u64() > Some(0))
-        .map(|p| format!("{} {} MB", p["node"].as_str().unwrap_or("?"), p["bytes"].as_u64().unwrap_or(0) >> 20))
+        .map(|p| {
+            format!(
+                "{} {} MB",
+                p["node"].as_str().unwrap_or("?"),
+                p["bytes"].as_u64().unwrap_or(0) >> 20
+            )
+        })
         .collect();
     let resumed = last["resumed"].as_u64().unwrap_or(0);
     if from.is_empty() && Some(resumed) == last["total"].as_u64() {

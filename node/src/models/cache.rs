@@ -305,7 +305,11 @@ impl ModelCache {
         }
         let taken = |n: &str| index.models.iter().any(|m| m.name.eq_ignore_ascii_case(n));
         let name = if validate_name(name).is_err() || taken(name) {
-            format!("{}-{}", name.chars().take(40).collect::<String>(), &digest[..8])
+            format!(
+                "{}-{}",
+                name.chars().take(40).collect::<String>(),
+                &digest[..8]
+            )
         } else {
             name.to_owned()
         };

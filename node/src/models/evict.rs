@@ -89,7 +89,10 @@ mod tests {
         assert!(evictions(&models, 20, 140, &none).unwrap().is_empty());
         let names = |v: Vec<&CachedModel>| v.iter().map(|m| m.name.clone()).collect::<Vec<_>>();
         assert_eq!(names(evictions(&models, 30, 140, &none).unwrap()), ["b"]);
-        assert_eq!(names(evictions(&models, 90, 140, &none).unwrap()), ["b", "c"]);
+        assert_eq!(
+            names(evictions(&models, 90, 140, &none).unwrap()),
+            ["b", "c"]
+        );
     }
 
     #[test]
@@ -104,7 +107,12 @@ mod tests {
         assert_eq!(chosen.len(), 1);
         assert_eq!(chosen[0].name, "new");
         let err = evictions(&models, 100, 150, &busy).unwrap_err();
-        assert!(err.contains("old (1 MB, pinned)") && err.contains("busy (1 MB, in use)"), "{err}");
-        assert!(evictions(&models, 200, 150, &busy).unwrap_err().contains("at most"));
+        assert!(
+            err.contains("old (1 MB, pinned)") && err.contains("busy (1 MB, in use)"),
+            "{err}"
+        );
+        assert!(evictions(&models, 200, 150, &busy)
+            .unwrap_err()
+            .contains("at most"));
     }
 }

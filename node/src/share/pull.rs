@@ -144,12 +144,9 @@ impl Partial {
         progress: Option<watch::Sender<Progress>>,
     ) -> Result<u64, String> {
         let have = &self.have;
-        let plan = Plan::new(
-            self.manifest.size,
-            self.manifest.chunk_size,
-            wanted,
-            |i| have[i as usize],
-        );
+        let plan = Plan::new(self.manifest.size, self.manifest.chunk_size, wanted, |i| {
+            have[i as usize]
+        });
         if plan.done() {
             return Ok(0);
         }
@@ -302,9 +299,11 @@ async fn manifest(share: &Share, digest: &str) -> Result<(String, Manifest), Str
             None => roots.push((r, 1)),
         }
     }
-    roots.sort_by(|a, b| b.1.cmp(&a.1));
+    roots.sort_by_key(|r| std::cmp::Reverse(r.1));
     let Some((root, _)) = roots.first().cloned() else {
-        return Err("no connected household node holds it (or every holder sent bad bytes before)".into());
+        return Err(
+            "no connected household node holds it (or every holder sent bad bytes before)".into(),
+        );
     };
     if roots.len() > 1 {
         tracing::warn!(%digest, roots = roots.len(), "holders disagree about the model's chunk manifest; using the one most of them advertise");
@@ -318,7 +317,9 @@ async fn manifest(share: &Share, digest: &str) -> Result<(String, Manifest), Str
                     share.mark_bad(h.peer, digest);
                 }
             },
-            Err(e) => tracing::info!(peer = %h.peer, node = %h.node, error = %e, "cannot get the manifest from this holder"),
+            Err(e) => {
+                tracing::info!(peer = %h.peer, node = %h.node, error = %e, "cannot get the manifest from this holder")
+            }
         }
     }
     Err("no holder sent a manifest that verifies".into())
@@ -386,7 +387,8 @@ async fn fetch_all(job: &Arc<Job>) -> Result<(), String> {
     let mut alone_since: Option<Instant> = None;
     loop {
         for h in job.share.holders(&job.digest) {
-            if h.root.as_deref() != Some(job.root.as_str()) || job.share.is_bad(h.peer, &job.digest) {
+            if h.root.as_deref() != Some(job.root.as_str()) || job.share.is_bad(h.peer, &job.digest)
+            {
                 continue;
             }
             let new = {

@@ -72,7 +72,11 @@ async fn answer(
         .map_err(std::io::Error::other)?
     };
     let Some(manifest) = manifest else {
-        return refuse(&mut stream, format!("this node does not hold model {digest}")).await;
+        return refuse(
+            &mut stream,
+            format!("this node does not hold model {digest}"),
+        )
+        .await;
     };
     let (first, count) = match request {
         BlobRequest::Manifest { .. } => {
@@ -83,7 +87,7 @@ async fn answer(
         }
         BlobRequest::Chunks { first, count, .. } => (first, count),
     };
-    let end = first.checked_add(count).unwrap_or(u32::MAX);
+    let end = first.saturating_add(count);
     if count == 0 || count > MAX_CHUNKS_PER_REQUEST || end > manifest.chunks() {
         return refuse(
             &mut stream,

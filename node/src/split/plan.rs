@@ -249,7 +249,7 @@ pub fn plan(
 /// Why a node cannot be a stage, if it cannot: a node named by the request may fetch its part of
 /// a file it lacks; the planner's own choices hold the file already.
 fn unusable(n: &PlanNode, named: bool) -> Option<&'static str> {
-    if !n.has_model && !(named && n.can_fetch) {
+    if !(n.has_model || named && n.can_fetch) {
         Some(if named {
             "does not have the model file, and no household node can send it"
         } else {
