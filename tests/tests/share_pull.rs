@@ -494,3 +494,164 @@ fn split_stages_on_nodes_without_the_model_fetch_only_their_part() {
         moved[0]
     );
 }
+
+/// Sends `request` on a new blob stream and reads the first answer, opening another stream when
+/// one closes before any answer (as the node's own `Mesh::ask` does).
+async fn ask_blob(
+    control: &libp2p_stream::Control,
+    peer: libp2p::PeerId,
+    request: &hearth_protocol::BlobRequest,
+) -> (libp2p::Stream, hearth_protocol::BlobFrame) {
+    use hearth_node::mesh::wire::{read_frame, write_frame};
+    for attempt in 1..=5u64 {
+        let mut stream = control
+            .clone()
+            .open_stream(
+                peer,
+                libp2p::StreamProtocol::new(hearth_protocol::BLOB_PROTOCOL),
+            )
+            .await
+            .unwrap();
+        if write_frame(&mut stream, request).await.is_ok() {
+            if let Ok(Some(first)) = read_frame(&mut stream).await {
+                return (stream, first);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+    }
+    panic!("five blob streams closed before an answer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_blob_streams_over_one_connection_are_all_answered_and_bad_requests_refused() {
+    use hearth_node::mesh::wire::read_frame;
+    use hearth_protocol::{BlobFrame, BlobRequest, ManifestReader};
+    let household = Household::new();
+    let holder = TestNode::start(
+        "holder",
+        &household,
+        NodeOptions::holding(TestModel::SmolLm2),
+    );
+    let (control, peer) = hearth_tests::mesh::household_client(&household, &holder).await;
+    let digest = SMOLLM2_SHA256.to_owned();
+
+    let (mut stream, first) = ask_blob(
+        &control,
+        peer,
+        &BlobRequest::Manifest {
+            digest: digest.clone(),
+        },
+    )
+    .await;
+    let mut reader = ManifestReader::default();
+    let mut frame = first;
+    let manifest = loop {
+        if let Some(m) = reader.push(frame).unwrap() {
+            break m;
+        }
+        frame = read_frame(&mut stream).await.unwrap().unwrap();
+    };
+    assert_eq!(manifest.size, size());
+
+    // 32 requests of 4 chunks at once, all over one connection: every chunk comes and verifies.
+    let tasks: Vec<_> = (0..32u32)
+        .map(|i| {
+            let (control, digest, manifest) = (control.clone(), digest.clone(), manifest.clone());
+            tokio::spawn(async move {
+                let request = BlobRequest::Chunks {
+                    digest,
+                    first: i * 4,
+                    count: 4,
+                };
+                let (mut stream, first) = ask_blob(&control, peer, &request).await;
+                let mut frame = Some(first);
+                for index in i * 4..i * 4 + 4 {
+                    let next = match frame.take() {
+                        Some(f) => f,
+                        None => read_frame(&mut stream).await.unwrap().unwrap(),
+                    };
+                    let BlobFrame::Chunk { index: got, bytes } = next else {
+                        panic!("not a chunk: {next:?}");
+                    };
+                    assert_eq!(got, index);
+                    manifest.verify_chunk(index, &bytes).unwrap();
+                }
+                assert!(read_frame::<_, BlobFrame>(&mut stream)
+                    .await
+                    .unwrap()
+                    .is_none());
+            })
+        })
+        .collect();
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(120), t)
+            .await
+            .expect("every request is answered")
+            .unwrap();
+    }
+
+    // Mistakes get a reason, not a hang.
+    let chunks = manifest.chunks();
+    for (request, says) in [
+        (
+            BlobRequest::Chunks {
+                digest: digest.clone(),
+                first: chunks,
+                count: 1,
+            },
+            "chunks",
+        ),
+        (
+            BlobRequest::Chunks {
+                digest: digest.clone(),
+                first: 0,
+                count: 0,
+            },
+            "chunks",
+        ),
+        (
+            BlobRequest::Chunks {
+                digest: digest.clone(),
+                first: u32::MAX,
+                count: 1000,
+            },
+            "chunks",
+        ),
+        (
+            BlobRequest::Manifest {
+                digest: "0".repeat(64),
+            },
+            "does not hold",
+        ),
+        (
+            BlobRequest::Manifest {
+                digest: "../../etc/passwd".into(),
+            },
+            "does not hold",
+        ),
+    ] {
+        let (_, answer) = ask_blob(&control, peer, &request).await;
+        match answer {
+            BlobFrame::Refused { reason } => assert!(reason.contains(says), "{reason}"),
+            other => panic!("{request:?} got {other:?}"),
+        }
+    }
+    // The holder still serves a proper pull.
+    let (household, listen) = (household.clone(), holder.listen.clone());
+    let last = tokio::task::spawn_blocking(move || {
+        let puller = TestNode::start(
+            "puller",
+            &household,
+            NodeOptions {
+                peers: vec![listen],
+                ..NodeOptions::default()
+            },
+        );
+        meet(&puller, &["holder", "puller"]);
+        pull_watching(&puller, "smollm2-135m", |_| {})
+    })
+    .await
+    .unwrap();
+    assert_eq!(last["status"], "success", "{last}");
+    drop(holder);
+}
