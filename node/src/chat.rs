@@ -110,6 +110,23 @@ pub async fn start_reply(
             reasons: reasons.join("; "),
         });
     }
+    if node.share.pulls_when_faster() {
+        let estimate = node.share.estimate(
+            &members,
+            &route,
+            &model.info.digest,
+            context,
+            request.params.max_tokens,
+        );
+        if let Some(e) = estimate.filter(|e| e.pull) {
+            let (engine, digest) = (node.engine.clone(), model.info.digest.clone());
+            node.share.pull_to_serve(&model.info.digest, &e, move || {
+                if let Err(err) = engine.preload(&digest) {
+                    tracing::warn!(model = %digest, error = %err, "the pulled model did not load");
+                }
+            });
+        }
+    }
     let slot = match (request.conversation, &request.prompt) {
         (None, _) => None,
         (Some(c), Prompt::Chat(messages)) => {

@@ -70,6 +70,11 @@ pub struct Settings {
     /// pinned (`hearth models pin`).
     #[arg(long, env = "HEARTH_CACHE_SIZE", value_name = "SIZE")]
     pub cache_size: Option<String>,
+    /// Pull a model this node lacks from the household when a request for it goes to a slower
+    /// or busier node and the estimate (`GET /api/route`) says the pull pays within a few
+    /// replies; the request itself is served where routing sent it [default: false].
+    #[arg(long, env = "HEARTH_PULL_WHEN_FASTER", value_name = "BOOL")]
+    pub pull_when_faster: Option<bool>,
     /// Models to load at start rather than at their first request (repeatable).
     #[arg(
         long = "load",
@@ -121,6 +126,8 @@ pub struct NodeConfig {
     pub max_memory: Option<u64>,
     /// Most bytes the model cache may hold; `None`: no limit.
     pub cache_size: Option<u64>,
+    /// Pull models here when routing estimates it pays.
+    pub pull_when_faster: bool,
     pub load: Vec<String>,
     pub grace: std::time::Duration,
     pub queue_timeout: std::time::Duration,
@@ -158,6 +165,7 @@ impl Settings {
             ctx: self.ctx.or(fallback.ctx),
             max_memory: self.max_memory.or(fallback.max_memory),
             cache_size: self.cache_size.or(fallback.cache_size),
+            pull_when_faster: self.pull_when_faster.or(fallback.pull_when_faster),
             load: vec_or(self.load, fallback.load),
             grace: self.grace.or(fallback.grace),
             queue_timeout: self.queue_timeout.or(fallback.queue_timeout),
@@ -213,6 +221,11 @@ impl Settings {
                 n => Ok(n as usize),
             }
         };
+        let size = |v: Option<&str>, what: &str| -> Result<Option<u64>> {
+            v.map(crate::memory::parse_size)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("{what}: {e}"))
+        };
         let log_format = match self.log_format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -233,18 +246,9 @@ impl Settings {
             max_queue: positive(self.max_queue, 16, "--max-queue")?,
             threads: self.threads.map(|t| t.max(1) as usize),
             ctx: positive(self.ctx, 4096, "--ctx")?.max(16),
-            max_memory: self
-                .max_memory
-                .as_deref()
-                .map(crate::memory::parse_size)
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("--max-memory: {e}"))?,
-            cache_size: self
-                .cache_size
-                .as_deref()
-                .map(crate::memory::parse_size)
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("--cache-size: {e}"))?,
+            max_memory: size(self.max_memory.as_deref(), "--max-memory")?,
+            cache_size: size(self.cache_size.as_deref(), "--cache-size")?,
+            pull_when_faster: self.pull_when_faster.unwrap_or(false),
             load: self.load,
             grace: std::time::Duration::from_secs(self.grace.unwrap_or(5)),
             queue_timeout: std::time::Duration::from_secs(positive(

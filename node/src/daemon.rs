@@ -122,6 +122,7 @@ async fn serve(
         let engine = engine.clone();
         let limits = share::Limits {
             cache_size: config.cache_size,
+            pull_when_faster: config.pull_when_faster,
             in_use: Box::new(move || engine.in_use()),
         };
         share::start(&mesh, cards.clone(), cache.clone(), metrics.clone(), limits)?

@@ -4,6 +4,7 @@
 //! (`plan`, the pure core: who sends which chunk), verifies each as it arrives, and enters the
 //! file into the cache once its SHA-256 matches. An interrupted pull resumes from what is on disk.
 
+pub mod estimate;
 pub mod plan;
 pub mod pull;
 mod server;
@@ -35,6 +36,8 @@ pub struct Share {
     pulls: Mutex<HashMap<String, watch::Receiver<Progress>>>,
     /// (holder, model digest) pairs that sent chunks that did not verify.
     bad: Mutex<HashSet<(PeerId, String)>>,
+    /// Bytes/s measured from each holder by pulls.
+    links: Mutex<HashMap<PeerId, f64>>,
     /// Files split stages here fill part by part, by digest (one fetch at a time for each).
     partials: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Partial>>>>>,
 }
@@ -51,6 +54,8 @@ pub struct Limits {
     pub cache_size: Option<u64>,
     /// Digests of the models in use now (loaded or being loaded): never removed to make room.
     pub in_use: Box<dyn Fn() -> Vec<String> + Send + Sync>,
+    /// Pull a model here when routing estimates it pays (`--pull-when-faster`).
+    pub pull_when_faster: bool,
 }
 
 /// A model some household node holds.
@@ -113,6 +118,7 @@ pub fn start(
         pulls: Mutex::new(HashMap::new()),
         bad: Mutex::new(HashSet::new()),
         partials: Mutex::new(HashMap::new()),
+        links: Mutex::new(HashMap::new()),
     }))
 }
 
@@ -140,6 +146,102 @@ impl Share {
                 })
             })
             .collect()
+    }
+
+    /// Records the rate at which `peer` sent `bytes` in `seconds`.
+    pub(crate) fn measured_link(&self, peer: PeerId, bytes: u64, seconds: f64) {
+        if bytes >= 1 << 20 && seconds > 0.0 {
+            let rate = bytes as f64 / seconds;
+            let mut links = self.links.lock().expect("links lock");
+            let r = links.entry(peer).or_insert(rate);
+            *r = 0.5 * *r + 0.5 * rate;
+        }
+    }
+
+    /// Whether routing may pull models here.
+    pub fn pulls_when_faster(&self) -> bool {
+        self.limits.pull_when_faster
+    }
+
+    /// Whether pulling the model to this node would pay, when this node lacks it and `route`
+    /// sends the reply to a peer: the estimate and its figures (`share::estimate`).
+    pub fn estimate(
+        &self,
+        members: &crate::chat::Members,
+        route: &crate::chat::routing::Route,
+        digest: &str,
+        context: u32,
+        tokens: u32,
+    ) -> Option<estimate::Estimate> {
+        let here = members.0.iter().find(|m| m.this_node)?;
+        let best = route.ranked.first()?;
+        let peer = best.candidate.peer_id?;
+        if here.card.model(digest).is_some() || best.split.is_some() {
+            return None;
+        }
+        let there = members.0.iter().find(|m| m.peer_id == peer)?;
+        let info = there.card.model(digest)?;
+        let sizes: HashMap<&str, u64> = here
+            .card
+            .models
+            .iter()
+            .map(|m| (m.digest.as_str(), m.size))
+            .collect();
+        let link = self.links.lock().expect("links lock").get(&peer).copied();
+        Some(estimate::estimate(
+            info.size,
+            tokens,
+            &estimate::Serving {
+                node: there.card.name.clone(),
+                tokens_per_s: there.card.speed(digest),
+                active: best.candidate.active_jobs,
+                queued: best.candidate.queue_depth,
+                max_jobs: there.card.max_jobs,
+            },
+            &estimate::Here {
+                node: here.card.name.clone(),
+                idle: here.card.active_jobs == 0 && here.card.queue_depth == 0,
+                free_memory: here.card.memory_free(),
+                needs: info
+                    .layout
+                    .as_ref()
+                    .map_or(info.size, |l| l.whole_bytes(context.min(l.context))),
+                measured: here
+                    .card
+                    .speeds
+                    .iter()
+                    .filter_map(|s| Some((*sizes.get(s.digest.as_str())?, s.tokens_per_s)))
+                    .collect(),
+            },
+            link,
+        ))
+    }
+
+    /// Starts pulling `digest` here because `estimate` says it pays, and runs `then` (loading
+    /// it) once the file is here, so routing sees it loaded beside the slower node.
+    pub fn pull_to_serve(
+        self: &Arc<Self>,
+        digest: &str,
+        estimate: &estimate::Estimate,
+        then: impl FnOnce() + Send + 'static,
+    ) {
+        match self.pull(digest, None) {
+            Ok(Started::Pulling(rx)) => {
+                if rx.borrow().status != "manifest" {
+                    return; // already running, started by someone else
+                }
+                tracing::info!(model = %digest, from = %estimate.from, reason = %estimate.reason, "pulling a model here: it pays (--pull-when-faster)");
+                tokio::spawn(async move {
+                    if pull::finished(rx).await.status == "success" {
+                        let _ = tokio::task::spawn_blocking(then).await;
+                    }
+                });
+            }
+            Ok(Started::Present(_)) => {}
+            Err(e) => {
+                tracing::info!(model = %digest, error = %e, "not pulling a model here although it would pay")
+            }
+        }
     }
 
     /// Whether `peer` sent bad bytes of `digest` before.

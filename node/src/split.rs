@@ -162,6 +162,10 @@ impl Host {
         digest: &str,
         layers: Option<Range<u32>>,
     ) -> Result<std::path::PathBuf, JobError> {
+        // No holder to fetch from: this node simply has no such model.
+        if !self.share.holders(digest).iter().any(|h| h.root.is_some()) {
+            return Err(JobError::NoModel(digest.to_owned()));
+        }
         let (share, d) = (self.share.clone(), digest.to_owned());
         self.runtime
             .block_on(async move { share.fetch_stage(&d, layers).await })

@@ -67,11 +67,20 @@ pub async fn route(
             ..RouteAsk::default()
         },
     );
+    let pull = node.share.estimate(
+        &members,
+        &route,
+        &model.info.digest,
+        node.engine.context() as u32,
+        0,
+    );
     Ok(Json(json!({
         "model": model,
         "ranked": route.ranked,
         "rejected": route.rejected,
         "split": route.split,
+        "pull": pull,
+        "pull_when_faster": node.share.pulls_when_faster(),
     })))
 }
 

@@ -280,7 +280,7 @@ pub async fn pull(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response
         crate::share::Started::Pulling(rx) => rx,
     };
     if !b.stream.unwrap_or(true) {
-        let last = super::share::finished(rx).await;
+        let last = crate::share::pull::finished(rx).await;
         return Ok(match last.error {
             None => Json(json!({"status": "success"})).into_response(),
             Some(e) => (StatusCode::BAD_GATEWAY, Json(json!({"error": e}))).into_response(),

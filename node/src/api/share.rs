@@ -54,7 +54,7 @@ pub async fn pull(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response
             .keep_alive(KeepAlive::default())
             .into_response())
     } else {
-        let last = finished(rx).await;
+        let last = crate::share::pull::finished(rx).await;
         let status = if last.status == "success" {
             StatusCode::OK
         } else {
@@ -75,16 +75,6 @@ pub(crate) fn start(node: &Node, model: &str, name: Option<&str>) -> Result<Star
         };
         ApiError::new(status, code, e.to_string()).with_param("model")
     })
-}
-
-/// Waits for the pull's end.
-pub(crate) async fn finished(mut rx: watch::Receiver<Progress>) -> Progress {
-    loop {
-        let p = rx.borrow_and_update().clone();
-        if !p.is_running() || rx.changed().await.is_err() {
-            return p;
-        }
-    }
 }
 
 /// Each change of the pull's progress (changes that come faster than they are read fold into

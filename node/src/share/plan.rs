@@ -193,6 +193,18 @@ impl<H: PartialEq + Clone> Plan<H> {
         self.give_back(h, 0..self.chunks.len());
     }
 
+    /// Lets holder `id`, which failed, be asked again (it is still there, and no other holder
+    /// is); one that sent bad bytes stays out. Returns whether it changed.
+    pub fn revive(&mut self, id: &H) -> bool {
+        match self.holder(id) {
+            Some(h) if self.holders[h].standing == Standing::Failed => {
+                self.holders[h].standing = Standing::Usable;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Chunks of `batch` that holder `id` did not deliver (its answer ended early) are wanted
     /// again; the holder stays usable, and its other batches stay its own.
     pub fn release(&mut self, id: &H, batch: Range<u32>) {
@@ -269,6 +281,8 @@ mod tests {
         p.failed(&"a");
         assert!(!p.usable(&"a"));
         assert_eq!(p.next_batch(&"a", 4), None);
+        assert!(p.revive(&"a") && p.usable(&"a"));
+        p.failed(&"a");
         assert_eq!(p.next_batch(&"b", 8), Some(2..8));
         // A late chunk from the failed holder is not counted.
         assert!(!p.got(&"a", 2));
@@ -289,6 +303,7 @@ mod tests {
         p.bad(&"a");
         p.failed(&"a");
         p.add_holder("a");
+        assert!(!p.revive(&"a"));
         assert_eq!(p.holders()[0].standing, Standing::Bad);
         assert_eq!(p.usable_holders(), 1);
         assert_eq!(p.next_batch(&"b", 4), Some(1..4));

@@ -26,8 +26,11 @@ const BATCH: u32 = 32;
 const PER_HOLDER: usize = 2;
 /// Longest wait for the next chunk of a request.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a pull waits for a usable holder to (re)appear before it gives up.
+/// How long a pull without a usable holder waits for one to (re)appear, with no chunk arriving,
+/// before it gives up.
 const NO_HOLDER_WAIT: Duration = Duration::from_secs(60);
+/// How long a pull with no usable holder waits before it asks holders that failed again.
+const RETRY_FAILED: Duration = Duration::from_secs(5);
 /// How often the pull looks at the cards for new holders.
 const LOOK: Duration = Duration::from_millis(500);
 
@@ -83,6 +86,16 @@ impl Progress {
     /// Whether the pull still runs.
     pub fn is_running(&self) -> bool {
         !matches!(self.status, "success" | "failed")
+    }
+}
+
+/// Waits for the end of the pull `rx` follows; its last progress.
+pub async fn finished(mut rx: watch::Receiver<Progress>) -> Progress {
+    loop {
+        let p = rx.borrow_and_update().clone();
+        if !p.is_running() || rx.changed().await.is_err() {
+            return p;
+        }
     }
 }
 
@@ -166,8 +179,12 @@ impl Partial {
             chunk_hash_ns: Default::default(),
         });
         job.report("pulling");
+        let started = Instant::now();
         let result = fetch_all(&job).await;
         let plan = job.plan.lock().expect("plan lock");
+        for h in plan.holders() {
+            share.measured_link(h.id, h.bytes, started.elapsed().as_secs_f64());
+        }
         for (i, h) in self.have.iter_mut().enumerate() {
             *h = *h || plan.has(i as u32);
         }
@@ -380,11 +397,13 @@ pub fn open_partial(path: &std::path::Path, m: &Manifest) -> std::io::Result<(Fi
     Ok((file, have))
 }
 
-/// Runs workers for every usable holder until every chunk is here; fails when no holder is
-/// usable for [`NO_HOLDER_WAIT`].
+/// Runs workers for every usable holder until every chunk is here; fails when no holder is usable
+/// and no chunk has come for [`NO_HOLDER_WAIT`].
 async fn fetch_all(job: &Arc<Job>) -> Result<(), String> {
     let mut workers = tokio::task::JoinSet::new();
     let mut alone_since: Option<Instant> = None;
+    // Bytes here, and when that last changed.
+    let mut progressed = (u64::MAX, Instant::now());
     loop {
         for h in job.share.holders(&job.digest) {
             if h.root.as_deref() != Some(job.root.as_str()) || job.share.is_bad(h.peer, &job.digest)
@@ -399,24 +418,38 @@ async fn fetch_all(job: &Arc<Job>) -> Result<(), String> {
                 }
                 new
             };
+            // A holder whose stream broke, still connected, is asked again once no other is left.
+            let revived = !new
+                && alone_since.is_some_and(|t| t.elapsed() > RETRY_FAILED)
+                && job.plan.lock().expect("plan lock").revive(&h.peer);
+            if revived {
+                tracing::info!(peer = %h.peer, model = %job.label, "asking a holder that failed again: no other is left");
+            }
             if new {
                 job.plan.lock().expect("plan lock").add_holder(h.peer);
+            }
+            if new || revived {
                 for _ in 0..PER_HOLDER {
                     workers.spawn(worker(job.clone(), h.peer));
                 }
             }
         }
-        let (done, usable) = {
+        let (done, usable, have) = {
             let plan = job.plan.lock().expect("plan lock");
-            (plan.done(), plan.usable_holders())
+            (plan.done(), plan.usable_holders(), plan.progress().0)
         };
         if done {
             workers.abort_all();
             return Ok(());
         }
+        if have != progressed.0 {
+            progressed = (have, Instant::now());
+        }
         if usable == 0 {
-            let since = *alone_since.get_or_insert_with(Instant::now);
-            if since.elapsed() > NO_HOLDER_WAIT {
+            alone_since.get_or_insert_with(Instant::now);
+            // Given up only without a usable holder and without a new chunk for a while (a
+            // holder asked again that fails again does not keep the pull alive for ever).
+            if progressed.1.elapsed() > NO_HOLDER_WAIT {
                 let (have, total) = job.plan.lock().expect("plan lock").progress();
                 return Err(format!(
                     "no holder left to pull from ({} of {} MB here; they are kept, and the next pull resumes from there)",
