@@ -122,6 +122,11 @@ pub fn start(
     }))
 }
 
+/// The first 12 characters of a digest (all of it when a peer's card carries a shorter one).
+pub(crate) fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
+}
+
 /// A holder of one model, as its card says.
 #[derive(Debug, Clone)]
 pub(crate) struct Holding {
@@ -304,7 +309,7 @@ impl Share {
                 "no household node holds {query} (they hold: {})",
                 offers
                     .iter()
-                    .map(|o| format!("{} [{}]", o.name, &o.digest[..12]))
+                    .map(|o| format!("{} [{}]", o.name, short(&o.digest)))
                     .collect::<Vec<_>>()
                     .join(", ")
             ))),
@@ -312,7 +317,7 @@ impl Share {
                 "{query} names {} different models ({}); give the digest",
                 many.len(),
                 many.iter()
-                    .map(|o| format!("{} [{}]", o.name, &o.digest[..12]))
+                    .map(|o| format!("{} [{}]", o.name, short(&o.digest)))
                     .collect::<Vec<_>>()
                     .join(", ")
             ))),
@@ -342,7 +347,7 @@ impl Share {
             *guard = Some(Partial::open(self, digest).await?);
         }
         let partial = guard.as_mut().expect("opened above");
-        let label = format!("{} (a split stage's part)", &digest[..12]);
+        let label = format!("{} (a split stage's part)", short(digest));
         let chunks = partial.manifest.chunks();
         let chunk = u64::from(partial.manifest.chunk_size);
         // The header's length shows only once it parses: fetch a growing prefix until it does,

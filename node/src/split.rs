@@ -137,7 +137,10 @@ impl Host {
         // A model this node lacks: its header, fetched from the household.
         let (path, name) = match crate::jobs::cached(&self.cache, digest) {
             Ok(entry) => (self.cache.file_path(&entry.digest), entry.name),
-            Err(JobError::NoModel(_)) => (self.fetch(digest, None)?, digest[..12].to_owned()),
+            Err(JobError::NoModel(_)) => (
+                self.fetch(digest, None)?,
+                crate::share::short(digest).to_owned(),
+            ),
             Err(e) => return Err(e),
         };
         let model = Model::open(&path, self.threads)
@@ -172,7 +175,7 @@ impl Host {
             .map_err(|e| {
                 JobError::Internal(format!(
                     "this node lacks model {} and cannot fetch its part from the household: {e}",
-                    &digest[..12.min(digest.len())]
+                    crate::share::short(digest)
                 ))
             })
     }

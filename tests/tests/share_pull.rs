@@ -479,8 +479,8 @@ fn split_stages_on_nodes_without_the_model_fetch_only_their_part() {
     // Each moved its layers' weights (the last stage also the head, which SmolLM2 ties to the
     // embedding), the header and the rounding to chunks: no more. Which layers each got depends
     // on the speeds the planner saw; the node's log says.
-    let layout = &holder.get("/api/peers").as_array().unwrap()[0]["card"]["models"][0]["layout"]
-        .clone();
+    let layout =
+        &holder.get("/api/peers").as_array().unwrap()[0]["card"]["models"][0]["layout"].clone();
     let layer_bytes: Vec<u64> = layout["layer_bytes"]
         .as_array()
         .unwrap()
@@ -501,7 +501,10 @@ fn split_stages_on_nodes_without_the_model_fetch_only_their_part() {
         if end == layer_bytes.len() {
             weights += layout["head_bytes"].as_u64().unwrap();
         }
-        eprintln!("{} ran layers {layers}: {weights} bytes of weights, moved {m}", n.name);
+        eprintln!(
+            "{} ran layers {layers}: {weights} bytes of weights, moved {m}",
+            n.name
+        );
         assert!(
             *m >= weights && *m <= weights + (6 << 20) && *m < total,
             "{} fetched {m} of {total} for layers {layers} ({weights} bytes of weights)",

@@ -289,7 +289,7 @@ pub async fn pull(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response
     use futures::StreamExt;
     let lines = super::share::progress_stream(rx).flat_map(|p| {
         let pulling = json!({
-            "status": format!("pulling {}", &p.digest[..12]),
+            "status": format!("pulling {}", crate::share::short(&p.digest)),
             "digest": format!("sha256:{}", p.digest),
             "total": p.total,
             "completed": p.completed,
