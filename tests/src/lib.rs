@@ -43,6 +43,16 @@ impl TestModel {
         }
     }
 
+    /// The file's SHA-256 (its digest in every cache), as DESIGN.md gives it.
+    pub const fn sha256(self) -> &'static str {
+        match self {
+            TestModel::SmolLm2 => {
+                "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+            }
+            TestModel::Gemma3 => "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        }
+    }
+
     /// Path of the verified file; panics with instructions when it is missing.
     pub fn path(self) -> PathBuf {
         let file = match self {

@@ -27,7 +27,7 @@ async fn closed(s: &mut libp2p::Stream) -> bool {
 fn request(version: u32) -> JobRequest {
     JobRequest {
         version,
-        model: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53".into(),
+        model: TestModel::SmolLm2.sha256().into(),
         prompt: Prompt::text("The sky is"),
         params: JobParams {
             seed: 1,

@@ -9,7 +9,7 @@ use hearth_tests::mesh::{post, wait_for, Household, NodeOptions, SseReader, Test
 use hearth_tests::TestModel;
 use serde_json::{json, Value};
 
-const SMOLLM2_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+const SMOLLM2_SHA256: &str = TestModel::SmolLm2.sha256();
 
 fn card<'a>(peers: &'a Value, name: &str) -> &'a Value {
     peers

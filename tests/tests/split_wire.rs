@@ -18,7 +18,7 @@ use hearth_tests::TestModel;
 use libp2p::{PeerId, Stream, StreamProtocol};
 use tokio::sync::mpsc;
 
-const SMOLLM2: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+const SMOLLM2: &str = TestModel::SmolLm2.sha256();
 const DIM: u32 = 576;
 
 /// The client: its control, its own id, the node's id, and the streams the node opens to it

@@ -120,7 +120,9 @@ fn pull(data: &DataDir, model: &str, name: Option<&str>) -> Result<()> {
     println!(
         "pulled {model} as {} [{}]{}{}",
         last["name"].as_str().unwrap_or(model),
-        last["digest"].as_str().map_or("", |d| d.get(..12).unwrap_or(d)),
+        last["digest"]
+            .as_str()
+            .map_or("", |d| d.get(..12).unwrap_or(d)),
         if from.is_empty() {
             String::new()
         } else {
