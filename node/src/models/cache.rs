@@ -118,11 +118,18 @@ impl ModelCache {
     pub fn ensure_manifests(&self) -> Result<usize> {
         let mut made = 0;
         for m in self.list()? {
-            if m.manifest_root.is_some() && self.manifest(&m.digest).is_some() {
+            // At every start: only whether the file is there, not its contents.
+            if m.manifest_root.is_some() && self.manifest_path(&m.digest).is_file() {
                 continue;
             }
             let path = self.file_path(&m.digest);
-            let (_, manifest) = hash_into(&path, None, m.size, &|_, _| {})?;
+            let (digest, manifest) = hash_into(&path, None, m.size, &|_, _| {}, true)?;
+            if digest != m.digest {
+                // A root made from a damaged file would be advertised to peers as the model's.
+                tracing::warn!(model = %m.name, file = %path.display(), "a cached model's file no longer matches its SHA-256; it is not offered to peers (import it again)");
+                continue;
+            }
+            let manifest = manifest.expect("asked for");
             self.save_manifest(&m.digest, &manifest)?;
             let mut index = self.load_index()?;
             if let Some(e) = index.models.iter_mut().find(|e| e.digest == m.digest) {
@@ -214,9 +221,9 @@ impl ModelCache {
         // Either way the file is read once.
         let linked = how == Store::Link && fs::hard_link(src, &tmp).is_ok();
         let (digest, manifest) = if linked {
-            hash_into(&tmp, None, total, progress)
+            hash_into(&tmp, None, total, progress, true)
         } else {
-            hash_into(src, Some(&tmp), total, progress)
+            hash_into(src, Some(&tmp), total, progress, true)
         }
         .inspect_err(|_| {
             let _ = fs::remove_file(&tmp);
@@ -243,6 +250,7 @@ impl ModelCache {
                 &taken.digest[..12]
             );
         }
+        let manifest = manifest.expect("asked for");
         let entry = self.enter(&tmp, name, digest, summary, &manifest)?;
         Ok(if linked {
             Imported::Linked(entry)
@@ -291,7 +299,8 @@ impl ModelCache {
         manifest: &Manifest,
         progress: &dyn Fn(u64, u64),
     ) -> Result<CachedModel> {
-        let (got, _) = hash_into(tmp, None, manifest.size, progress)?;
+        // The chunks were checked against `manifest` as they came: only the SHA-256 is left.
+        let (got, _) = hash_into(tmp, None, manifest.size, progress, false)?;
         if got != digest {
             bail!("the pulled file has SHA-256 {got}, not {digest}: the holders' manifest does not describe the model");
         }
@@ -477,20 +486,21 @@ fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Reads `src` once, copying it to `dst` (fsynced) when given; returns its SHA-256 and its
-/// chunk manifest.
+/// Reads `src` once, copying it to `dst` (fsynced) when given; returns its SHA-256 and, when
+/// `with_manifest`, its chunk manifest.
 fn hash_into(
     src: &Path,
     dst: Option<&Path>,
     total: u64,
     progress: &dyn Fn(u64, u64),
-) -> Result<(String, Manifest)> {
+    with_manifest: bool,
+) -> Result<(String, Option<Manifest>)> {
     let mut input = File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
     let mut output = dst
         .map(|d| File::create(d).with_context(|| format!("cannot write {}", d.display())))
         .transpose()?;
     let mut hasher = Sha256::new();
-    let mut chunks = ManifestBuilder::default();
+    let mut chunks = with_manifest.then(ManifestBuilder::default);
     let mut buf = vec![0u8; 1 << 20];
     let mut done = 0u64;
     loop {
@@ -499,7 +509,9 @@ fn hash_into(
             break;
         }
         hasher.update(&buf[..n]);
-        chunks.update(&buf[..n]);
+        if let Some(chunks) = &mut chunks {
+            chunks.update(&buf[..n]);
+        }
         if let Some(output) = &mut output {
             output.write_all(&buf[..n])?;
         }
@@ -514,5 +526,5 @@ fn hash_into(
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    Ok((digest, chunks.finish()))
+    Ok((digest, chunks.map(ManifestBuilder::finish)))
 }
