@@ -436,15 +436,18 @@ impl Share {
     /// Pulls the model `query` names into this node's cache, or joins the pull of it that runs;
     /// `name` overrides the name it gets here. Fails at once when no connected peer holds it.
     pub fn pull(self: &Arc<Self>, query: &str, name: Option<&str>) -> Result<Started, PullError> {
-        let local = self.cache.list().unwrap_or_default().into_iter().find(|m| {
+        // The index is read once: the model may be here by the name asked, or by the digest the
+        // household's name for it resolves to.
+        let local = self.cache.list().unwrap_or_default();
+        let here = |m: &&CachedModel| {
             m.name.eq_ignore_ascii_case(query) || (is_digest(query) && m.digest == query)
-        });
-        if let Some(m) = local {
-            return Ok(Started::Present(Box::new(m)));
+        };
+        if let Some(m) = local.iter().find(here) {
+            return Ok(Started::Present(Box::new(m.clone())));
         }
         let offer = self.find(query)?;
-        if let Ok(Some(m)) = self.cache.by_digest(&offer.digest) {
-            return Ok(Started::Present(Box::new(m)));
+        if let Some(m) = local.iter().find(|m| m.digest == offer.digest) {
+            return Ok(Started::Present(Box::new(m.clone())));
         }
         let mut pulls = self.pulls.lock().expect("pulls lock");
         if let Some(running) = pulls.get(&offer.digest) {

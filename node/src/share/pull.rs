@@ -566,6 +566,10 @@ async fn fetch(job: &Arc<Job>, peer: PeerId, batch: std::ops::Range<u32>) -> Res
 
 impl Job {
     fn report(&self, status: &'static str) {
+        // Stage fetches have no one watching: nothing to build, chunk after chunk.
+        let Some(progress) = &self.progress else {
+            return;
+        };
         let plan = self.plan.lock().expect("plan lock");
         let (completed, total) = plan.progress();
         let nodes = self.nodes.lock().expect("nodes lock");
@@ -589,9 +593,6 @@ impl Job {
         let resumed = plan.resumed;
         drop(plan);
         drop(nodes);
-        let Some(progress) = &self.progress else {
-            return;
-        };
         progress.send_modify(|p| {
             p.status = status;
             p.total = total;
