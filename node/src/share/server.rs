@@ -2,13 +2,14 @@
 //! and a chunk request with the chunks, read from the cached file. A few uploads run at once;
 //! more wait their turn, so pulls never crowd out inference.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{AsyncWriteExt, StreamExt};
-use hearth_protocol::blob::MAX_CHUNKS_PER_REQUEST;
+use hearth_protocol::blob::{Manifest, MAX_CHUNKS_PER_REQUEST};
 use hearth_protocol::{BlobFrame, BlobRequest};
 use libp2p::Stream;
 use libp2p_stream::IncomingStreams;
@@ -26,16 +27,22 @@ const UPLOADS: usize = 4;
 /// holder in the middle of a transfer.
 pub const CHUNK_DELAY_VAR: &str = "HEARTH_TEST_CHUNK_DELAY_MS";
 
+/// Manifests read once per model (a pull asks for chunks in many requests; a large model's
+/// manifest is a megabyte), by digest.
+type Manifests = Arc<Mutex<HashMap<String, Arc<Manifest>>>>;
+
 pub(super) async fn serve(mut incoming: IncomingStreams, cache: ModelCache, metrics: Arc<Metrics>) {
     let uploads = Arc::new(Semaphore::new(UPLOADS));
+    let manifests = Manifests::default();
     let delay = std::env::var(CHUNK_DELAY_VAR)
         .ok()
         .and_then(|v| v.parse().ok())
         .map(Duration::from_millis);
     while let Some((peer, stream)) = incoming.next().await {
         let (cache, metrics, uploads) = (cache.clone(), metrics.clone(), uploads.clone());
+        let manifests = manifests.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, cache, &metrics, uploads, delay).await {
+            if let Err(e) = answer(stream, cache, &metrics, uploads, manifests, delay).await {
                 tracing::debug!(%peer, error = %e, "blob stream ended");
             }
         });
@@ -47,6 +54,7 @@ async fn answer(
     cache: ModelCache,
     metrics: &Metrics,
     uploads: Arc<Semaphore>,
+    manifests: Manifests,
     delay: Option<Duration>,
 ) -> std::io::Result<()> {
     let request = tokio::time::timeout(REQUEST_TIMEOUT, read_frame::<_, BlobRequest>(&mut stream))
@@ -62,11 +70,21 @@ async fn answer(
         let cache = cache.clone();
         let digest = digest.clone();
         tokio::task::spawn_blocking(move || {
-            cache
-                .by_digest(&digest)
-                .ok()
-                .flatten()
-                .and_then(|_| cache.manifest(&digest))
+            // Still held (the index says so at every request: a removed model is refused)?
+            cache.by_digest(&digest).ok().flatten()?;
+            let known = manifests
+                .lock()
+                .expect("manifests lock")
+                .get(&digest)
+                .cloned();
+            known.or_else(|| {
+                let m = Arc::new(cache.manifest(&digest)?);
+                manifests
+                    .lock()
+                    .expect("manifests lock")
+                    .insert(digest, m.clone());
+                Some(m)
+            })
         })
         .await
         .map_err(std::io::Error::other)?
