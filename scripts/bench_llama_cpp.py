@@ -17,6 +17,8 @@ def main() -> None:
     vocab = llm.n_vocab()
     rng = random.Random(0)
     for test, n in (("pp", pp), ("tg", tg)):
+        if n == 0:
+            continue
         rates = []
         for rep in range(reps + 1):
             llm.reset()

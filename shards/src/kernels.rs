@@ -176,6 +176,52 @@ pub fn weighted_sum_f16(values: &[f16], stride: usize, w: &[f32], out: &mut [f32
     })
 }
 
+/// `scores_f16` for several query heads that share one key head: row `r` of `qs`
+/// (`qs[r * hd..][..hd]`) against the same `len` key rows, into `out[r * len..][..len]`. Each key
+/// is read and converted once for all the rows, and each row's scores are bit-identical to
+/// `scores_f16` on that row alone.
+pub fn scores_f16_rows(
+    keys: &[f16],
+    stride: usize,
+    qs: &[f32],
+    hd: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    assert!(hd > 0 && qs.len().is_multiple_of(hd));
+    let rows = qs.len() / hd;
+    assert!(rows > 0 && out.len().is_multiple_of(rows));
+    let len = out.len() / rows;
+    assert!(len == 0 || keys.len() >= (len - 1) * stride + hd);
+    simd_or!(scores_f16_rows(keys, stride, qs, hd, scale, out), {
+        for (q, o) in qs.chunks_exact(hd).zip(out.chunks_exact_mut(len.max(1))) {
+            scores_f16(keys, stride, q, scale, &mut o[..len]);
+        }
+    })
+}
+
+/// `weighted_sum_f16` for several query heads that share one value head: weights `ws[r * len..]
+/// [..len]` → `out[r * hd..][..hd]`, each value row read and converted once for all the rows,
+/// and each row's output bit-identical to `weighted_sum_f16` on that row alone.
+pub fn weighted_sum_f16_rows(
+    values: &[f16],
+    stride: usize,
+    ws: &[f32],
+    out: &mut [f32],
+    hd: usize,
+) {
+    assert!(hd > 0 && out.len().is_multiple_of(hd));
+    let rows = out.len() / hd;
+    assert!(rows > 0 && ws.len().is_multiple_of(rows));
+    let len = ws.len() / rows;
+    assert!(len == 0 || values.len() >= (len - 1) * stride + hd);
+    simd_or!(weighted_sum_f16_rows(values, stride, ws, out, hd), {
+        for (r, o) in out.chunks_exact_mut(hd).enumerate() {
+            weighted_sum_f16(values, stride, &ws[r * len..(r + 1) * len], o);
+        }
+    })
+}
+
 /// Rounds each value to the nearest f16 (kept as f32), as ggml rounds what meets f16 caches.
 pub fn round_f16(xs: &mut [f32]) {
     simd_or!(round_f16(xs), {
@@ -349,6 +395,281 @@ mod avx2 {
                 acc + wj * values[j * stride + i].to_f32()
             });
         }
+    }
+
+    /// # Safety
+    /// Needs AVX2, FMA and F16C; the caller checked the shapes (see `super::scores_f16_rows`).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn scores_f16_rows(
+        keys: &[f16],
+        stride: usize,
+        qs: &[f32],
+        hd: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let len = out.len() / (qs.len() / hd);
+        // Sixty-four keys at a time stay in the first-level cache while every group of up to
+        // four rows meets them, two keys per pass: eight independent sums in flight.
+        for j0 in (0..len).step_by(64) {
+            let tile = Tile {
+                j0,
+                n: (len - j0).min(64),
+                len,
+            };
+            for (c, q) in qs.chunks(4 * hd).enumerate() {
+                let o = &mut out[4 * c * len..];
+                // SAFETY: forwarded from the caller.
+                unsafe {
+                    match q.len() / hd {
+                        1 => scores_rows::<1>(keys, stride, q, hd, scale, o, tile),
+                        2 => scores_rows::<2>(keys, stride, q, hd, scale, o, tile),
+                        3 => scores_rows::<3>(keys, stride, q, hd, scale, o, tile),
+                        _ => scores_rows::<4>(keys, stride, q, hd, scale, o, tile),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Columns `j0..j0 + n` of rows `len` long.
+    #[derive(Clone, Copy)]
+    struct Tile {
+        j0: usize,
+        n: usize,
+        len: usize,
+    }
+
+    /// `R` rows of `scores_f16_rows`, one tile of keys. Each row's sum runs over the eights of
+    /// the head in order, as in `scores_f16`, so its value is the same bit for bit.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scores_rows<const R: usize>(
+        keys: &[f16],
+        stride: usize,
+        qs: &[f32],
+        hd: usize,
+        scale: f32,
+        out: &mut [f32],
+        Tile { j0, n, len }: Tile,
+    ) {
+        let whole = hd / 8 * 8;
+        let finish = |acc: __m256, j: usize, r: usize| {
+            let tail: f32 = keys[j * stride + whole..][..hd - whole]
+                .iter()
+                .zip(&qs[r * hd + whole..(r + 1) * hd])
+                .map(|(a, b)| a.to_f32() * b)
+                .sum();
+            (hsum(acc) + tail) * scale
+        };
+        let mut j = j0;
+        while j + 2 <= j0 + n {
+            let (k0, k1) = (&keys[j * stride..][..hd], &keys[(j + 1) * stride..][..hd]);
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            for i in (0..whole).step_by(8) {
+                // SAFETY: i + 8 <= hd = k0.len() = k1.len(), and each row of qs is hd long.
+                unsafe {
+                    let a = _mm256_cvtph_ps(_mm_loadu_si128(k0.as_ptr().add(i).cast()));
+                    let b = _mm256_cvtph_ps(_mm_loadu_si128(k1.as_ptr().add(i).cast()));
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let q = _mm256_loadu_ps(qs.as_ptr().add(r * hd + i));
+                        acc[0] = _mm256_fmadd_ps(a, q, acc[0]);
+                        acc[1] = _mm256_fmadd_ps(b, q, acc[1]);
+                    }
+                }
+            }
+            if whole == hd {
+                // Lanes 0..4: the first key's rows, 4..8: the second key's.
+                let mut x = [_mm256_setzero_ps(); 8];
+                for (r, acc) in acc.iter().enumerate() {
+                    (x[r], x[4 + r]) = (acc[0], acc[1]);
+                }
+                let mut sums = [0.0f32; 8];
+                // SAFETY: eight floats.
+                unsafe {
+                    _mm256_storeu_ps(
+                        sums.as_mut_ptr(),
+                        _mm256_mul_ps(hsum8(x), _mm256_set1_ps(scale)),
+                    );
+                }
+                for r in 0..R {
+                    out[r * len + j] = sums[r];
+                    out[r * len + j + 1] = sums[4 + r];
+                }
+            } else {
+                for (r, acc) in acc.iter().enumerate() {
+                    out[r * len + j] = finish(acc[0], j, r);
+                    out[r * len + j + 1] = finish(acc[1], j + 1, r);
+                }
+            }
+            j += 2;
+        }
+        if j < j0 + n {
+            let k = &keys[j * stride..][..hd];
+            let mut acc = [_mm256_setzero_ps(); R];
+            for i in (0..whole).step_by(8) {
+                // SAFETY: as above.
+                unsafe {
+                    let a = _mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(i).cast()));
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let q = _mm256_loadu_ps(qs.as_ptr().add(r * hd + i));
+                        *acc = _mm256_fmadd_ps(a, q, *acc);
+                    }
+                }
+            }
+            for (r, &acc) in acc.iter().enumerate() {
+                out[r * len + j] = finish(acc, j, r);
+            }
+        }
+    }
+
+    /// # Safety
+    /// Needs AVX2, FMA and F16C; the caller checked the shapes (see
+    /// `super::weighted_sum_f16_rows`).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn weighted_sum_f16_rows(
+        values: &[f16],
+        stride: usize,
+        ws: &[f32],
+        out: &mut [f32],
+        hd: usize,
+    ) {
+        let rows = out.len() / hd;
+        let len = ws.len() / rows;
+        if len == 0 {
+            out.fill(0.0);
+            return;
+        }
+        // A tile of value rows (about 16 KB) stays in the first-level cache while every group of
+        // rows and outputs passes over it, the sums kept in `out` between tiles.
+        let step = (8192 / hd).max(8);
+        for j0 in (0..len).step_by(step) {
+            let tile = Tile {
+                j0,
+                n: (len - j0).min(step),
+                len,
+            };
+            for (g, o) in out.chunks_mut(4 * hd).enumerate() {
+                let w = &ws[4 * g * len..];
+                // SAFETY: forwarded from the caller.
+                unsafe {
+                    match o.len() / hd {
+                        1 => weighted_rows::<1, 8>(values, stride, w, o, hd, tile),
+                        2 => weighted_rows::<2, 4>(values, stride, w, o, hd, tile),
+                        3 => weighted_rows::<3, 4>(values, stride, w, o, hd, tile),
+                        _ => weighted_rows::<4, 2>(values, stride, w, o, hd, tile),
+                    }
+                }
+            }
+        }
+    }
+
+    /// `R` rows of `weighted_sum_f16_rows`, `C` eights of outputs per pass, one tile of value
+    /// rows, continuing the sums in `out` after the first tile. Each output is summed over the
+    /// value rows in order from zero, as in `weighted_sum_f16`: the same bits.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn weighted_rows<const R: usize, const C: usize>(
+        values: &[f16],
+        stride: usize,
+        ws: &[f32],
+        out: &mut [f32],
+        hd: usize,
+        tile: Tile,
+    ) {
+        let Tile { j0, n, len } = tile;
+        let whole = hd / 8 * 8;
+        assert!(values.len() >= (j0 + n - 1) * stride + hd && ws.len() >= (R - 1) * len + j0 + n);
+        assert!(out.len() >= R * hd);
+        let mut c0 = 0;
+        // SAFETY (both calls): c0 + 8 × eights <= whole <= hd, and the asserts above.
+        while c0 + 8 * C <= whole {
+            unsafe { weighted_block::<R, C>(values, stride, ws, out, hd, tile, c0) };
+            c0 += 8 * C;
+        }
+        while c0 < whole {
+            unsafe { weighted_block::<R, 1>(values, stride, ws, out, hd, tile, c0) };
+            c0 += 8;
+        }
+        for r in 0..R {
+            for i in whole..hd {
+                let from = if j0 > 0 { out[r * hd + i] } else { 0.0 };
+                out[r * hd + i] = (j0..j0 + n).fold(from, |acc, j| {
+                    acc + ws[r * len + j] * values[j * stride + i].to_f32()
+                });
+            }
+        }
+    }
+
+    /// Outputs `c0..c0 + 8C` of `R` rows over one tile, the sums in registers.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C; `c0 + 8C <= hd` and the bounds `weighted_rows` asserts.
+    #[inline(always)]
+    unsafe fn weighted_block<const R: usize, const C: usize>(
+        values: &[f16],
+        stride: usize,
+        ws: &[f32],
+        out: &mut [f32],
+        hd: usize,
+        Tile { j0, n, len }: Tile,
+        c0: usize,
+    ) {
+        // SAFETY: every pointer below stays inside the bounds the caller checked.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); C]; R];
+            if j0 > 0 {
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    for (k, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_loadu_ps(out.as_ptr().add(r * hd + c0 + 8 * k));
+                    }
+                }
+            }
+            let mut v = values.as_ptr().add(j0 * stride + c0);
+            let w = ws.as_ptr().add(j0);
+            for j in 0..n {
+                let mut x = [_mm256_setzero_ps(); C];
+                for (k, x) in x.iter_mut().enumerate() {
+                    *x = _mm256_cvtph_ps(_mm_loadu_si128(v.add(8 * k).cast()));
+                }
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let wv = _mm256_broadcast_ss(&*w.add(r * len + j));
+                    for (a, &x) in acc.iter_mut().zip(&x) {
+                        *a = _mm256_fmadd_ps(wv, x, *a);
+                    }
+                }
+                v = v.add(stride);
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (k, a) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(out.as_mut_ptr().add(r * hd + c0 + 8 * k), *a);
+                }
+            }
+        }
+    }
+
+    /// The horizontal sums of eight vectors, each summed exactly as `hsum` sums one:
+    /// lane `i` of the result is `hsum(x[i])`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn hsum8(x: [__m256; 8]) -> __m256 {
+        // Per vector, hsum adds its halves (s = lo + hi), then (s0 + s2) + (s1 + s3).
+        let halves = |a: __m256, b: __m256| {
+            let lo = _mm256_permute2f128_ps::<0x20>(a, b);
+            let hi = _mm256_permute2f128_ps::<0x31>(a, b);
+            _mm256_add_ps(hi, lo)
+        };
+        // [s(x0) | s(x4)], [s(x1) | s(x5)], [s(x2) | s(x6)], [s(x3) | s(x7)].
+        let (p, q) = (halves(x[0], x[4]), halves(x[1], x[5]));
+        let (r, t) = (halves(x[2], x[6]), halves(x[3], x[7]));
+        // Per 128-bit lane: [a0 + a2, b0 + b2, a1 + a3, b1 + b3].
+        let pair = |a: __m256, b: __m256| {
+            _mm256_add_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b))
+        };
+        let (pq, rt) = (pair(p, q), pair(r, t));
+        let evens = _mm256_shuffle_ps::<0b01_00_01_00>(pq, rt);
+        let odds = _mm256_shuffle_ps::<0b11_10_11_10>(pq, rt);
+        _mm256_add_ps(evens, odds)
     }
 
     /// # Safety
@@ -946,6 +1267,41 @@ pub(crate) mod tests {
         let want: Vec<f32> = xs.iter().map(|&x| f16::from_f32(x).to_f32()).collect();
         round_f16(&mut xs);
         assert_eq!(xs, want);
+    }
+
+    #[test]
+    fn grouped_attention_rows_are_bit_identical_to_one_row_at_a_time() {
+        // Head widths with and without a tail past the eights; 1 to 9 rows (chunks of four and a
+        // remainder); odd and even key counts, and none.
+        for (hd, stride) in [(64, 192), (72, 100), (256, 256), (12, 12)] {
+            for rows in [1, 2, 3, 4, 5, 9] {
+                for len in [0, 1, 2, 7, 33, 150] {
+                    let cache: Vec<f16> = (0..stride * len.max(1))
+                        .map(|i| f16::from_f32((i as f32 * 0.37).sin()))
+                        .collect();
+                    let qs: Vec<f32> = (0..rows * hd).map(|i| (i as f32 * 0.11).cos()).collect();
+                    let mut grouped = vec![7.0; rows * len];
+                    scores_f16_rows(&cache, stride, &qs, hd, 0.125, &mut grouped);
+                    let mut want = vec![0.0; rows * len];
+                    for r in 0..rows {
+                        let o = &mut want[r * len..(r + 1) * len];
+                        scores_f16(&cache, stride, &qs[r * hd..(r + 1) * hd], 0.125, o);
+                    }
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&grouped), bits(&want), "scores {hd} {rows} {len}");
+
+                    let ws: Vec<f32> = (0..rows * len).map(|i| (i as f32 * 0.7).cos()).collect();
+                    let mut grouped = vec![7.0; rows * hd];
+                    weighted_sum_f16_rows(&cache, stride, &ws, &mut grouped, hd);
+                    let mut want = vec![0.0; rows * hd];
+                    for r in 0..rows {
+                        let w = &ws[r * len..(r + 1) * len];
+                        weighted_sum_f16(&cache, stride, w, &mut want[r * hd..(r + 1) * hd]);
+                    }
+                    assert_eq!(bits(&grouped), bits(&want), "sums {hd} {rows} {len}");
+                }
+            }
+        }
     }
 
     #[test]

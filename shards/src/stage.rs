@@ -536,9 +536,19 @@ impl Rows {
     }
 }
 
+/// Consecutive prompt tokens whose attention is done together (their query heads that share a key
+/// head meet each key and value once).
+const TOKEN_BLOCK: usize = 4;
+
 /// Causal (optionally sliding-window) grouped-query attention for each row, whose keys and
 /// values are already in its cache (`layer_kv(cache index)`). Like llama.cpp's default path, the
 /// query meets the f16 keys as f16, and the attention weights meet the f16 values as f16.
+///
+/// The query heads that share a key head — of up to `TOKEN_BLOCK` consecutive tokens of a prompt
+/// — are done together, reading each key and value once for all of them, tile by tile. Each
+/// head's result is bit-identical to doing it alone: a token's scores past its own position (or
+/// before its window) are computed but not used, and its weights there are zero, which leaves
+/// its sums exactly as they were.
 fn attention<'c>(
     spec: &ModelSpec,
     window: Option<usize>,
@@ -549,41 +559,73 @@ fn attention<'c>(
     scratch: &mut AttnScratch,
 ) {
     let hd = spec.head_dim;
-    let heads = spec.heads;
     let group = spec.heads / spec.kv_heads;
     let kv = spec.kv_dim();
-    let one = |idx: usize, out: &mut [f32], s: &mut AttnScratch| {
-        let (t, h) = (idx / heads, idx % heads);
-        let (ci, p) = rows.at(t);
-        let (k_cache, v_cache) = layer_kv(ci);
-        let start = window.map_or(0, |w| (p + 1).saturating_sub(w));
-        let kvh = (h / group) * hd;
-        let qh = sized(&mut s.q, hd);
-        qh.copy_from_slice(&q[idx * hd..(idx + 1) * hd]);
-        kernels::round_f16(qh);
-        let sc = sized(&mut s.scores, p + 1 - start);
-        let first = start * kv + kvh;
-        kernels::scores_f16(&k_cache[first..], kv, qh, spec.attn_scale, sc);
-        ops::softmax(sc);
-        kernels::round_f16(sc);
-        kernels::weighted_sum_f16(&v_cache[first..], kv, sc, out);
+    let q_dim = spec.q_dim();
+    let block = match rows {
+        Rows::Contiguous { .. } => TOKEN_BLOCK,
+        Rows::Sessions(_) => 1,
     };
+    // One unit: the tokens of block b (one cache), every key head.
+    let one = |b: usize, out: &mut [f32], s: &mut AttnScratch| {
+        let t0 = b * block;
+        let tokens = out.len() / q_dim;
+        let span = |t: usize| {
+            let (ci, p) = rows.at(t);
+            (ci, window.map_or(0, |w| (p + 1).saturating_sub(w)), p)
+        };
+        let (ci, lo, _) = span(t0);
+        let (_, _, hi) = span(t0 + tokens - 1);
+        let len = hi + 1 - lo;
+        let (k_cache, v_cache) = layer_kv(ci);
+        let m = tokens * group;
+        for g in 0..spec.kv_heads {
+            let qs = sized(&mut s.q, m * hd);
+            for (t, qt) in qs.chunks_exact_mut(group * hd).enumerate() {
+                let at = (t0 + t) * q_dim + g * group * hd;
+                qt.copy_from_slice(&q[at..at + group * hd]);
+            }
+            kernels::round_f16(qs);
+            let sc = sized(&mut s.scores, m * len);
+            let first = lo * kv + g * hd;
+            kernels::scores_f16_rows(&k_cache[first..], kv, qs, hd, spec.attn_scale, sc);
+            for (t, rows_t) in sc.chunks_exact_mut(group * len).enumerate() {
+                let (_, start, p) = span(t0 + t);
+                for row in rows_t.chunks_exact_mut(len) {
+                    let (before, rest) = row.split_at_mut(start - lo);
+                    let (own, after) = rest.split_at_mut(p + 1 - start);
+                    ops::softmax(own);
+                    kernels::round_f16(own);
+                    before.fill(0.0);
+                    after.fill(0.0);
+                }
+            }
+            let o = sized(&mut s.out, m * hd);
+            kernels::weighted_sum_f16_rows(&v_cache[first..], kv, sc, o, hd);
+            for (t, ot) in o.chunks_exact(group * hd).enumerate() {
+                let at = t * q_dim + g * group * hd;
+                out[at..at + group * hd].copy_from_slice(ot);
+            }
+        }
+    };
+    let unit = block * q_dim;
     let n_rows = att.len() / hd;
-    if n_rows * (rows.at(n_rows / heads - 1).1 + 1) < 4096 {
+    if n_rows * (rows.at(n_rows / spec.heads - 1).1 + 1) < 4096 {
         // Short decode steps: threads would cost more than they save.
-        for (idx, out) in att.chunks_exact_mut(hd).enumerate() {
-            one(idx, out, scratch);
+        for (b, out) in att.chunks_mut(unit).enumerate() {
+            one(b, out, scratch);
         }
     } else {
-        att.par_chunks_mut(hd)
+        att.par_chunks_mut(unit)
             .enumerate()
-            .for_each_init(AttnScratch::default, |s, (idx, out)| one(idx, out, s));
+            .for_each_init(AttnScratch::default, |s, (b, out)| one(b, out, s));
     }
 }
 
-/// Buffers one attention row needs.
+/// Buffers one unit of attention needs.
 #[derive(Default)]
 pub(crate) struct AttnScratch {
     q: Vec<f32>,
     scores: Vec<f32>,
+    out: Vec<f32>,
 }
