@@ -222,6 +222,68 @@ pub fn weighted_sum_f16_rows(
     })
 }
 
+/// Numerically stable softmax in place, with a vectorised `exp` (below) and the sum in f64, as
+/// ggml computes attention weights; the SIMD and portable versions give the same bits.
+pub fn softmax(xs: &mut [f32]) {
+    if xs.is_empty() {
+        return;
+    }
+    simd_or!(softmax(xs), softmax_portable(xs))
+}
+
+/// `exp` for softmax: exp(x) = 2^n · e^r, n = round(x / ln 2), r = x − n·ln 2 (in two parts),
+/// e^r from Cephes' degree-7 polynomial on |r| ≤ ln 2 / 2; within two ulps of libm's. Below −87
+/// (where e^x leaves f32's normal range; a softmax weight that small is nothing next to the
+/// maximum's 1) it returns 0.
+mod exp_consts {
+    pub const LOG2E: f32 = std::f32::consts::LOG2_E;
+    pub const LN2_HI: f32 = 0.693_359_4;
+    pub const LN2_LO: f32 = -2.121_944_4e-4;
+    pub const P: [f32; 6] = [
+        1.987_569_1e-4,
+        1.398_2e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        0.166_666_65,
+        0.5,
+    ];
+    pub const FLOOR: f32 = -87.0;
+}
+
+fn exp_portable(x: f32) -> f32 {
+    use exp_consts::*;
+    if x < FLOOR {
+        return 0.0;
+    }
+    let n = (x * LOG2E).round_ties_even();
+    let r = (-n).mul_add(LN2_HI, x);
+    let r = (-n).mul_add(LN2_LO, r);
+    let p = P[1..].iter().fold(P[0], |p, &c| p.mul_add(r, c));
+    let y = p.mul_add(r * r, r) + 1.0;
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+fn softmax_portable(xs: &mut [f32]) {
+    let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    // Eight running sums, element i in sum i % 8, then added in order: the SIMD version's order.
+    let mut lanes = [0.0f64; 8];
+    let whole = xs.len() / 8 * 8;
+    for (i, x) in xs.iter_mut().enumerate() {
+        *x = exp_portable(*x - max);
+        if i < whole {
+            lanes[i % 8] += f64::from(*x);
+        }
+    }
+    let mut sum = lanes.iter().fold(0.0f64, |s, &l| s + l);
+    for &x in &xs[whole..] {
+        sum += f64::from(x);
+    }
+    let inv = (1.0 / sum) as f32;
+    for x in xs.iter_mut() {
+        *x *= inv;
+    }
+}
+
 /// Rounds each value to the nearest f16 (kept as f32), as ggml rounds what meets f16 caches.
 pub fn round_f16(xs: &mut [f32]) {
     simd_or!(round_f16(xs), {
@@ -670,6 +732,78 @@ mod avx2 {
         let evens = _mm256_shuffle_ps::<0b01_00_01_00>(pq, rt);
         let odds = _mm256_shuffle_ps::<0b11_10_11_10>(pq, rt);
         _mm256_add_ps(evens, odds)
+    }
+
+    /// `super::exp_portable` on eight lanes, operation for operation.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn exp8(x: __m256) -> __m256 {
+        use super::exp_consts::*;
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
+        );
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+        let mut p = _mm256_set1_ps(P[0]);
+        for &c in &P[1..] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let y = _mm256_add_ps(
+            _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r),
+            _mm256_set1_ps(1.0),
+        );
+        let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        )));
+        let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(x, _mm256_set1_ps(FLOOR));
+        _mm256_and_ps(_mm256_mul_ps(y, pow2), keep)
+    }
+
+    /// # Safety
+    /// Needs AVX2, FMA and F16C; `xs` is not empty.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn softmax(xs: &mut [f32]) {
+        let whole = xs.len() / 8 * 8;
+        let p = xs.as_mut_ptr();
+        // SAFETY (throughout): i + 8 <= whole <= xs.len().
+        unsafe {
+            let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+            for i in (0..whole).step_by(8) {
+                m = _mm256_max_ps(m, _mm256_loadu_ps(p.add(i)));
+            }
+            let mut lanes = [0.0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+            let max = lanes
+                .iter()
+                .chain(&xs[whole..])
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max);
+            let mv = _mm256_set1_ps(max);
+            let (mut lo, mut hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+            for i in (0..whole).step_by(8) {
+                let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), mv));
+                _mm256_storeu_ps(p.add(i), e);
+                lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+                hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(e)));
+            }
+            let mut sums = [0.0f64; 8];
+            _mm256_storeu_pd(sums.as_mut_ptr(), lo);
+            _mm256_storeu_pd(sums.as_mut_ptr().add(4), hi);
+            let mut sum = sums.iter().fold(0.0f64, |s, &l| s + l);
+            for x in &mut xs[whole..] {
+                *x = super::exp_portable(*x - max);
+                sum += f64::from(*x);
+            }
+            let inv = (1.0 / sum) as f32;
+            let iv = _mm256_set1_ps(inv);
+            for i in (0..whole).step_by(8) {
+                _mm256_storeu_ps(p.add(i), _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), iv));
+            }
+            for x in &mut xs[whole..] {
+                *x *= inv;
+            }
+        }
     }
 
     /// # Safety
@@ -1267,6 +1401,41 @@ pub(crate) mod tests {
         let want: Vec<f32> = xs.iter().map(|&x| f16::from_f32(x).to_f32()).collect();
         round_f16(&mut xs);
         assert_eq!(xs, want);
+    }
+
+    #[test]
+    fn softmax_is_close_to_libm_and_the_same_bits_with_and_without_simd() {
+        let mut xs = [1000.0, 1001.0, 999.0];
+        softmax(&mut xs);
+        assert!((xs.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(xs[1] > xs[0] && xs[0] > xs[2]);
+        // exp within two ulps of libm over the range softmax meets, 0 far below it.
+        for i in 0..=200_000 {
+            let x = -90.0 + i as f32 * 0.00045;
+            let (got, want) = (exp_portable(x), x.exp());
+            if x < -87.0 {
+                assert_eq!(got, 0.0);
+            } else {
+                let ulps = (got.to_bits() as i64 - want.to_bits() as i64).abs();
+                assert!(ulps <= 2, "exp({x}) = {got}, libm {want}");
+            }
+        }
+        for len in [1, 7, 8, 9, 64, 1001] {
+            let xs: Vec<f32> = (0..len)
+                .map(|i| ((i * 7919) % 1000) as f32 * 0.07 - 50.0)
+                .collect();
+            let (mut simd, mut portable) = (xs.clone(), xs.clone());
+            softmax(&mut simd);
+            softmax_portable(&mut portable);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&simd), bits(&portable), "{len}");
+            let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f64 = xs.iter().map(|&x| f64::from((x - max).exp())).sum();
+            for (s, &x) in simd.iter().zip(&xs) {
+                let want = (f64::from((x - max).exp()) / sum) as f32;
+                assert!((s - want).abs() <= want * 1e-6, "{len}: {s} vs {want}");
+            }
+        }
     }
 
     #[test]

@@ -107,20 +107,6 @@ fn gelu_tanh(x: f32) -> f32 {
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
 }
 
-/// Numerically stable softmax in place.
-pub fn softmax(xs: &mut [f32]) {
-    let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
-    for x in xs.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    let inv = 1.0 / sum;
-    for x in xs.iter_mut() {
-        *x *= inv;
-    }
-}
-
 /// Dot product of two equal-length slices.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight partial sums let the compiler vectorize without reassociating a single sum.
@@ -186,13 +172,5 @@ mod tests {
         assert!((g[0] - 0.841_192).abs() < 1e-3, "{}", g[0]);
         assert!((g[1] + 0.158_808).abs() < 1e-3, "{}", g[1]);
         assert_eq!(g[2], 0.0);
-    }
-
-    #[test]
-    fn softmax_sums_to_one() {
-        let mut xs = [1000.0, 1001.0, 999.0];
-        softmax(&mut xs);
-        assert!((xs.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        assert!(xs[1] > xs[0] && xs[0] > xs[2]);
     }
 }

@@ -594,7 +594,7 @@ fn attention<'c>(
                 for row in rows_t.chunks_exact_mut(len) {
                     let (before, rest) = row.split_at_mut(start - lo);
                     let (own, after) = rest.split_at_mut(p + 1 - start);
-                    ops::softmax(own);
+                    kernels::softmax(own);
                     kernels::round_f16(own);
                     before.fill(0.0);
                     after.fill(0.0);
