@@ -538,7 +538,7 @@ impl Rows {
 
 /// Consecutive prompt tokens whose attention is done together (their query heads that share a key
 /// head meet each key and value once).
-const TOKEN_BLOCK: usize = 4;
+const TOKEN_BLOCK: usize = 8;
 
 /// Causal (optionally sliding-window) grouped-query attention for each row, whose keys and
 /// values are already in its cache (`layer_kv(cache index)`). Like llama.cpp's default path, the
