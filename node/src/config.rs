@@ -70,6 +70,13 @@ pub struct Settings {
     /// pinned (`hearth models pin`).
     #[arg(long, env = "HEARTH_CACHE_SIZE", value_name = "SIZE")]
     pub cache_size: Option<String>,
+    /// Memory for keys and values (KV caches) of every reply on this node together, e.g.
+    /// 512MB [default: a quarter of --max-memory, else an eighth of the memory free at start,
+    /// at least 256 MB]. A reply reserves its prompt plus max_tokens before it starts (waiting
+    /// while running ones hold it); finished replies' caches, kept for follow-up turns, use what
+    /// is left and go least recently used first.
+    #[arg(long, env = "HEARTH_KV_MEMORY", value_name = "SIZE")]
+    pub kv_memory: Option<String>,
     /// Pull a model this node lacks from the household when a request for it goes to a slower
     /// or busier node and the estimate (`GET /api/route`) says the pull pays within a few
     /// replies; the request itself is served where routing sent it [default: false].
@@ -126,6 +133,8 @@ pub struct NodeConfig {
     pub max_memory: Option<u64>,
     /// Most bytes the model cache may hold; `None`: no limit.
     pub cache_size: Option<u64>,
+    /// Bytes for every reply's keys and values together; `None`: the default (see `kv_memory`).
+    pub kv_memory: Option<u64>,
     /// Pull models here when routing estimates it pays.
     pub pull_when_faster: bool,
     pub load: Vec<String>,
@@ -165,6 +174,7 @@ impl Settings {
             ctx: self.ctx.or(fallback.ctx),
             max_memory: self.max_memory.or(fallback.max_memory),
             cache_size: self.cache_size.or(fallback.cache_size),
+            kv_memory: self.kv_memory.or(fallback.kv_memory),
             pull_when_faster: self.pull_when_faster.or(fallback.pull_when_faster),
             load: vec_or(self.load, fallback.load),
             grace: self.grace.or(fallback.grace),
@@ -248,6 +258,7 @@ impl Settings {
             ctx: positive(self.ctx, 4096, "--ctx")?.max(16),
             max_memory: size(self.max_memory.as_deref(), "--max-memory")?,
             cache_size: size(self.cache_size.as_deref(), "--cache-size")?,
+            kv_memory: size(self.kv_memory.as_deref(), "--kv-memory")?,
             pull_when_faster: self.pull_when_faster.unwrap_or(false),
             load: self.load,
             grace: std::time::Duration::from_secs(self.grace.unwrap_or(5)),

@@ -63,6 +63,9 @@ async fn serve(
             max_jobs: config.max_jobs,
             max_queue: config.max_queue,
             load_delay,
+            kv_memory: config.kv_memory.unwrap_or_else(|| {
+                crate::memory::default_kv_memory(config.max_memory, crate::devices::free_memory())
+            }),
         },
         cache.clone(),
         metrics.clone(),

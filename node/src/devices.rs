@@ -29,6 +29,11 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "hearth".to_owned())
 }
 
+/// Bytes of memory available now (`MemAvailable`; 0 where unknown).
+pub fn free_memory() -> u64 {
+    cpu().free_memory
+}
+
 fn cpu() -> Device {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let kib = |key: &str| {

@@ -85,6 +85,12 @@ impl Drop for Reservation {
     }
 }
 
+/// The memory for every reply's keys and values when `--kv-memory` is not given: a quarter of
+/// what the node offers for models, else an eighth of the memory free at start; at least 256 MB.
+pub fn default_kv_memory(max_memory: Option<u64>, free: u64) -> u64 {
+    max_memory.map_or(free / 8, |m| m / 4).max(256 * MB)
+}
+
 /// Parses a size such as `300MB`, `2GiB`, `1.5G` or `1048576` (bytes).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
@@ -132,6 +138,14 @@ mod tests {
         for bad in ["", "MB", "12 parsecs", "-5MB", "0", "1.2.3GB"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_kv_memory_default_follows_max_memory_or_free_memory() {
+        assert_eq!(default_kv_memory(Some(4 << 30), 64 << 30), 1 << 30);
+        assert_eq!(default_kv_memory(None, 16 << 30), 2 << 30);
+        assert_eq!(default_kv_memory(Some(300 * MB), 64 << 30), 256 * MB);
+        assert_eq!(default_kv_memory(None, 0), 256 * MB);
     }
 
     #[test]

@@ -55,6 +55,10 @@ pub struct Gauges {
     pub memory_used: u64,
     /// Bytes of keys and values held by finished replies' caches, kept for follow-up turns.
     pub idle_cache: u64,
+    /// Bytes of keys and values for every reply together (`--kv-memory`), and those that
+    /// running replies reserved.
+    pub kv_budget: u64,
+    pub kv_reserved: u64,
     /// (model name, tokens/s)
     pub speeds: Vec<(String, f32)>,
 }
@@ -174,8 +178,18 @@ impl Metrics {
             ),
             (
                 "hearth_idle_cache_bytes",
-                "Keys and values held by finished replies' caches (at most 128 MB).",
+                "Keys and values held by finished replies' caches (at most 128 MB, and only what running replies leave of --kv-memory).",
                 gauge(gauges.idle_cache),
+            ),
+            (
+                "hearth_kv_budget_bytes",
+                "Memory for every reply's keys and values together (--kv-memory).",
+                gauge(gauges.kv_budget),
+            ),
+            (
+                "hearth_kv_reserved_bytes",
+                "Keys and values reserved by running replies (prompt plus max_tokens each).",
+                gauge(gauges.kv_reserved),
             ),
             (
                 "hearth_decode_steps_total",

@@ -45,6 +45,7 @@ impl Node {
         let occupancy = self.engine.occupancy();
         let names = self.engine.cache().list().unwrap_or_default();
         let batches = self.engine.batch_stats();
+        let (kv_reserved, idle_cache, kv_budget) = self.engine.kv_memory();
         Gauges {
             queue_depth: u64::from(occupancy.waiting),
             active_jobs: u64::from(occupancy.running),
@@ -53,7 +54,9 @@ impl Node {
             decode_step_sessions: batches.rows,
             memory_offered: self.engine.budget().cap().unwrap_or(0),
             memory_used: self.engine.memory_used(),
-            idle_cache: self.engine.idle_cache_bytes() as u64,
+            idle_cache,
+            kv_budget,
+            kv_reserved,
             speeds: self
                 .engine
                 .speeds()

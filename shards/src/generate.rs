@@ -115,8 +115,13 @@ impl Generator {
 
     /// Bytes of keys and values the cache holds now (its positions written).
     pub fn cache_bytes(&self) -> usize {
+        self.cache_bytes_for(self.cache.len()) as usize
+    }
+
+    /// Bytes of keys and values `positions` positions take in this generator's cache.
+    pub fn cache_bytes_for(&self, positions: usize) -> u64 {
         let spec = self.stage.spec();
-        self.cache.len() * self.stage.layers().len() * spec.kv_dim() * 2 * 2
+        (positions * self.stage.layers().len() * spec.kv_dim() * 2 * 2) as u64
     }
 
     /// Positions the context holds.

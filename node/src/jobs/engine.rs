@@ -34,6 +34,9 @@ const IDLE_GENERATORS: usize = 4;
 /// Keys and values those finished replies may hold in all: beyond it the least recently used
 /// go first (a cache's memory grows with the positions written, not with the context).
 const IDLE_CACHE_BYTES: usize = 128 << 20;
+/// How often a reply waiting for memory for its keys and values looks again.
+const KV_WAIT_POLL: Duration = Duration::from_millis(20);
+const MB: u64 = 1 << 20;
 /// How often models whose keep-alive ran out are unloaded.
 const UNLOAD_POLL: Duration = Duration::from_millis(250);
 
@@ -50,6 +53,8 @@ pub struct EngineConfig {
     /// Extra time every model load takes: zero but in tests that need a slow load
     /// (`HEARTH_TEST_LOAD_DELAY_MS`).
     pub load_delay: Duration,
+    /// Bytes for every reply's keys and values together (`--kv-memory`).
+    pub kv_memory: u64,
 }
 
 /// Why a job failed, as the engine knows it; each API maps it to its own status and shape.
@@ -165,6 +170,9 @@ pub struct Engine {
     unload_at: Mutex<HashMap<String, Instant>>,
     /// What this node offers for models.
     budget: Arc<Budget>,
+    /// Keys and values: running replies reserve theirs before they start; finished replies'
+    /// caches (`idle`) keep only what is left.
+    kv: Arc<Budget>,
     /// Runs split jobs' stages; set once the mesh is up.
     split: OnceLock<Arc<split::Host>>,
     /// Split jobs waiting or running here.
@@ -195,6 +203,7 @@ impl Engine {
         drain: Arc<Drain>,
         budget: Arc<Budget>,
     ) -> Arc<Self> {
+        let kv = Budget::new(Some(config.kv_memory));
         let engine = Arc::new(Engine {
             slots: Mutex::new(Slots {
                 waiting: FairQueue::new(config.max_queue),
@@ -210,6 +219,7 @@ impl Engine {
             idle: Mutex::new(Vec::new()),
             unload_at: Mutex::new(HashMap::new()),
             budget,
+            kv,
             split: OnceLock::new(),
             split_jobs: Arc::new(AtomicU32::new(0)),
         });
@@ -577,22 +587,30 @@ impl Engine {
         // Before `Started`, so that a prompt too long is an error the API can still answer
         // with a status rather than in the middle of a stream.
         if let Err(e) = generator.check_fits(full.len()) {
-            self.put_generator(&request.model, generator);
+            self.put_generator(&request.model, generator, None);
             return Err(e.into());
         }
+        let positions = (full.len() + params.max_tokens).min(generator.context());
+        let kv = match self.reserve_kv(generator.cache_bytes_for(positions), events) {
+            Ok(kv) => kv,
+            Err(e) => {
+                self.put_generator(&request.model, generator, None);
+                return e;
+            }
+        };
         if let Some(cancelled) = self.start(events, prompt.len()) {
             return Ok(cancelled);
         }
         let completion = generator.resume(&prompt, &request.resume, &params, self.relay(events))?;
         if completion.finish == Finish::Cancelled {
             if let Some(e) = self.moving_on(events) {
-                self.put_generator(&request.model, generator);
+                self.put_generator(&request.model, generator, Some(kv));
                 return Err(e);
             }
         }
         let fresh = completion.tokens.len() - request.resume.tokens.len();
         self.record_speed(&request.model, fresh, completion.decode_time);
-        self.put_generator(&request.model, generator);
+        self.put_generator(&request.model, generator, Some(kv));
         // The last request decides, as in Ollama; without a keep-alive, the model stays.
         self.keep_alive(&request.model, request.params.keep_alive.unwrap_or(-1));
         Ok(JobEvent::Done {
@@ -769,23 +787,89 @@ impl Engine {
         }
     }
 
-    /// Bytes of keys and values the finished jobs' generators hold.
-    pub fn idle_cache_bytes(&self) -> usize {
-        let idle = self.idle.lock().expect("idle lock");
-        idle.iter().map(|(_, g)| g.cache_bytes()).sum()
+    /// Reserves `need` bytes of keys and values for a reply about to start: finished replies'
+    /// caches give way first (least recently used first), then it waits for running replies to
+    /// finish — until its requester leaves or the node drains (the requester's queue deadline
+    /// bounds the wait). A reply that needs more than the whole budget is refused at once. The
+    /// error is the event to answer with.
+    fn reserve_kv(
+        &self,
+        need: u64,
+        events: &mpsc::Sender<JobEvent>,
+    ) -> Result<Reservation, Result<JobEvent, JobError>> {
+        let cap = self.kv.cap().unwrap_or(u64::MAX);
+        if need > cap {
+            return Err(Err(JobError::BadRequest(format!(
+                "this reply's keys and values (its prompt plus max_tokens) need {} MB, and {} keeps {} MB for all replies' (--kv-memory): ask for fewer tokens",
+                need.div_ceil(MB),
+                self.config.node,
+                cap / MB
+            ))));
+        }
+        let mut logged = false;
+        loop {
+            {
+                // Under the idle lock, so that reservations and kept caches are counted together.
+                let mut idle = self.idle.lock().expect("idle lock");
+                self.trim(&mut idle, need);
+                if let Ok(r) = self.kv.reserve("keys and values", need) {
+                    return Ok(r);
+                }
+            }
+            if events.is_closed() || self.is_draining() {
+                return Err(Ok(JobEvent::Busy {
+                    reason: format!(
+                        "{} has no memory free for keys and values",
+                        self.config.node
+                    ),
+                }));
+            }
+            if !logged {
+                tracing::info!(
+                    need_mb = need.div_ceil(MB),
+                    reserved_mb = self.kv.used() / MB,
+                    "a reply waits for memory for its keys and values (--kv-memory)"
+                );
+                logged = true;
+            }
+            std::thread::sleep(KV_WAIT_POLL);
+        }
     }
 
-    /// Keeps a finished job's generator for reuse, dropping the least recently used beyond the cap.
-    fn put_generator(&self, digest: &str, generator: Generator) {
-        let mut idle = self.idle.lock().expect("idle lock");
-        idle.push((digest.to_owned(), generator));
-        let held = |idle: &Vec<(String, Generator)>| -> usize {
-            idle.iter().map(|(_, g)| g.cache_bytes()).sum()
-        };
-        while idle.len() > IDLE_GENERATORS || (idle.len() > 1 && held(&idle) > IDLE_CACHE_BYTES) {
+    /// Drops finished replies' caches, least recently used first, until they fit beside the
+    /// running replies' reservations and `extra` more bytes.
+    fn trim(&self, idle: &mut Vec<(String, Generator)>, extra: u64) {
+        let cap = self.kv.cap().unwrap_or(u64::MAX);
+        while !idle.is_empty() && held(idle) + self.kv.used() + extra > cap {
             idle.remove(0);
         }
     }
+
+    /// Keys and values: (reserved by running replies, held by finished replies' caches, the
+    /// budget for both), counted together.
+    pub fn kv_memory(&self) -> (u64, u64, u64) {
+        let idle = self.idle.lock().expect("idle lock");
+        (self.kv.used(), held(&idle), self.kv.cap().unwrap_or(0))
+    }
+
+    /// Keeps a finished job's generator for reuse (its reservation, if any, ends here), dropping
+    /// the least recently used beyond the caps.
+    fn put_generator(&self, digest: &str, generator: Generator, kv: Option<Reservation>) {
+        let mut idle = self.idle.lock().expect("idle lock");
+        idle.push((digest.to_owned(), generator));
+        drop(kv);
+        while idle.len() > IDLE_GENERATORS
+            || (idle.len() > 1 && held(&idle) > IDLE_CACHE_BYTES as u64)
+        {
+            idle.remove(0);
+        }
+        self.trim(&mut idle, 0);
+    }
+}
+
+/// Bytes of keys and values finished replies' generators hold.
+fn held(idle: &[(String, Generator)]) -> u64 {
+    idle.iter().map(|(_, g)| g.cache_bytes() as u64).sum()
 }
 
 /// The entry of this node's cache with exactly `digest`.
@@ -862,6 +946,7 @@ mod tests {
                 max_jobs: 1,
                 max_queue: 2,
                 load_delay: Duration::ZERO,
+                kv_memory: 256 << 20,
             },
             cache,
             Arc::new(Metrics::default()),
