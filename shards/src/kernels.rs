@@ -153,7 +153,8 @@ pub fn dot_q6_k_q8_k_x4(x: &[u8], ys: [&[u8]; 4], blocks: usize) -> [f32; 4] {
 pub fn scores_f16(keys: &[f16], stride: usize, q: &[f32], scale: f32, out: &mut [f32]) {
     let hd = q.len();
     assert!(out.is_empty() || keys.len() >= (out.len() - 1) * stride + hd);
-    simd_or!(scores_f16(keys, stride, q, scale, out), {
+    // One row of the grouped kernel is this kernel.
+    simd_or!(scores_f16_rows(keys, stride, q, hd, scale, out), {
         for (j, o) in out.iter_mut().enumerate() {
             let k = &keys[j * stride..][..hd];
             *o = k.iter().zip(q).map(|(a, b)| a.to_f32() * b).sum::<f32>() * scale;
@@ -166,7 +167,7 @@ pub fn scores_f16(keys: &[f16], stride: usize, q: &[f32], scale: f32, out: &mut 
 pub fn weighted_sum_f16(values: &[f16], stride: usize, w: &[f32], out: &mut [f32]) {
     let hd = out.len();
     assert!(w.is_empty() || values.len() >= (w.len() - 1) * stride + hd);
-    simd_or!(weighted_sum_f16(values, stride, w, out), {
+    simd_or!(weighted_sum_f16_rows(values, stride, w, out, hd), {
         out.fill(0.0);
         for (j, &wj) in w.iter().enumerate() {
             for (o, x) in out.iter_mut().zip(&values[j * stride..][..hd]) {
@@ -398,66 +399,6 @@ mod avx2 {
     use half::f16;
 
     use super::{q4_k_scales_mins, Q4_1, Q4_K, Q5_0, Q6_K, Q8_0, Q8_1, Q8_K};
-
-    /// # Safety
-    /// Needs AVX2, FMA and F16C; `keys` holds the rows (checked by the caller).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn scores_f16(keys: &[f16], stride: usize, q: &[f32], scale: f32, out: &mut [f32]) {
-        let hd = q.len();
-        let whole = hd / 8 * 8;
-        for (j, o) in out.iter_mut().enumerate() {
-            let k = &keys[j * stride..][..hd];
-            let mut acc = _mm256_setzero_ps();
-            for i in (0..whole).step_by(8) {
-                // SAFETY: i + 8 <= hd = k.len() = q.len().
-                let (kv, qv) = unsafe {
-                    (
-                        _mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(i).cast())),
-                        _mm256_loadu_ps(q.as_ptr().add(i)),
-                    )
-                };
-                acc = _mm256_fmadd_ps(kv, qv, acc);
-            }
-            let tail: f32 = k[whole..]
-                .iter()
-                .zip(&q[whole..])
-                .map(|(a, b)| a.to_f32() * b)
-                .sum();
-            *o = (hsum(acc) + tail) * scale;
-        }
-    }
-
-    /// # Safety
-    /// Needs AVX2, FMA and F16C; `values` holds the rows (checked by the caller).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn weighted_sum_f16(values: &[f16], stride: usize, w: &[f32], out: &mut [f32]) {
-        let hd = out.len();
-        let whole = hd / 8 * 8;
-        // Sixty-four outputs at a time stay in registers across all the rows.
-        for c0 in (0..whole).step_by(64) {
-            let width = (whole - c0).min(64) / 8;
-            let mut acc = [_mm256_setzero_ps(); 8];
-            for (j, &wj) in w.iter().enumerate() {
-                let v = &values[j * stride + c0..][..width * 8];
-                let wv = _mm256_set1_ps(wj);
-                for (k, a) in acc.iter_mut().take(width).enumerate() {
-                    // SAFETY: 8k + 8 <= v.len().
-                    let x =
-                        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(8 * k).cast())) };
-                    *a = _mm256_fmadd_ps(wv, x, *a);
-                }
-            }
-            for (k, a) in acc.iter().take(width).enumerate() {
-                // SAFETY: c0 + 8k + 8 <= whole <= out.len().
-                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(c0 + 8 * k), *a) };
-            }
-        }
-        for (i, o) in out.iter_mut().enumerate().skip(whole) {
-            *o = w.iter().enumerate().fold(0.0, |acc, (j, &wj)| {
-                acc + wj * values[j * stride + i].to_f32()
-            });
-        }
-    }
 
     /// # Safety
     /// Needs AVX2, FMA and F16C; the caller checked the shapes (see `super::scores_f16_rows`).

@@ -797,7 +797,7 @@ impl Engine {
         need: u64,
         events: &mpsc::Sender<JobEvent>,
     ) -> Result<Reservation, Result<JobEvent, JobError>> {
-        let cap = self.kv.cap().unwrap_or(u64::MAX);
+        let cap = self.config.kv_memory;
         if need > cap {
             return Err(Err(JobError::BadRequest(format!(
                 "this reply's keys and values (its prompt plus max_tokens) need {} MB, and {} keeps {} MB for all replies' (--kv-memory): ask for fewer tokens",
@@ -839,7 +839,7 @@ impl Engine {
     /// Drops finished replies' caches, least recently used first, until they fit beside the
     /// running replies' reservations and `extra` more bytes.
     fn trim(&self, idle: &mut Vec<(String, Generator)>, extra: u64) {
-        let cap = self.kv.cap().unwrap_or(u64::MAX);
+        let cap = self.config.kv_memory;
         while !idle.is_empty() && held(idle) + self.kv.used() + extra > cap {
             idle.remove(0);
         }
@@ -849,7 +849,7 @@ impl Engine {
     /// budget for both), counted together.
     pub fn kv_memory(&self) -> (u64, u64, u64) {
         let idle = self.idle.lock().expect("idle lock");
-        (self.kv.used(), held(&idle), self.kv.cap().unwrap_or(0))
+        (self.kv.used(), held(&idle), self.config.kv_memory)
     }
 
     /// Keeps a finished job's generator for reuse (its reservation, if any, ends here), dropping
