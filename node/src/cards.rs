@@ -147,6 +147,8 @@ pub(crate) fn sample_card(name: &str) -> Card {
         revoked: Vec::new(),
         max_memory: None,
         memory_used: 0,
+        kv_budget: 64 << 20,
+        kv_reserved: 0,
         tokens_generated: 0,
     }
 }

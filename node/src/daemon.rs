@@ -13,7 +13,7 @@ use crate::data_dir::DataDir;
 use crate::drain::Drain;
 use crate::history::{self, History};
 use crate::household::Household;
-use crate::jobs::{self, Engine, EngineConfig};
+use crate::jobs::{self, Engine, EngineConfig, JobError};
 use crate::memory::Budget;
 use crate::mesh::{Mesh, MeshConfig};
 use crate::metrics::Metrics;
@@ -139,6 +139,14 @@ async fn serve(
             .threads
             .unwrap_or_else(hearth_shards::default_threads),
         engine.budget().clone(),
+        {
+            // Weak: the engine holds the host.
+            let engine = Arc::downgrade(&engine);
+            Box::new(move |need, wait| match engine.upgrade() {
+                Some(engine) => engine.reserve_stage_kv(need, wait),
+                None => Err(JobError::Internal("the node is shutting down".into())),
+            })
+        },
         metrics.clone(),
         drain.clone(),
     );

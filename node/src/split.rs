@@ -60,7 +60,7 @@ pub(crate) struct Session {
     pub vocab: u32,
     /// Positions its cache holds (the asked context, capped at the model's).
     pub context: u32,
-    /// The cache's bytes, reserved in the node's budget.
+    /// The cache's bytes, reserved in the node's `--kv-memory` budget.
     pub _memory: Reservation,
 }
 
@@ -71,7 +71,11 @@ impl LoadedStage {
     }
 }
 
-/// What this node needs to take part in splits: the mesh, its models, its memory budget, the
+/// Reserves a session's keys and values in the node's `--kv-memory` budget, shared with its
+/// local replies (whose finished caches give way first), waiting at most the given time.
+pub type KvReserve = Box<dyn Fn(u64, Duration) -> Result<Reservation, JobError> + Send + Sync>;
+
+/// What this node needs to take part in splits: the mesh, its models, its memory budgets, the
 /// stages loaded, and the drivers here waiting for their ring to close.
 pub struct Host {
     mesh: Mesh,
@@ -80,6 +84,7 @@ pub struct Host {
     share: Arc<Share>,
     threads: usize,
     budget: Arc<Budget>,
+    kv: KvReserve,
     metrics: Arc<Metrics>,
     drain: Arc<Drain>,
     runtime: tokio::runtime::Handle,
@@ -105,6 +110,7 @@ impl Host {
         share: Arc<Share>,
         threads: usize,
         budget: Arc<Budget>,
+        kv: KvReserve,
         metrics: Arc<Metrics>,
         drain: Arc<Drain>,
     ) -> Arc<Self> {
@@ -114,6 +120,7 @@ impl Host {
             share,
             threads,
             budget,
+            kv,
             metrics,
             drain,
             runtime: tokio::runtime::Handle::current(),
@@ -182,7 +189,8 @@ impl Host {
 
     /// Sets up this node's part of session `index` of `split` for `digest`: checks the split
     /// covers the model, loads the stage (or finds it loaded) and reserves a cache of `context`
-    /// positions (capped at the model's). Blocks: call it off the async runtime.
+    /// positions (capped at the model's) in the node's `--kv-memory` budget, waiting for running
+    /// replies at most [`RESERVE_WAIT`]. Blocks: call it off the async runtime.
     pub(crate) fn session(
         &self,
         digest: &str,
@@ -197,7 +205,7 @@ impl Host {
         let context = context.min(layout.context).max(1);
         let bytes =
             layout.kv_bytes_per_token * u64::from(plan.end - plan.start) * u64::from(context);
-        let memory = self.reserve("a session's cache", bytes)?;
+        let memory = (self.kv)(bytes, RESERVE_WAIT)?;
         Ok(Session {
             stage,
             layout,

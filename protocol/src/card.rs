@@ -51,9 +51,15 @@ pub struct Card {
     pub revoked: Vec<String>,
     /// Bytes the node offers for models (`--max-memory`); `None`: as much as is free.
     pub max_memory: Option<u64>,
-    /// Bytes its loaded models and running split sessions' caches take now (split stages'
-    /// weights are shared by sessions and taken back when idle, so they do not count).
+    /// Bytes its loaded models take now (split stages' weights are shared by sessions and
+    /// taken back when idle, so they do not count).
     pub memory_used: u64,
+    /// Bytes the node keeps for replies' keys and values (`--kv-memory`), its own replies' and
+    /// its split stages' together.
+    pub kv_budget: u64,
+    /// Of those, bytes running replies and split sessions have reserved now (finished replies'
+    /// caches give way to new replies, so they do not count).
+    pub kv_reserved: u64,
     /// Tokens the node has generated since it started (a counter: its rate is the node's
     /// throughput, which the desktop client plots).
     pub tokens_generated: u64,

@@ -56,6 +56,9 @@ fn eight_long_chats_stay_within_the_kv_budget_and_all_finish() {
         ]),
     ));
     assert_eq!(kv_sample(&node).2, BUDGET);
+    // The card tells the household too.
+    let peers = node.get("/api/peers");
+    assert_eq!(peers[0]["card"]["kv_budget"], BUDGET, "{peers}");
 
     // Too much for the whole budget: refused before anything runs, with the reason.
     let (status, body) = post(

@@ -14,13 +14,18 @@ const CTX: &str = "512";
 /// Nodes named `names` holding `model`, each offering `cap` for models, each dialing the ones
 /// before it (stages talk to each other directly, so every pair is connected).
 fn capped(household: &Household, names: &[&str], model: TestModel, cap: &str) -> Vec<TestNode> {
+    started(household, names, model, &["--max-memory", cap, "--ctx", CTX])
+}
+
+/// Nodes named `names` holding `model`, started with `args`, all connected.
+fn started(household: &Household, names: &[&str], model: TestModel, args: &[&str]) -> Vec<TestNode> {
     let mut nodes: Vec<TestNode> = Vec::new();
     for name in names {
         let opts = NodeOptions {
             peers: nodes.iter().map(|n| n.listen.clone()).collect(),
             ..NodeOptions::holding(model)
         }
-        .with_args(&["--max-memory", cap, "--ctx", CTX]);
+        .with_args(args);
         nodes.push(TestNode::start(name, household, opts));
     }
     for n in &nodes {
@@ -207,4 +212,73 @@ fn smollm2_split_over_two_and_three_nodes_replies_as_one_node() {
 #[test]
 fn gemma3_split_over_two_and_three_nodes_replies_as_one_node() {
     split_replies_match_the_single_node(TestModel::Gemma3, "300MB", "200MB");
+}
+
+/// Each stage's cache comes out of its node's budget for keys and values (`--kv-memory`, shown on
+/// its card), sized for the reply (prompt + max_tokens) rather than the whole context: reserved
+/// while the reply runs, given back after; a reply too long for a stage's budget is refused
+/// with the reason.
+#[test]
+fn split_sessions_reserve_their_caches_in_the_kv_budget() {
+    let model = TestModel::SmolLm2;
+    // SmolLM2's keys and values per position and layer: 192 × (key, value) × 2 bytes.
+    const PER_LAYER: u64 = 192 * 2 * 2;
+    const BUDGET: u64 = 2_000_000;
+    let household = Household::new();
+    let args = ["--max-memory", "100MB", "--ctx", CTX, "--kv-memory", "2MB"];
+    let nodes = started(&household, &["a", "b"], model, &args);
+    let entry = &nodes[0];
+    let planned = plan(entry, model);
+    assert_eq!(planned.len(), 2, "{planned:?}");
+    let peers = entry.get("/api/peers");
+    for p in peers.as_array().unwrap() {
+        assert_eq!(p["card"]["kv_budget"], BUDGET, "{p}");
+        assert_eq!(p["card"]["kv_reserved"], 0, "{p}");
+    }
+
+    let body = json!({
+        "model": model.name(), "prompt": "The three primary colours are",
+        "max_tokens": 24, "temperature": 0, "stream": true,
+    });
+    let mut stream = SseReader::open(&entry.url("/v1/completions"), &body);
+    assert!(stream.next_event().is_some(), "no first token");
+    // Mid-reply: every stage holds a reservation for this reply's positions only.
+    for (name, start, end) in &planned {
+        let node = nodes.iter().find(|n| &n.name == name).unwrap();
+        let reserved = node.metric("hearth_kv_reserved_bytes") as u64;
+        let per_position = PER_LAYER * (end - start);
+        assert!(
+            reserved > 0 && reserved % per_position == 0,
+            "{name} layers {start}..{end}: {reserved} bytes reserved"
+        );
+        let positions = reserved / per_position;
+        eprintln!("{name} layers {start}..{end}: {positions} positions reserved mid-reply");
+        assert!(
+            (24..64).contains(&positions),
+            "{name}: {positions} positions reserved for a short prompt and 24 tokens (context {CTX})"
+        );
+    }
+    let (text, _) = stream.rest();
+    assert!(!text.is_empty());
+    for node in &nodes {
+        let given_back = (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            node.metric("hearth_kv_reserved_bytes") == 0.0
+        });
+        assert!(given_back, "{} still holds keys and values\n{}", node.name, node.log());
+    }
+
+    // 480 positions of at least 15 layers (one of the two stages has them) need 5.5 MB.
+    let (status, v) = post(
+        entry,
+        "/v1/completions",
+        json!({
+            "model": model.name(), "prompt": "The three primary colours are",
+            "max_tokens": 480, "temperature": 0,
+        })
+        .to_string(),
+    );
+    eprintln!("a reply too long for a stage's budget: {status} {v}");
+    assert_ne!(status, 200, "{v}");
+    assert!(v.to_string().contains("--kv-memory"), "{status} {v}");
 }

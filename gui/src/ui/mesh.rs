@@ -88,11 +88,13 @@ fn node(app: &mut App, ui: &mut egui::Ui, m: &crate::api::Member) {
             .max_memory
             .map_or_else(|| "all free memory".to_owned(), super::bytes);
         ui.label(format!(
-            "Jobs: {} running, {} queued, {} at most · memory in use {} of {offered}",
+            "Jobs: {} running, {} queued, {} at most · memory in use {} of {offered} · keys and values {} of {}",
             c.active_jobs,
             c.queue_depth,
             c.max_jobs,
             super::bytes(c.memory_used),
+            super::bytes(c.kv_reserved),
+            super::bytes(c.kv_budget),
         ));
         ui.horizontal(|ui| {
             if let Some(rate) = app.throughput.latest(&c.name) {

@@ -10,6 +10,7 @@ use crate::mesh::Mesh;
 /// once it is ready, and never delays the card.
 pub fn build_card(name: &str, mesh: &Mesh, engine: &Engine) -> Card {
     let occupancy = engine.occupancy();
+    let (kv_reserved, _, kv_budget) = engine.kv_memory();
     let models = engine
         .cache()
         .list()
@@ -51,6 +52,8 @@ pub fn build_card(name: &str, mesh: &Mesh, engine: &Engine) -> Card {
         revoked: mesh.revoked().iter().map(ToString::to_string).collect(),
         max_memory: engine.budget().cap(),
         memory_used: engine.memory_used(),
+        kv_budget,
+        kv_reserved,
         tokens_generated: engine.tokens_generated(),
     }
 }

@@ -18,8 +18,8 @@ pub(super) fn peers(data: &DataDir, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<16} {:<10} {:>8} {:>6} {:>5}  {:<28} {:<30} DEVICES",
-        "NODE", "PEER", "LATENCY", "QUEUE", "JOBS", "MODELS (* loaded)", "TOKENS/S"
+        "{:<16} {:<10} {:>8} {:>6} {:>5} {:>11}  {:<28} {:<30} DEVICES",
+        "NODE", "PEER", "LATENCY", "QUEUE", "JOBS", "KV MB", "MODELS (* loaded)", "TOKENS/S"
     );
     for p in peers.as_array().into_iter().flatten() {
         let card = &p["card"];
@@ -90,13 +90,20 @@ pub(super) fn peers(data: &DataDir, json: bool) -> Result<()> {
                 .as_f64()
                 .map_or("?".into(), |l| format!("{l:.1} ms"))
         };
+        // Keys and values reserved by running replies, of the node's budget for them.
+        let kv = format!(
+            "{:.0}/{:.0}",
+            card["kv_reserved"].as_f64().unwrap_or(0.0) / MB,
+            card["kv_budget"].as_f64().unwrap_or(0.0) / MB
+        );
         println!(
-            "{:<16} {:<10} {:>8} {:>6} {:>5}  {:<28} {:<30} {}",
+            "{:<16} {:<10} {:>8} {:>6} {:>5} {:>11}  {:<28} {:<30} {}",
             card["name"].as_str().unwrap_or("?"),
             short,
             latency,
             card["queue_depth"].as_u64().unwrap_or(0),
             card["active_jobs"].as_u64().unwrap_or(0),
+            kv,
             if models.is_empty() {
                 "-".into()
             } else {

@@ -591,7 +591,8 @@ impl Engine {
             return Err(e.into());
         }
         let positions = (full.len() + params.max_tokens).min(generator.context());
-        let kv = match self.reserve_kv(generator.cache_bytes_for(positions), events) {
+        let waiting = || !events.is_closed();
+        let kv = match self.reserve_kv(generator.cache_bytes_for(positions), waiting) {
             Ok(kv) => kv,
             Err(e) => {
                 self.put_generator(&request.model, generator, None);
@@ -711,7 +712,9 @@ impl Engine {
                 .to_string(),
             ));
         }
-        let mut ring = split::Ring::open(host, &request.model, split, context as u32)?;
+        // Every stage's cache holds this reply's positions, reserved in its node's budget.
+        let positions = (full.len() + params.max_tokens).min(context);
+        let mut ring = split::Ring::open(host, &request.model, split, positions as u32)?;
         if let Some(cancelled) = self.start(events, prompt.len()) {
             return Ok(cancelled);
         }
@@ -787,15 +790,27 @@ impl Engine {
         }
     }
 
+    /// Reserves `need` bytes of keys and values for a split session's stage on this node (see
+    /// [`Self::reserve_kv`]), waiting at most `wait` for running replies to give some back.
+    pub fn reserve_stage_kv(&self, need: u64, wait: Duration) -> Result<Reservation, JobError> {
+        let deadline = Instant::now() + wait;
+        self.reserve_kv(need, || Instant::now() < deadline)
+            .map_err(|e| match e {
+                Ok(JobEvent::Busy { reason }) => JobError::Internal(reason),
+                Ok(other) => JobError::Internal(format!("{other:?}")),
+                Err(e) => e,
+            })
+    }
+
     /// Reserves `need` bytes of keys and values for a reply about to start: finished replies'
     /// caches give way first (least recently used first), then it waits for running replies to
-    /// finish — until its requester leaves or the node drains (the requester's queue deadline
-    /// bounds the wait). A reply that needs more than the whole budget is refused at once. The
-    /// error is the event to answer with.
+    /// finish — while `waiting` holds (a local reply: until its requester leaves, which the
+    /// requester's queue deadline bounds) and the node is not draining. A reply that needs more
+    /// than the whole budget is refused at once. The error is the event to answer with.
     fn reserve_kv(
         &self,
         need: u64,
-        events: &mpsc::Sender<JobEvent>,
+        waiting: impl Fn() -> bool,
     ) -> Result<Reservation, Result<JobEvent, JobError>> {
         let cap = self.config.kv_memory;
         if need > cap {
@@ -816,7 +831,7 @@ impl Engine {
                     return Ok(r);
                 }
             }
-            if events.is_closed() || self.is_draining() {
+            if !waiting() || self.is_draining() {
                 return Err(Ok(JobEvent::Busy {
                     reason: format!(
                         "{} has no memory free for keys and values",
