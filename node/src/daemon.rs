@@ -138,14 +138,16 @@ async fn serve(
         config
             .threads
             .unwrap_or_else(hearth_shards::default_threads),
-        engine.budget().clone(),
-        {
-            // Weak: the engine holds the host.
-            let engine = Arc::downgrade(&engine);
-            Box::new(move |need, wait| match engine.upgrade() {
-                Some(engine) => engine.reserve_stage_kv(need, wait),
-                None => Err(JobError::Internal("the node is shutting down".into())),
-            })
+        split::Budgets {
+            weights: engine.budget().clone(),
+            kv: {
+                // Weak: the engine holds the host.
+                let engine = Arc::downgrade(&engine);
+                Box::new(move |need, wait| match engine.upgrade() {
+                    Some(engine) => engine.reserve_stage_kv(need, wait),
+                    None => Err(JobError::Internal("the node is shutting down".into())),
+                })
+            },
         },
         metrics.clone(),
         drain.clone(),

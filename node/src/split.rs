@@ -75,6 +75,14 @@ impl LoadedStage {
 /// local replies (whose finished caches give way first), waiting at most the given time.
 pub type KvReserve = Box<dyn Fn(u64, Duration) -> Result<Reservation, JobError> + Send + Sync>;
 
+/// The node's two budgets, as a host reserves from them.
+pub struct Budgets {
+    /// For stages' weights (`--max-memory`).
+    pub weights: Arc<Budget>,
+    /// For sessions' keys and values (`--kv-memory`).
+    pub kv: KvReserve,
+}
+
 /// What this node needs to take part in splits: the mesh, its models, its memory budgets, the
 /// stages loaded, and the drivers here waiting for their ring to close.
 pub struct Host {
@@ -109,8 +117,7 @@ impl Host {
         cache: ModelCache,
         share: Arc<Share>,
         threads: usize,
-        budget: Arc<Budget>,
-        kv: KvReserve,
+        budgets: Budgets,
         metrics: Arc<Metrics>,
         drain: Arc<Drain>,
     ) -> Arc<Self> {
@@ -119,8 +126,8 @@ impl Host {
             cache,
             share,
             threads,
-            budget,
-            kv,
+            budget: budgets.weights,
+            kv: budgets.kv,
             metrics,
             drain,
             runtime: tokio::runtime::Handle::current(),

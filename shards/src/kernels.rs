@@ -56,6 +56,19 @@ pub fn has_avx2() -> bool {
     }
 }
 
+/// Whether the CPU also has AVX-VNNI (byte products summed in one instruction), which the packed
+/// kernels use beside AVX2.
+pub fn has_avx_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Runs the AVX2 kernel `$simd` when the CPU has it, else the portable expression.
 macro_rules! simd_or {
     ($simd:ident($($arg:expr),*), $portable:expr) => {{

@@ -14,11 +14,21 @@ const CTX: &str = "512";
 /// Nodes named `names` holding `model`, each offering `cap` for models, each dialing the ones
 /// before it (stages talk to each other directly, so every pair is connected).
 fn capped(household: &Household, names: &[&str], model: TestModel, cap: &str) -> Vec<TestNode> {
-    started(household, names, model, &["--max-memory", cap, "--ctx", CTX])
+    started(
+        household,
+        names,
+        model,
+        &["--max-memory", cap, "--ctx", CTX],
+    )
 }
 
 /// Nodes named `names` holding `model`, started with `args`, all connected.
-fn started(household: &Household, names: &[&str], model: TestModel, args: &[&str]) -> Vec<TestNode> {
+fn started(
+    household: &Household,
+    names: &[&str],
+    model: TestModel,
+    args: &[&str],
+) -> Vec<TestNode> {
     let mut nodes: Vec<TestNode> = Vec::new();
     for name in names {
         let opts = NodeOptions {
@@ -265,7 +275,12 @@ fn split_sessions_reserve_their_caches_in_the_kv_budget() {
             std::thread::sleep(Duration::from_millis(50));
             node.metric("hearth_kv_reserved_bytes") == 0.0
         });
-        assert!(given_back, "{} still holds keys and values\n{}", node.name, node.log());
+        assert!(
+            given_back,
+            "{} still holds keys and values\n{}",
+            node.name,
+            node.log()
+        );
     }
 
     // 480 positions of at least 15 layers (one of the two stages has them) need 5.5 MB.
