@@ -447,9 +447,14 @@ fn q4_k_portable(w: &[u8], ys: &[&[u8]], sums: &[&[i32]], blocks: usize, out: &m
 #[cfg(target_arch = "x86_64")]
 macro_rules! packed_kernels {
     ($features:literal) => {
-        /// Asks for the cache lines `PREFETCH` bytes past a block of `bytes` at `p`: weights stream
-        /// from memory once per step, and the hardware's own prefetching leaves the kernels waiting
-        /// (SmolLM2 decoding, 1 thread: 54 → 60 tokens/s, four sessions 140 → 160).
+        /// How far ahead of the block in hand the kernels ask for weights (1, 2, 4 and 8 KB
+        /// tried: 4 KB was among the best for both models, within this VM's noise).
+        const PREFETCH: usize = 4096;
+
+        /// Asks for the cache lines `PREFETCH` bytes past a block of `bytes` at `p` (a hint: it
+        /// never faults, past the end of the weights too). Weights stream from memory once per
+        /// step, and the hardware's own prefetching left the kernels waiting (SmolLM2 decoding,
+        /// 1 thread, Intel Xeon VM: 54 → ~85 tokens/s; four sessions 140 → ~210).
         #[inline]
         #[target_feature(enable = $features)]
         fn prefetch(p: *const u8, bytes: usize) {
@@ -458,7 +463,6 @@ macro_rules! packed_kernels {
             }
         }
 
-        const PREFETCH: usize = 4096;
         /// Eight f16 at `p` as eight floats.
         #[inline]
         #[target_feature(enable = $features)]
