@@ -210,12 +210,18 @@ pub enum FailCode {
     Version,
     /// Something broke on the node: another peer may succeed.
     Internal,
+    /// The reply's keys and values need more than the node keeps for all replies
+    /// (`--kv-memory`): a node with a larger budget may serve it.
+    TooLarge,
 }
 
 impl FailCode {
     /// Whether another peer could succeed where this one failed.
     pub fn retryable(self) -> bool {
-        matches!(self, FailCode::NoModel | FailCode::Internal)
+        matches!(
+            self,
+            FailCode::NoModel | FailCode::Internal | FailCode::TooLarge
+        )
     }
 }
 
@@ -249,5 +255,6 @@ mod tests {
         r.resume.tokens = vec![0; MAX_PROMPT_TOKENS + 1];
         assert!(r.check().is_err());
         assert!(!FailCode::ContextOverflow.retryable());
+        assert!(FailCode::TooLarge.retryable());
     }
 }

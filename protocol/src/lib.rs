@@ -27,7 +27,8 @@ pub use sync::SyncFrame;
 /// (2: jobs name models by full digest only; `FailCode::ContextOverflow`; sampling settings
 /// left unset for the serving node; raw prompts say whether control tokens are parsed.
 /// 3: split stages, memory and layouts on cards. 4: cards count tokens generated. 5: model files
-/// between peers, manifest roots on cards. 6: the keys-and-values budget on cards.)
+/// between peers, manifest roots on cards. 6: the keys-and-values budget on
+/// cards, `FailCode::TooLarge`.)
 pub const PROTOCOL_VERSION: u32 = 6;
 
 /// libp2p protocol name of the capability-card exchange.

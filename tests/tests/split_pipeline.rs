@@ -258,7 +258,7 @@ fn split_sessions_reserve_their_caches_in_the_kv_budget() {
         let reserved = node.metric("hearth_kv_reserved_bytes") as u64;
         let per_position = PER_LAYER * (end - start);
         assert!(
-            reserved > 0 && reserved % per_position == 0,
+            reserved > 0 && reserved.is_multiple_of(per_position),
             "{name} layers {start}..{end}: {reserved} bytes reserved"
         );
         let positions = reserved / per_position;

@@ -87,6 +87,8 @@ pub(super) async fn drive(
     let mut started = false;
     let mut problems: Vec<String> = Vec::new();
     let mut all_busy = true;
+    // Every node that tried said the reply is larger than its budget for keys and values.
+    let mut all_too_large = true;
     let mut queue: VecDeque<Ranked> = ranked.into();
     let mut lost: Vec<PeerId> = Vec::new();
     let mut replans = 0;
@@ -114,7 +116,10 @@ pub(super) async fn drive(
             };
             let out = match event {
                 JobEvent::Busy { reason } => break Stop::Busy(reason),
-                JobEvent::Failed { code, message } => break failed(&c.node, code, message),
+                JobEvent::Failed { code, message } => {
+                    all_too_large &= code == FailCode::TooLarge;
+                    break failed(&c.node, code, message);
+                }
                 JobEvent::StageLost { peer, message } => {
                     break Stop::Lost(peer.parse().ok(), message)
                 }
@@ -158,6 +163,7 @@ pub(super) async fn drive(
         };
         let gone = match stop {
             Stop::Busy(reason) => {
+                all_too_large = false;
                 problems.push(reason);
                 None
             }
@@ -168,6 +174,7 @@ pub(super) async fn drive(
             }
             Stop::Dropped => {
                 all_busy = false;
+                all_too_large = false;
                 tracing::warn!(
                     node = %c.node,
                     tokens = request.resume.tokens.len(),
@@ -178,6 +185,7 @@ pub(super) async fn drive(
             }
             Stop::Lost(peer, message) => {
                 all_busy = false;
+                all_too_large = false;
                 tracing::warn!(
                     node = %c.node,
                     tokens = request.resume.tokens.len(),
@@ -206,8 +214,13 @@ pub(super) async fn drive(
     } else {
         format!("no node could serve this request ({})", problems.join("; "))
     };
-    let kind = if all_busy && !problems.is_empty() {
+    let kind = if problems.is_empty() {
+        FailKind::Unavailable
+    } else if all_busy {
         FailKind::Busy
+    } else if all_too_large {
+        // Every node's budget is too small: the request asks too much (fewer tokens would do).
+        FailKind::BadRequest
     } else {
         FailKind::Unavailable
     };
@@ -406,6 +419,43 @@ mod tests {
                 message,
             }] => assert!(
                 message.contains("a: cannot start the job: connection refused"),
+                "{message}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reply_too_large_for_one_node_goes_to_the_next_and_for_all_is_a_bad_request() {
+        let too_large = |node: &str| JobEvent::Failed {
+            code: FailCode::TooLarge,
+            message: format!("{node} keeps 64 MB (--kv-memory)"),
+        };
+        let (heard, asked) = run(
+            &["small", "large"],
+            &[
+                ("small", vec![too_large("small")]),
+                ("large", vec![started("large"), token(1, "hi"), done()]),
+            ],
+        )
+        .await;
+        assert_eq!(asked.len(), 2);
+        assert!(
+            matches!(heard.last(), Some(Reply::Done { .. })),
+            "{heard:?}"
+        );
+        let (heard, asked) = run(
+            &["a", "b"],
+            &[("a", vec![too_large("a")]), ("b", vec![too_large("b")])],
+        )
+        .await;
+        assert_eq!(asked.len(), 2);
+        match heard.as_slice() {
+            [Reply::Failed {
+                kind: FailKind::BadRequest,
+                message,
+            }] => assert!(
+                message.contains("a keeps 64 MB") && message.contains("b keeps 64 MB"),
                 "{message}"
             ),
             other => panic!("{other:?}"),

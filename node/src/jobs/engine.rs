@@ -69,6 +69,10 @@ pub enum JobError {
     /// This node's cache has no model with that digest.
     #[error("this node has no model with digest {0}")]
     NoModel(String),
+    /// The reply's keys and values need more than this node's whole `--kv-memory`: a node
+    /// with a larger budget may serve it.
+    #[error("{0}")]
+    TooLarge(String),
     /// Something broke here; another node may succeed.
     #[error("{0}")]
     Internal(String),
@@ -87,6 +91,7 @@ impl JobError {
             JobError::BadRequest(_) => FailCode::BadRequest,
             JobError::ContextOverflow(_) => FailCode::ContextOverflow,
             JobError::NoModel(_) => FailCode::NoModel,
+            JobError::TooLarge(_) => FailCode::TooLarge,
             JobError::Internal(_) | JobError::StageLost { .. } => FailCode::Internal,
         }
     }
@@ -814,7 +819,7 @@ impl Engine {
     ) -> Result<Reservation, Result<JobEvent, JobError>> {
         let cap = self.config.kv_memory;
         if need > cap {
-            return Err(Err(JobError::BadRequest(format!(
+            return Err(Err(JobError::TooLarge(format!(
                 "this reply's keys and values (its prompt plus max_tokens) need {} MB, and {} keeps {} MB for all replies' (--kv-memory): ask for fewer tokens",
                 need.div_ceil(MB),
                 self.config.node,
