@@ -221,27 +221,30 @@ pub enum Kernels {
 }
 
 impl Kernels {
+    /// Slowest first.
+    const ALL: [Kernels; 3] = [Kernels::Portable, Kernels::Avx2, Kernels::AvxVnni];
+
+    /// Whether this CPU has the instructions these kernels need.
+    pub fn runs_here(self) -> bool {
+        match self {
+            Kernels::Portable => true,
+            Kernels::Avx2 => crate::kernels::has_avx2(),
+            Kernels::AvxVnni => crate::kernels::has_avx2() && crate::kernels::has_avx_vnni(),
+        }
+    }
+
     /// Those this CPU runs, fastest last.
     pub fn available() -> Vec<Kernels> {
-        let mut all = vec![Kernels::Portable];
-        if crate::kernels::has_avx2() {
-            all.push(Kernels::Avx2);
-            if crate::kernels::has_avx_vnni() {
-                all.push(Kernels::AvxVnni);
-            }
-        }
-        all
+        Self::ALL.into_iter().filter(|k| k.runs_here()).collect()
     }
 
     /// The fastest this CPU runs.
     pub fn best() -> Kernels {
-        if !crate::kernels::has_avx2() {
-            Kernels::Portable
-        } else if crate::kernels::has_avx_vnni() {
-            Kernels::AvxVnni
-        } else {
-            Kernels::Avx2
-        }
+        Self::ALL
+            .into_iter()
+            .rev()
+            .find(|k| k.runs_here())
+            .unwrap_or(Kernels::Portable)
     }
 }
 
@@ -259,7 +262,7 @@ pub fn group_dot(
     group_dot_with(Kernels::best(), layout, w, ys, sums, blocks, out)
 }
 
-/// [`group_dot`] with the kernels of `kernels`, which must be [`Kernels::available`]; every
+/// [`group_dot`] with the kernels of `kernels`, which must [`Kernels::runs_here`]; every
 /// choice gives the same bits.
 pub fn group_dot_with(
     kernels: Kernels,
@@ -277,20 +280,19 @@ pub fn group_dot_with(
         .all(|y| y.len() >= blocks * layout.activation_bytes()));
     let per = layout.sums_per_block();
     assert!(per == 0 || (sums.len() >= ys.len() && sums.iter().all(|s| s.len() >= blocks * per)));
+    assert!(
+        kernels.runs_here(),
+        "{kernels:?} kernels cannot run on this CPU"
+    );
     #[cfg(target_arch = "x86_64")]
     if kernels != Kernels::Portable {
-        assert!(crate::kernels::has_avx2(), "no AVX2 here");
-        assert!(
-            kernels != Kernels::AvxVnni || crate::kernels::has_avx_vnni(),
-            "no AVX-VNNI here"
-        );
         macro_rules! rows {
             ($module:ident, $t:literal) => {{
                 let ys: [&[u8]; $t] = ys.try_into().expect("length matched");
                 let out: &mut [[f32; GROUP]; $t] =
                     (&mut out[..$t]).try_into().expect("length matched");
-                // SAFETY: the module's instruction set is present (asserted above), and so are
-                // the lengths.
+                // SAFETY: the module's instruction set is present (`runs_here`, asserted above),
+                // and so are the lengths.
                 unsafe {
                     match layout {
                         Layout::Q4_1 => $module::q4_1::<$t>(w, ys, blocks, out),

@@ -87,6 +87,25 @@ impl NodeOptions {
     }
 }
 
+/// Nodes started in order, each dialing the ones before it (so every pair is connected, as split
+/// stages need), each with every other's card before this returns.
+pub fn connected(household: &Household, nodes: Vec<(&str, NodeOptions)>) -> Vec<TestNode> {
+    let names: Vec<&str> = nodes.iter().map(|(name, _)| *name).collect();
+    let mut started: Vec<TestNode> = Vec::new();
+    for (name, mut opts) in nodes {
+        opts.peers.extend(started.iter().map(|n| n.listen.clone()));
+        started.push(TestNode::start(name, household, opts));
+    }
+    for n in &started {
+        assert!(
+            n.wait_for_members(&names, Duration::from_secs(30)),
+            "{}",
+            n.log()
+        );
+    }
+    started
+}
+
 /// A node holding SmolLM2 (`holder`) and a node without models that dials it (`entry`), each
 /// with the other's card.
 pub fn holder_and_entry(holder: &str) -> (TestNode, TestNode) {

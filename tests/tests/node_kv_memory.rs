@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hearth_tests::mesh::{post, Household, NodeOptions, TestNode};
+use hearth_tests::mesh::{connected, post, Household, NodeOptions, TestNode};
 use hearth_tests::TestModel;
 use serde_json::json;
 
@@ -122,46 +122,31 @@ fn eight_long_chats_stay_within_the_kv_budget_and_all_finish() {
 
 #[test]
 fn a_reply_too_large_for_one_nodes_budget_is_served_by_a_peer_with_room() {
-    let household = Household::new();
     // The entry has the model loaded (so it ranks first) and 10 MB for keys and values.
-    let small = TestNode::start(
-        "small",
-        &household,
-        NodeOptions::holding(TestModel::SmolLm2).with_args(&[
-            "--load",
-            "smollm2-135m",
-            "--kv-memory",
-            "10MB",
-        ]),
+    let holding = || NodeOptions::holding(TestModel::SmolLm2);
+    let nodes = connected(
+        &Household::new(),
+        vec![
+            (
+                "small",
+                holding().with_args(&["--load", "smollm2-135m", "--kv-memory", "10MB"]),
+            ),
+            ("large", holding().with_args(&["--kv-memory", "40MB"])),
+        ],
     );
-    let large = TestNode::start(
-        "large",
-        &household,
-        NodeOptions {
-            peers: vec![small.listen.clone()],
-            ..NodeOptions::holding(TestModel::SmolLm2)
-        }
-        .with_args(&["--kv-memory", "40MB"]),
-    );
-    for n in [&small, &large] {
-        assert!(
-            n.wait_for_members(&["small", "large"], Duration::from_secs(30)),
-            "{}",
-            n.log()
-        );
-    }
+    let small = &nodes[0];
     let route = small.get("/api/route?model=smollm2-135m");
     assert_eq!(route["ranked"][0]["node"], "small", "{route}");
     // ~1,000 tokens: 23 MB of keys and values, more than the first choice keeps.
     let body = json!({"prompt": prompt(0), "max_tokens": 8, "temperature": 0}).to_string();
-    let (status, v) = post(&small, "/v1/completions", body);
+    let (status, v) = post(small, "/v1/completions", body);
     assert_eq!(status, 200, "{v}\n{}", small.log());
     assert_eq!(v["hearth"]["nodes"][0], "large", "{v}");
     assert_eq!(small.metric("hearth_tokens_generated_total"), 0.0);
 
     // ~2,500 positions, 58 MB: larger than both budgets, so 400 with both nodes' reasons.
     let (status, v) = post(
-        &small,
+        small,
         "/v1/completions",
         json!({"prompt": prompt(1), "max_tokens": 1500, "temperature": 0}).to_string(),
     );

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use hearth_tests::mesh::{post, Household, NodeOptions, SseReader, TestNode};
+use hearth_tests::mesh::{connected, post, Household, NodeOptions, SseReader, TestNode};
 use hearth_tests::TestModel;
 use serde_json::{json, Value};
 
@@ -29,23 +29,11 @@ fn started(
     model: TestModel,
     args: &[&str],
 ) -> Vec<TestNode> {
-    let mut nodes: Vec<TestNode> = Vec::new();
-    for name in names {
-        let opts = NodeOptions {
-            peers: nodes.iter().map(|n| n.listen.clone()).collect(),
-            ..NodeOptions::holding(model)
-        }
-        .with_args(args);
-        nodes.push(TestNode::start(name, household, opts));
-    }
-    for n in &nodes {
-        assert!(
-            n.wait_for_members(names, Duration::from_secs(30)),
-            "{}",
-            n.log()
-        );
-    }
-    nodes
+    let nodes = names
+        .iter()
+        .map(|name| (*name, NodeOptions::holding(model).with_args(args)))
+        .collect();
+    connected(household, nodes)
 }
 
 /// The requests compared: chat and completions, each whole and streamed.

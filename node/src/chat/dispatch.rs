@@ -87,13 +87,14 @@ pub(super) async fn drive(
     let mut started = false;
     let mut problems: Vec<String> = Vec::new();
     let mut all_busy = true;
-    // Every node that tried said the reply is larger than its budget for keys and values.
-    let mut all_too_large = true;
+    // Candidates asked, and of those, how many said the reply is larger than their budget.
+    let (mut asked, mut too_large) = (0, 0);
     let mut queue: VecDeque<Ranked> = ranked.into();
     let mut lost: Vec<PeerId> = Vec::new();
     let mut replans = 0;
     while let Some(candidate) = queue.pop_front() {
         let c = &candidate.candidate;
+        asked += 1;
         request.split.clone_from(&candidate.split);
         let mut events = open(c, request.clone());
         let stop = loop {
@@ -117,7 +118,7 @@ pub(super) async fn drive(
             let out = match event {
                 JobEvent::Busy { reason } => break Stop::Busy(reason),
                 JobEvent::Failed { code, message } => {
-                    all_too_large &= code == FailCode::TooLarge;
+                    too_large += usize::from(code == FailCode::TooLarge);
                     break failed(&c.node, code, message);
                 }
                 JobEvent::StageLost { peer, message } => {
@@ -163,7 +164,6 @@ pub(super) async fn drive(
         };
         let gone = match stop {
             Stop::Busy(reason) => {
-                all_too_large = false;
                 problems.push(reason);
                 None
             }
@@ -174,7 +174,6 @@ pub(super) async fn drive(
             }
             Stop::Dropped => {
                 all_busy = false;
-                all_too_large = false;
                 tracing::warn!(
                     node = %c.node,
                     tokens = request.resume.tokens.len(),
@@ -185,7 +184,6 @@ pub(super) async fn drive(
             }
             Stop::Lost(peer, message) => {
                 all_busy = false;
-                all_too_large = false;
                 tracing::warn!(
                     node = %c.node,
                     tokens = request.resume.tokens.len(),
@@ -218,7 +216,7 @@ pub(super) async fn drive(
         FailKind::Unavailable
     } else if all_busy {
         FailKind::Busy
-    } else if all_too_large {
+    } else if too_large == asked {
         // Every node's budget is too small: the request asks too much (fewer tokens would do).
         FailKind::BadRequest
     } else {

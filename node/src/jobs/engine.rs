@@ -599,9 +599,12 @@ impl Engine {
         let waiting = || !events.is_closed();
         let kv = match self.reserve_kv(generator.cache_bytes_for(positions), waiting) {
             Ok(kv) => kv,
-            Err(e) => {
+            Err(refusal) => {
                 self.put_generator(&request.model, generator, None);
-                return e;
+                return match refusal {
+                    KvRefusal::Busy(reason) => Ok(JobEvent::Busy { reason }),
+                    KvRefusal::TooLarge(message) => Err(JobError::TooLarge(message)),
+                };
             }
         };
         if let Some(cancelled) = self.start(events, prompt.len()) {
@@ -800,10 +803,9 @@ impl Engine {
     pub fn reserve_stage_kv(&self, need: u64, wait: Duration) -> Result<Reservation, JobError> {
         let deadline = Instant::now() + wait;
         self.reserve_kv(need, || Instant::now() < deadline)
-            .map_err(|e| match e {
-                Ok(JobEvent::Busy { reason }) => JobError::Internal(reason),
-                Ok(other) => JobError::Internal(format!("{other:?}")),
-                Err(e) => e,
+            .map_err(|refusal| match refusal {
+                KvRefusal::Busy(reason) => JobError::Internal(reason),
+                KvRefusal::TooLarge(message) => JobError::TooLarge(message),
             })
     }
 
@@ -811,20 +813,16 @@ impl Engine {
     /// caches give way first (least recently used first), then it waits for running replies to
     /// finish — while `waiting` holds (a local reply: until its requester leaves, which the
     /// requester's queue deadline bounds) and the node is not draining. A reply that needs more
-    /// than the whole budget is refused at once. The error is the event to answer with.
-    fn reserve_kv(
-        &self,
-        need: u64,
-        waiting: impl Fn() -> bool,
-    ) -> Result<Reservation, Result<JobEvent, JobError>> {
+    /// than the whole budget is refused at once.
+    fn reserve_kv(&self, need: u64, waiting: impl Fn() -> bool) -> Result<Reservation, KvRefusal> {
         let cap = self.config.kv_memory;
         if need > cap {
-            return Err(Err(JobError::TooLarge(format!(
+            return Err(KvRefusal::TooLarge(format!(
                 "this reply's keys and values (its prompt plus max_tokens) need {} MB, and {} keeps {} MB for all replies' (--kv-memory): ask for fewer tokens",
                 need.div_ceil(MB),
                 self.config.node,
                 cap / MB
-            ))));
+            )));
         }
         let mut logged = false;
         loop {
@@ -837,12 +835,10 @@ impl Engine {
                 }
             }
             if !waiting() || self.is_draining() {
-                return Err(Ok(JobEvent::Busy {
-                    reason: format!(
-                        "{} has no memory free for keys and values",
-                        self.config.node
-                    ),
-                }));
+                return Err(KvRefusal::Busy(format!(
+                    "{} has no memory free for keys and values",
+                    self.config.node
+                )));
             }
             if !logged {
                 tracing::info!(
@@ -885,6 +881,14 @@ impl Engine {
         }
         self.trim(&mut idle, 0);
     }
+}
+
+/// Why a reply gets no keys and values.
+enum KvRefusal {
+    /// Running replies keep the budget taken (and the reply stopped waiting, or the node drains).
+    Busy(String),
+    /// The reply needs more than the whole budget.
+    TooLarge(String),
 }
 
 /// Bytes of keys and values finished replies' generators hold.
