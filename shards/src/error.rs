@@ -52,6 +52,8 @@ pub enum Error {
     Tokenizer(String),
     #[error("chat template: {0}")]
     Template(String),
+    #[error("GPU: {0}")]
+    Gpu(String),
 }
 
 /// Result with the engine's [`Error`].

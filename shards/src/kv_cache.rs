@@ -5,6 +5,7 @@
 use half::f16;
 use half::vec::HalfBitsVecExt;
 
+use crate::gpu::part::DeviceCache;
 use crate::quant::QuantScratch;
 
 /// Keys and values of one layer, `capacity` rows of `kv_dim` halves each.
@@ -19,6 +20,8 @@ pub struct KvCache {
     pub(crate) capacity: usize,
     pub(crate) len: usize,
     pub(crate) scratch: Scratch,
+    /// The layers a GPU holds (see `gpu::part`), for a stage with a GPU part.
+    pub(crate) device: Option<DeviceCache>,
 }
 
 impl KvCache {
@@ -40,6 +43,7 @@ impl KvCache {
             capacity,
             len: 0,
             scratch: Scratch::default(),
+            device: None,
         }
     }
 

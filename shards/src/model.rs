@@ -16,7 +16,8 @@ use crate::gguf::{Gguf, Value};
 use crate::quant::GgmlType;
 use crate::sampling::{SamplingOverrides, SamplingParams};
 use crate::spec::ModelSpec;
-use crate::stage::Stage;
+use crate::gpu::{plan, Gpu};
+use crate::stage::{Placement, Stage};
 use crate::tokenizer::Tokenizer;
 
 /// What `hearth models list` shows about a file; readable even for unsupported architectures.
@@ -166,6 +167,8 @@ pub struct Model {
     tokenizer: Arc<Tokenizer>,
     template: Arc<ChatTemplate>,
     pool: Arc<ThreadPool>,
+    /// The GPU its stages run on, and the device memory they may take (`None`: not known).
+    gpu: Option<(Arc<Gpu>, Option<u64>)>,
 }
 
 impl std::fmt::Debug for Model {
@@ -202,6 +205,7 @@ impl Model {
             tokenizer: Arc::new(tokenizer),
             template: Arc::new(template),
             pool,
+            gpu: None,
         })
     }
 
@@ -273,9 +277,82 @@ impl Model {
         Ok(p)
     }
 
-    /// Loads the stage holding `layers`.
+    /// Runs this model's stages on `gpu`: all of each stage when it fits in `memory` bytes of
+    /// the device (or `memory` is not known), otherwise its last layers on the GPU and the
+    /// rest on the CPU (see [`crate::gpu::plan`]).
+    pub fn on_gpu(mut self, gpu: Arc<Gpu>, memory: Option<u64>) -> Self {
+        self.gpu = Some((gpu, memory));
+        self
+    }
+
+    /// The GPU the model's stages run on.
+    pub fn gpu(&self) -> Option<&Arc<Gpu>> {
+        self.gpu.as_ref().map(|(g, _)| g)
+    }
+
+    /// Where the stage holding `layers` runs.
+    pub fn placement(&self, layers: Range<usize>) -> Placement {
+        let Some((gpu, memory)) = &self.gpu else {
+            return Placement::Cpu;
+        };
+        let sizes = self.gpu_sizes(layers);
+        match plan::gpu_layers(&sizes, *memory) {
+            Some(layers) => Placement::Gpu {
+                gpu: gpu.clone(),
+                layers,
+            },
+            None => Placement::Cpu,
+        }
+    }
+
+    /// What the stage holding `layers` would put on a GPU.
+    fn gpu_sizes(&self, layers: Range<usize>) -> plan::Sizes {
+        let s = &*self.spec;
+        let bytes = |name: &str| self.gguf.tensors.get(name).map_or(0, |t| t.len as u64);
+        let last = layers.end == s.n_layers();
+        let tied = !self.gguf.tensors.contains_key("output.weight");
+        let layer_bytes = layers
+            .clone()
+            .map(|i| {
+                let prefix = format!("blk.{i}.");
+                self.gguf
+                    .tensors
+                    .values()
+                    .filter(|t| t.name.starts_with(&prefix))
+                    .map(|t| t.len as u64)
+                    .sum()
+            })
+            .collect();
+        let head = if last {
+            bytes("output_norm.weight")
+                + if tied { bytes("token_embd.weight") } else { bytes("output.weight") }
+        } else {
+            0
+        };
+        let embedding = if layers.start == 0 && !(last && tied) {
+            bytes("token_embd.weight")
+        } else {
+            0
+        };
+        // Room for one session's keys and values over a typical context, as f16.
+        let positions = s.context.min(4096) as u64;
+        let rows = crate::gpu::part::MAX_ROWS as u64;
+        let widths = (3 * s.dim + 2 * s.q_dim() + 2 * s.kv_dim() + 2 * s.ffn_dim) as u64;
+        plan::Sizes {
+            layers: layer_bytes,
+            head,
+            embedding,
+            cache_per_layer: positions * s.kv_dim() as u64 * 4,
+            fixed: 4 * rows * widths
+                + if last { 8 * crate::gpu::part::LOGIT_ROWS as u64 * s.vocab as u64 } else { 0 },
+        }
+    }
+
+    /// Loads the stage holding `layers`, on the GPU when the model has one (see
+    /// [`Model::on_gpu`]).
     pub fn stage(&self, layers: Range<usize>) -> Result<Stage> {
-        Stage::load(&self.gguf, self.spec.clone(), layers, self.pool.clone())
+        let placement = self.placement(layers.clone());
+        Stage::load_placed(&self.gguf, self.spec.clone(), layers, self.pool.clone(), placement)
     }
 
     /// Loads the whole model as one stage.

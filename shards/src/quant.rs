@@ -316,6 +316,11 @@ impl QMatrix {
         })
     }
 
+    /// The tensor's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Output size.
     pub fn rows(&self) -> usize {
         self.rows
@@ -331,7 +336,7 @@ impl QMatrix {
         self.ty
     }
 
-    fn raw(&self) -> &[u8] {
+    pub(crate) fn raw(&self) -> &[u8] {
         &self.bytes[self.offset..self.offset + self.len]
     }
 

@@ -13,6 +13,9 @@ use rayon::ThreadPool;
 
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, TensorInfo};
+use crate::gpu::part::Part;
+use crate::gpu::{AdapterInfo, Gpu};
+use crate::gpu::part::DeviceCache;
 use crate::kv_cache::{sized, KvCache};
 use crate::quant::{GgmlType, QMatrix};
 use crate::spec::ModelSpec;
@@ -57,27 +60,42 @@ struct Head {
     output: QMatrix,
 }
 
-/// Weights of a layer range, ready to run.
+/// Where a stage's layers run.
+#[derive(Debug, Clone, Default)]
+pub enum Placement {
+    #[default]
+    Cpu,
+    /// The stage's last `layers` layers, and its head when it ends the model, on the GPU; the
+    /// rest (with the embedding) on the CPU, in this process. When `layers` covers the stage,
+    /// all of it is on the GPU, embedding included.
+    Gpu { gpu: Arc<Gpu>, layers: usize },
+}
+
+/// Weights of a layer range, ready to run: on the CPU, on a GPU, or its first layers on the
+/// CPU and the rest on a GPU (the CPU part hands its hidden states to the GPU part).
 pub struct Stage {
     spec: Arc<ModelSpec>,
     range: Range<usize>,
+    /// The CPU part: the embedding when the stage starts the model and the GPU does not hold
+    /// it, layers `range.start..` up to the GPU part's first, the head when there is no GPU part.
     embedding: Option<QMatrix>,
     layers: Vec<Layer>,
     head: Option<Head>,
+    gpu: Option<Part>,
     pool: Arc<ThreadPool>,
 }
 
 impl std::fmt::Debug for Stage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Stage({} layers {:?})",
-            self.spec.architecture, self.range
-        )
+        write!(f, "Stage({} layers {:?}", self.spec.architecture, self.range)?;
+        match &self.gpu {
+            Some(part) => write!(f, ", {part:?})"),
+            None => write!(f, ")"),
+        }
     }
 }
 
-fn load_vector(gguf: &Gguf, name: &str, len: usize) -> Result<Vec<f32>> {
+pub(crate) fn load_vector(gguf: &Gguf, name: &str, len: usize) -> Result<Vec<f32>> {
     let info: &TensorInfo = gguf.tensor(name)?;
     if info.dims.iter().product::<usize>() != len {
         return Err(Error::BadShape {
@@ -136,12 +154,24 @@ pub fn tensor_ranges(gguf: &Gguf, layers: Range<usize>, n_layers: usize) -> Vec<
 }
 
 impl Stage {
-    /// Builds the stage holding `range` of the model's layers, reading only its tensors.
+    /// Builds the stage holding `range` of the model's layers on the CPU, reading only its
+    /// tensors.
     pub fn load(
         gguf: &Gguf,
         spec: Arc<ModelSpec>,
         range: Range<usize>,
         pool: Arc<ThreadPool>,
+    ) -> Result<Self> {
+        Self::load_placed(gguf, spec, range, pool, Placement::Cpu)
+    }
+
+    /// Builds the stage holding `range`, placed as `placement` says.
+    pub fn load_placed(
+        gguf: &Gguf,
+        spec: Arc<ModelSpec>,
+        range: Range<usize>,
+        pool: Arc<ThreadPool>,
+        placement: Placement,
     ) -> Result<Self> {
         let n_layers = spec.n_layers();
         if range.start >= range.end || range.end > n_layers {
@@ -159,7 +189,15 @@ impl Stage {
         };
         let first = range.start == 0;
         let last = range.end == n_layers;
-        let embedding = if first {
+        let gpu = match placement {
+            Placement::Gpu { gpu, layers } if layers > 0 || last => {
+                let start = range.end - layers.min(range.len());
+                Some(Part::load(&gpu, gguf, spec.clone(), start..range.end)?)
+            }
+            _ => None,
+        };
+        let cpu_end = gpu.as_ref().map_or(range.end, |p| p.layers().start);
+        let embedding = if first && cpu_end > 0 {
             Some(QMatrix::load_exact(
                 gguf,
                 "token_embd.weight",
@@ -169,8 +207,7 @@ impl Stage {
         } else {
             None
         };
-        let layers = range
-            .clone()
+        let layers = (range.start..cpu_end)
             .map(|i| {
                 let t = |n: &str| format!("blk.{i}.{n}.weight");
                 let optional = |n: &str, len: usize, want: bool| -> Result<Option<Vec<f32>>> {
@@ -193,7 +230,7 @@ impl Stage {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let head = if last {
+        let head = if last && gpu.is_none() {
             // Tied embeddings: models without an output matrix reuse the token embedding.
             let name = if gguf.tensors.contains_key("output.weight") {
                 "output.weight"
@@ -213,8 +250,25 @@ impl Stage {
             embedding,
             layers,
             head,
+            gpu,
             pool,
         })
+    }
+
+    /// The GPU this stage runs on, and the layers it holds there (with the head when the stage
+    /// ends the model, and the embedding when it holds every layer of a first stage).
+    pub fn gpu(&self) -> Option<(&AdapterInfo, Range<usize>)> {
+        self.gpu.as_ref().map(|p| (p.gpu().info(), p.layers()))
+    }
+
+    /// Weight bytes the stage keeps on the GPU.
+    pub fn gpu_bytes(&self) -> u64 {
+        self.gpu.as_ref().map_or(0, Part::bytes)
+    }
+
+    /// Whether the CPU part has any work: layers, or the embedding lookup.
+    fn runs_on_cpu(&self) -> bool {
+        !self.layers.is_empty() || self.embedding.is_some()
     }
 
     /// The layers this stage holds.
@@ -229,21 +283,20 @@ impl Stage {
 
     /// Whether this stage ends with the output head (produces logits).
     pub fn is_last(&self) -> bool {
-        self.head.is_some()
+        self.range.end == self.spec.n_layers()
     }
 
     /// Whether this stage starts with the embedding (takes tokens).
     pub fn is_first(&self) -> bool {
-        self.embedding.is_some()
+        self.range.start == 0
     }
 
     /// A fresh per-session cache for up to `capacity` positions (capped at the model's context).
     pub fn new_cache(&self, capacity: usize) -> KvCache {
-        KvCache::new(
-            self.layers.len(),
-            self.spec.kv_dim(),
-            capacity.clamp(1, self.spec.context),
-        )
+        let capacity = capacity.clamp(1, self.spec.context);
+        let mut cache = KvCache::new(self.layers.len(), self.spec.kv_dim(), capacity);
+        cache.device = self.gpu.as_ref().map(|p| p.new_cache(capacity));
+        cache
     }
 
     /// Runs the stage on `input` at the cache's next positions, appending them to the cache.
@@ -257,7 +310,7 @@ impl Stage {
         let dim = self.spec.dim;
         let n = match input {
             StageInput::Tokens(tokens) => {
-                if self.embedding.is_none() {
+                if !self.is_first() {
                     return Err(Error::BadStageInput(format!(
                         "stage {:?} starts mid-model and takes hidden states, not tokens",
                         self.range
@@ -267,7 +320,7 @@ impl Stage {
                 tokens.len()
             }
             StageInput::Hidden(h) => {
-                if self.embedding.is_some() {
+                if self.is_first() {
                     return Err(Error::BadStageInput(
                         "the first stage takes token ids, not hidden states".into(),
                     ));
@@ -286,18 +339,44 @@ impl Stage {
         }
         self.check_cache(cache, n)?;
         let rows = Rows::Contiguous { pos0: cache.len };
-        let kind = self.pool.install(|| {
-            self.run(
-                std::slice::from_mut(&mut &mut *cache),
-                &rows,
-                input,
-                n,
-                out,
-                false,
-            )
-        });
+        let kind = self.run_parts(std::slice::from_mut(&mut &mut *cache), &rows, input, n, out, false)?;
         cache.len += n;
         Ok(kind)
+    }
+
+    /// Runs the CPU part, then the GPU part on its hidden states.
+    #[allow(clippy::too_many_arguments)]
+    fn run_parts(
+        &self,
+        caches: &mut [&mut KvCache],
+        rows: &Rows,
+        input: StageInput<'_>,
+        n: usize,
+        out: &mut Vec<f32>,
+        all_logits: bool,
+    ) -> Result<StageOutput> {
+        let Some(part) = &self.gpu else {
+            return Ok(self.pool.install(|| self.run(caches, rows, input, n, out, all_logits)));
+        };
+        let hidden;
+        let input = if self.runs_on_cpu() {
+            self.pool.install(|| self.run(caches, rows, input, n, out, all_logits));
+            hidden = std::mem::take(out);
+            StageInput::Hidden(&hidden)
+        } else {
+            input
+        };
+        let at: Vec<(usize, usize)> = (0..n).map(|t| rows.at(t)).collect();
+        let mut device: Vec<&mut DeviceCache> = caches
+            .iter_mut()
+            .map(|c| c.device.as_mut().expect("checked in check_cache"))
+            .collect();
+        part.run(&mut device, &at, input, all_logits, out)?;
+        Ok(if self.is_last() {
+            StageOutput::Logits
+        } else {
+            StageOutput::Hidden
+        })
     }
 
     /// One decoding step for several sessions at once: session `i` feeds `tokens[i]` at its
@@ -372,8 +451,7 @@ impl Stage {
             self.check_cache(cache, 1)?;
         }
         let positions = Rows::Sessions(caches.iter().map(|c| c.len).collect());
-        self.pool
-            .install(|| self.run(caches, &positions, input, rows, out, true));
+        self.run_parts(caches, &positions, input, rows, out, true)?;
         caches.iter_mut().for_each(|c| c.len += 1);
         Ok(())
     }
@@ -390,7 +468,12 @@ impl Stage {
 
     /// Checks `cache` belongs to this stage and has room for `n` more positions.
     fn check_cache(&self, cache: &KvCache, n: usize) -> Result<()> {
-        if cache.layers.len() != self.layers.len() {
+        let device_matches = match (&self.gpu, &cache.device) {
+            (Some(part), Some(device)) => part.owns(device),
+            (None, None) => true,
+            _ => false,
+        };
+        if cache.layers.len() != self.layers.len() || !device_matches {
             return Err(Error::BadStageInput(
                 "cache was made for a different stage".into(),
             ));
