@@ -135,6 +135,7 @@ pub(crate) fn sample_card(name: &str) -> Card {
             total_memory: 16 << 30,
             free_memory: 8 << 30,
             cores: Some(4),
+            adapter: None,
         }],
         models: Vec::new(),
         loaded: Vec::new(),
@@ -149,6 +150,7 @@ pub(crate) fn sample_card(name: &str) -> Card {
         memory_used: 0,
         kv_budget: 64 << 20,
         kv_reserved: 0,
+        placements: Vec::new(),
         tokens_generated: 0,
     }
 }

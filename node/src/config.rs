@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use hearth_protocol::SamplingOverrides;
+use hearth_shards::gpu::DeviceChoice;
 use hearth_shards::SamplingParams;
 use libp2p::Multiaddr;
 use serde::Deserialize;
@@ -77,6 +78,16 @@ pub struct Settings {
     /// is left and go least recently used first.
     #[arg(long, env = "HEARTH_KV_MEMORY", value_name = "SIZE")]
     pub kv_memory: Option<String>,
+    /// Where models run: auto (a discrete GPU when there is one, else the CPU), cpu, gpu (the
+    /// best adapter wgpu sees, software ones last) or gpu:N (`hearth devices` lists them)
+    /// [default: auto]. A GPU that cannot load a model leaves it on the CPU, with a warning.
+    #[arg(long, env = "HEARTH_DEVICE", value_name = "DEVICE")]
+    pub device: Option<String>,
+    /// GPU memory models may take, e.g. 6GB [default: the card's total for NVIDIA (NVML),
+    /// unknown otherwise: each model is tried whole]. A model larger than this runs its last
+    /// layers on the GPU and the rest on the CPU.
+    #[arg(long, env = "HEARTH_GPU_MEMORY", value_name = "SIZE")]
+    pub gpu_memory: Option<String>,
     /// Pull a model this node lacks from the household when a request for it goes to a slower
     /// or busier node and the estimate (`GET /api/route`) says the pull pays within a few
     /// replies; the request itself is served where routing sent it [default: false].
@@ -135,6 +146,10 @@ pub struct NodeConfig {
     pub cache_size: Option<u64>,
     /// Bytes for every reply's keys and values together; `None`: the default (see `kv_memory`).
     pub kv_memory: Option<u64>,
+    /// Where models run.
+    pub device: DeviceChoice,
+    /// GPU bytes models may take; `None`: not given (see `gpu_memory`).
+    pub gpu_memory: Option<u64>,
     /// Pull models here when routing estimates it pays.
     pub pull_when_faster: bool,
     pub load: Vec<String>,
@@ -175,6 +190,8 @@ impl Settings {
             max_memory: self.max_memory.or(fallback.max_memory),
             cache_size: self.cache_size.or(fallback.cache_size),
             kv_memory: self.kv_memory.or(fallback.kv_memory),
+            device: self.device.or(fallback.device),
+            gpu_memory: self.gpu_memory.or(fallback.gpu_memory),
             pull_when_faster: self.pull_when_faster.or(fallback.pull_when_faster),
             load: vec_or(self.load, fallback.load),
             grace: self.grace.or(fallback.grace),
@@ -259,6 +276,11 @@ impl Settings {
             max_memory: size(self.max_memory.as_deref(), "--max-memory")?,
             cache_size: size(self.cache_size.as_deref(), "--cache-size")?,
             kv_memory: size(self.kv_memory.as_deref(), "--kv-memory")?,
+            device: match self.device.as_deref() {
+                None | Some("") => DeviceChoice::Auto,
+                Some(d) => d.parse().map_err(|e| anyhow::anyhow!("--device: {e}"))?,
+            },
+            gpu_memory: size(self.gpu_memory.as_deref(), "--gpu-memory")?,
             pull_when_faster: self.pull_when_faster.unwrap_or(false),
             load: self.load,
             grace: std::time::Duration::from_secs(self.grace.unwrap_or(5)),
@@ -323,6 +345,12 @@ mod tests {
         assert!(err("listen = \"4318\"").contains("not a multiaddr"));
         assert!(err("max_jobs = 0").contains("at least 1"));
         assert!(err("log_format = \"xml\"").contains("text or json"));
+        assert!(err("device = \"tpu\"").contains("auto, cpu, gpu or gpu:N"));
+        assert!(err("device = \"gpu:x\"").contains("auto, cpu, gpu or gpu:N"));
+        let gpu: Settings = toml::from_str("device = \"gpu:1\"\ngpu_memory = \"6GB\"").unwrap();
+        let c = gpu.resolve().unwrap();
+        assert_eq!(c.device, DeviceChoice::Gpu(Some(1)));
+        assert_eq!(c.gpu_memory, Some(6_000_000_000));
         let ok: Settings = toml::from_str("api = \"0.0.0.0:80\"\napi_token = \"s3cret\"").unwrap();
         assert!(ok.resolve().is_ok());
         assert!(err("[sampling]\nmin_p = 2.0").contains("min-p"));

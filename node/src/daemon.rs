@@ -53,12 +53,18 @@ async fn serve(
         .ok()
         .and_then(|v| v.parse().ok())
         .map_or(Duration::ZERO, Duration::from_millis);
+    let threads = config
+        .threads
+        .unwrap_or_else(hearth_shards::default_threads);
+    let compute = crate::devices::Compute::open(config.device, config.gpu_memory, threads)?;
+    match compute.gpu() {
+        Some(gpu) => tracing::info!(gpu = %gpu.info(), "models run on the GPU"),
+        None => tracing::info!(device = %config.device, "models run on the CPU"),
+    }
     let engine = Engine::new(
         EngineConfig {
             node: config.name.clone(),
-            threads: config
-                .threads
-                .unwrap_or_else(hearth_shards::default_threads),
+            threads,
             context: config.ctx,
             max_jobs: config.max_jobs,
             max_queue: config.max_queue,
@@ -66,6 +72,7 @@ async fn serve(
             kv_memory: config.kv_memory.unwrap_or_else(|| {
                 crate::memory::default_kv_memory(config.max_memory, crate::devices::free_memory())
             }),
+            compute: compute.clone(),
         },
         cache.clone(),
         metrics.clone(),
@@ -135,9 +142,7 @@ async fn serve(
         mesh.clone(),
         cache.clone(),
         share.clone(),
-        config
-            .threads
-            .unwrap_or_else(hearth_shards::default_threads),
+        compute,
         split::Budgets {
             weights: engine.budget().clone(),
             kv: {

@@ -1,17 +1,140 @@
-//! The compute devices a node reports on its card: the CPU with its cores and free RAM, and NVIDIA
-//! GPUs through NVML when the driver's library is present (it is loaded at run time, so nodes
-//! without NVIDIA hardware need nothing).
+//! The compute devices a node reports on its card — the CPU with its cores and free RAM, every
+//! GPU adapter wgpu sees (Vulkan, Metal, DX12), with memory from NVML for NVIDIA cards when the
+//! driver's library is present (loaded at run time, so nodes without NVIDIA hardware need
+//! nothing) — and the GPU `--device` chose for running models.
 
-use std::sync::OnceLock;
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
 
-use hearth_protocol::{Device, DeviceKind};
+use anyhow::Context;
+use hearth_protocol::{Device, DeviceKind, GpuAdapter};
+use hearth_shards::gpu::{AdapterInfo, DeviceChoice, Gpu};
+use hearth_shards::{Model, Stage};
 use nvml_wrapper::Nvml;
 
 /// This machine's devices, measured now.
 pub fn probe() -> Vec<Device> {
     let mut devices = vec![cpu()];
-    devices.extend(nvidia_gpus());
+    let mut nvidia = nvidia_gpus();
+    for a in adapters() {
+        // NVML knows an NVIDIA card's memory; wgpu does not report memory.
+        let known = nvidia.iter().position(|d| a.vendor == "NVIDIA" && d.name == a.name);
+        let (total, free) = known
+            .map(|i| nvidia.remove(i))
+            .map_or((0, 0), |d| (d.total_memory, d.free_memory));
+        devices.push(Device {
+            kind: DeviceKind::Gpu,
+            name: a.name.clone(),
+            total_memory: total,
+            free_memory: free,
+            cores: None,
+            adapter: Some(GpuAdapter {
+                index: a.index as u32,
+                backend: a.backend.clone(),
+                vendor: a.vendor.clone(),
+                kind: a.kind.clone(),
+            }),
+        });
+    }
+    devices.extend(nvidia);
     devices
+}
+
+/// The adapters wgpu sees, listed once: they do not change while the node runs.
+pub fn adapters() -> &'static [AdapterInfo] {
+    static ADAPTERS: OnceLock<Vec<AdapterInfo>> = OnceLock::new();
+    ADAPTERS.get_or_init(hearth_shards::gpu::adapters)
+}
+
+/// Where a node runs its models: CPU threads, the GPU `--device` chose (none: the CPU only),
+/// and the GPU memory they may take.
+#[derive(Debug, Clone)]
+pub struct Compute {
+    threads: usize,
+    gpu: Option<Arc<Gpu>>,
+    memory: Option<u64>,
+}
+
+impl Compute {
+    /// Opens the device `choice` names. `gpu` on a machine without a usable GPU is an error that
+    /// says what to do; `auto` without a discrete GPU is the CPU.
+    pub fn open(choice: DeviceChoice, memory: Option<u64>, threads: usize) -> anyhow::Result<Self> {
+        let gpu = Gpu::open(choice).with_context(|| format!("--device {choice}"))?;
+        // Memory NVML reports for the card, unless --gpu-memory says otherwise.
+        let memory = memory.or_else(|| {
+            let info = gpu.as_ref()?.info();
+            nvidia_gpus()
+                .into_iter()
+                .find(|d| info.vendor == "NVIDIA" && d.name == info.name)
+                .map(|d| d.total_memory)
+        });
+        Ok(Compute {
+            threads,
+            gpu,
+            memory,
+        })
+    }
+
+    /// The CPU only, with `threads` workers.
+    pub fn cpu(threads: usize) -> Self {
+        Compute {
+            threads,
+            gpu: None,
+            memory: None,
+        }
+    }
+
+    /// Opens the model at `path`, set to run on this node's GPU when it has one.
+    pub fn open_model(&self, path: &std::path::Path) -> hearth_shards::Result<Model> {
+        let model = Model::open(path, self.threads)?;
+        Ok(match &self.gpu {
+            Some(gpu) => model.on_gpu(gpu.clone(), self.memory),
+            None => model,
+        })
+    }
+
+    /// The GPU models run on.
+    pub fn gpu(&self) -> Option<&Arc<Gpu>> {
+        self.gpu.as_ref()
+    }
+
+    /// Loads `layers` of `model` (opened by [`Compute::open_model`]): on the GPU, or split between the
+    /// GPU and the CPU when it does not fit; a GPU that fails to take it leaves it on the CPU,
+    /// with a warning, rather than failing the request.
+    pub fn stage(&self, model: &Model, layers: Range<usize>, name: &str) -> hearth_shards::Result<Stage> {
+        match (model.stage(layers.clone()), model.gpu()) {
+            (Ok(stage), _) => Ok(stage),
+            (Err(e), Some(gpu)) => {
+                tracing::warn!(
+                    model = name,
+                    gpu = %gpu.info(),
+                    error = %e,
+                    "the GPU cannot run this model; it runs on the CPU"
+                );
+                model.cpu_stage(layers)
+            }
+            (Err(e), None) => Err(e),
+        }
+    }
+}
+
+/// Where `stage` runs, for cards and logs: `cpu`, or `gpu:N name` and the layers there.
+pub fn placement(digest: &str, stage: &Stage) -> hearth_protocol::ModelPlacement {
+    let layers = stage.layers().len() as u32;
+    match stage.gpu() {
+        Some((info, on_gpu)) => hearth_protocol::ModelPlacement {
+            digest: digest.to_owned(),
+            device: format!("gpu:{} {}", info.index, info.name),
+            gpu_layers: on_gpu.len() as u32,
+            layers,
+        },
+        None => hearth_protocol::ModelPlacement {
+            digest: digest.to_owned(),
+            device: "cpu".to_owned(),
+            gpu_layers: 0,
+            layers,
+        },
+    }
 }
 
 /// "linux x86_64" and the like.
@@ -70,6 +193,7 @@ fn cpu() -> Device {
         cores: std::thread::available_parallelism()
             .ok()
             .map(|n| n.get() as u32),
+        adapter: None,
     }
 }
 
@@ -89,6 +213,7 @@ fn nvidia_gpus() -> Vec<Device> {
                 total_memory: mem.total,
                 free_memory: mem.free,
                 cores: None,
+                adapter: None,
             })
         })
         .collect()

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use hearth_protocol::{ModelLayout, STAGE_PROTOCOL};
 use hearth_shards::{DecodeBatcher, Model};
+
+use crate::devices::Compute;
 use libp2p::PeerId;
 use libp2p::Stream;
 use tokio::sync::oneshot;
@@ -90,7 +92,7 @@ pub struct Host {
     cache: ModelCache,
     /// Fetches the parts of models this node lacks.
     share: Arc<Share>,
-    threads: usize,
+    compute: Compute,
     budget: Arc<Budget>,
     kv: KvReserve,
     metrics: Arc<Metrics>,
@@ -116,7 +118,7 @@ impl Host {
         mesh: Mesh,
         cache: ModelCache,
         share: Arc<Share>,
-        threads: usize,
+        compute: Compute,
         budgets: Budgets,
         metrics: Arc<Metrics>,
         drain: Arc<Drain>,
@@ -125,7 +127,7 @@ impl Host {
             mesh,
             cache,
             share,
-            threads,
+            compute,
             budget: budgets.weights,
             kv: budgets.kv,
             metrics,
@@ -157,7 +159,9 @@ impl Host {
             ),
             Err(e) => return Err(e),
         };
-        let model = Model::open(&path, self.threads)
+        let model = self
+            .compute
+            .open_model(&path)
             .map_err(|e| JobError::Internal(format!("cannot open {name}: {e}")))?;
         let layout = hearth_shards::model::layout(model.gguf())
             .map_err(|e| JobError::BadRequest(e.to_string()))?;
@@ -264,8 +268,9 @@ impl Host {
         let bytes = layout.stage_bytes(layers.start, layers.end, 0);
         let what = format!("layers {}..{}", layers.start, layers.end);
         let memory = self.reserve(&what, bytes)?;
-        let stage = model
-            .stage(layers.start as usize..layers.end as usize)
+        let stage = self
+            .compute
+            .stage(&model, layers.start as usize..layers.end as usize, &what)
             .map_err(|e| JobError::Internal(format!("cannot load {what}: {e}")))?;
         tracing::info!(model = digest, layers = %what, mb = bytes >> 20, "stage loaded");
         let batcher = Arc::new(DecodeBatcher::new(Arc::new(stage)));

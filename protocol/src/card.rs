@@ -60,6 +60,8 @@ pub struct Card {
     /// Of those, bytes running replies and split sessions have reserved now (finished replies'
     /// caches give way to new replies, so they do not count).
     pub kv_reserved: u64,
+    /// Where each loaded model runs.
+    pub placements: Vec<ModelPlacement>,
     /// Tokens the node has generated since it started (a counter: its rate is the node's
     /// throughput, which the desktop client plots).
     pub tokens_generated: u64,
@@ -75,14 +77,44 @@ pub struct Device {
     pub free_memory: u64,
     /// Cores (CPU only).
     pub cores: Option<u32>,
+    /// For a GPU wgpu sees: how `--device gpu:N` names it and what drives it.
+    pub adapter: Option<GpuAdapter>,
+}
+
+/// A GPU adapter as wgpu reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuAdapter {
+    /// N in `--device gpu:N`.
+    pub index: u32,
+    /// `vulkan`, `metal` or `dx12`.
+    pub backend: String,
+    /// `NVIDIA`, `AMD`, `Intel`, `Apple`, `Mesa`, or the PCI vendor id.
+    pub vendor: String,
+    /// `discrete`, `integrated`, `virtual`, `cpu` (software, such as lavapipe) or `other`.
+    pub kind: String,
+}
+
+/// Where a loaded model runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelPlacement {
+    pub digest: String,
+    /// `cpu`, or the GPU as `gpu:N name`.
+    pub device: String,
+    /// Layers on the GPU: all of them, or (a model larger than the GPU's memory) the last ones,
+    /// the rest running on the CPU; 0 on the CPU.
+    pub gpu_layers: u32,
+    pub layers: u32,
 }
 
 /// What kind of device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeviceKind {
     Cpu,
+    /// An NVIDIA GPU NVML reports that wgpu does not see (no Vulkan driver).
     Cuda,
     Metal,
+    /// A GPU wgpu sees (Vulkan, Metal or DX12): models can run on it.
+    Gpu,
 }
 
 /// A cached model.

@@ -12,7 +12,8 @@ pub mod sync;
 
 pub use blob::{BlobFrame, BlobRequest, Manifest, ManifestBuilder, ManifestReader};
 pub use card::{
-    Card, CardReply, CardRequest, Device, DeviceKind, ModelInfo, ModelLayout, ModelSpeed,
+    Card, CardReply, CardRequest, Device, DeviceKind, GpuAdapter, ModelInfo, ModelLayout,
+    ModelPlacement, ModelSpeed,
 };
 pub use frame::{decode, encode, FrameBuffer, FrameError, MAX_FRAME};
 pub use household::{HouseholdSecret, JoinCodeError};
@@ -29,7 +30,7 @@ pub use sync::SyncFrame;
 /// 3: split stages, memory and layouts on cards. 4: cards count tokens generated. 5: model files
 /// between peers, manifest roots on cards. 6: the keys-and-values budget on
 /// cards, `FailCode::TooLarge`.)
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// libp2p protocol name of the capability-card exchange.
 pub const CARD_PROTOCOL: &str = "/hearth/card/1";

@@ -348,6 +348,11 @@ impl Model {
         }
     }
 
+    /// Loads the stage holding `layers` on the CPU, whatever the model's GPU.
+    pub fn cpu_stage(&self, layers: Range<usize>) -> Result<Stage> {
+        Stage::load(&self.gguf, self.spec.clone(), layers, self.pool.clone())
+    }
+
     /// Loads the stage holding `layers`, on the GPU when the model has one (see
     /// [`Model::on_gpu`]).
     pub fn stage(&self, layers: Range<usize>) -> Result<Stage> {

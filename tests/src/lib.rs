@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 
 use serde::Deserialize;
 
+pub mod fidelity;
 pub mod gui;
 pub mod history;
 pub mod mesh;
@@ -235,4 +236,13 @@ impl GgufWriter {
         out.extend(&self.data);
         out
     }
+}
+
+/// The adapter `--device gpu` picks: lavapipe (Mesa's software Vulkan) in CI, which `.ci/run`
+/// installs. Panics with what to install when wgpu sees none.
+pub fn gpu() -> std::sync::Arc<hearth_shards::gpu::Gpu> {
+    use hearth_shards::gpu::{DeviceChoice, Gpu};
+    Gpu::open(DeviceChoice::Gpu(None))
+        .unwrap_or_else(|e| panic!("{e} (for tests: apt-get install mesa-vulkan-drivers)"))
+        .expect("`gpu` names an adapter")
 }

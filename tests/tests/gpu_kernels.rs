@@ -7,18 +7,10 @@
 //! f64. A shader sums in f32 in its own order, so a product may differ from the exact one by
 //! the bound f32 summation allows: `cols · ε · Σ|w·x|`.
 
-use std::sync::Arc;
-
-use hearth_shards::gpu::{single, DeviceChoice, Gpu, FORMATS};
+use hearth_shards::gpu::{single, Gpu, FORMATS};
 use hearth_shards::quant::{GgmlType, QMatrix};
 use hearth_shards::Gguf;
-use hearth_tests::TestModel;
-
-fn gpu() -> Arc<Gpu> {
-    Gpu::open(DeviceChoice::Gpu(None))
-        .expect("a GPU adapter (install mesa-vulkan-drivers for lavapipe)")
-        .expect("gpu names an adapter")
-}
+use hearth_tests::{gpu, TestModel};
 
 /// A small deterministic generator (xorshift), so failures reproduce.
 struct Rng(u64);

@@ -54,14 +54,24 @@ fn node(app: &mut App, ui: &mut egui::Ui, m: &crate::api::Member) {
                 DeviceKind::Cpu => "CPU",
                 DeviceKind::Cuda => "GPU (CUDA)",
                 DeviceKind::Metal => "GPU (Metal)",
+                DeviceKind::Gpu => "GPU",
             };
             let cores = d.cores.map(|n| format!(", {n} cores")).unwrap_or_default();
-            ui.label(format!(
-                "{kind}: {}{cores} · {} memory, {} free",
-                d.name,
-                super::bytes(d.total_memory),
-                super::bytes(d.free_memory)
-            ));
+            let via = d
+                .adapter
+                .as_ref()
+                .map(|a| format!(" (gpu:{}, {}, {})", a.index, a.vendor, a.backend))
+                .unwrap_or_default();
+            let memory = if d.total_memory == 0 {
+                "memory not reported".to_owned()
+            } else {
+                format!(
+                    "{} memory, {} free",
+                    super::bytes(d.total_memory),
+                    super::bytes(d.free_memory)
+                )
+            };
+            ui.label(format!("{kind}: {}{via}{cores} · {memory}", d.name));
         }
         let name_of = |digest: &String| {
             c.models
@@ -70,7 +80,22 @@ fn node(app: &mut App, ui: &mut egui::Ui, m: &crate::api::Member) {
                 .map_or_else(|| digest.chars().take(12).collect(), |m| m.name.clone())
         };
         let cached: Vec<String> = c.models.iter().map(|m| m.name.clone()).collect();
-        let loaded: Vec<String> = c.loaded.iter().map(name_of).collect();
+        let loaded: Vec<String> = c
+            .loaded
+            .iter()
+            .map(|d| {
+                let on = c.placements.iter().find(|p| &p.digest == d).map(|p| {
+                    if p.gpu_layers == 0 {
+                        " on the CPU".to_owned()
+                    } else if p.gpu_layers < p.layers {
+                        format!(" on {} ({} of {} layers)", p.device, p.gpu_layers, p.layers)
+                    } else {
+                        format!(" on {}", p.device)
+                    }
+                });
+                format!("{}{}", name_of(d), on.unwrap_or_default())
+            })
+            .collect();
         ui.label(format!(
             "Models: {} · loaded: {}",
             if cached.is_empty() {

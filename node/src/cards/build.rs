@@ -54,6 +54,7 @@ pub fn build_card(name: &str, mesh: &Mesh, engine: &Engine) -> Card {
         memory_used: engine.memory_used(),
         kv_budget,
         kv_reserved,
+        placements: engine.placements(),
         tokens_generated: engine.tokens_generated(),
     }
 }

@@ -19,6 +19,7 @@ use hearth_shards::{
 use tokio::sync::mpsc;
 
 use super::fair_queue::FairQueue;
+use crate::devices::Compute;
 use crate::drain::{Drain, InFlight};
 use crate::memory::{Budget, Reservation};
 use crate::metrics::Metrics;
@@ -55,6 +56,8 @@ pub struct EngineConfig {
     pub load_delay: Duration,
     /// Bytes for every reply's keys and values together (`--kv-memory`).
     pub kv_memory: u64,
+    /// Where models run (`--device`).
+    pub compute: Compute,
 }
 
 /// Why a job failed, as the engine knows it; each API maps it to its own status and shape.
@@ -365,6 +368,16 @@ impl Engine {
             .collect()
     }
 
+    /// Where each loaded model runs.
+    pub fn placements(&self) -> Vec<hearth_protocol::ModelPlacement> {
+        self.loaded
+            .lock()
+            .expect("loaded lock")
+            .iter()
+            .map(|(digest, m)| crate::devices::placement(digest, m.batcher.stage()))
+            .collect()
+    }
+
     /// Digests of the models loaded or being loaded: what the model cache must keep.
     pub fn in_use(&self) -> Vec<String> {
         let mut digests = self.loaded();
@@ -498,9 +511,13 @@ impl Engine {
                 .map_err(|e| JobError::Internal(e.to_string()))
         });
         let opened = memory.and_then(|memory| {
-            Model::open(&path, self.config.threads)
+            let compute = &self.config.compute;
+            compute
+                .open_model(&path)
                 .and_then(|model| {
-                    let stage = model.full_stage()?;
+                    let stage = compute.stage(&model, 0..model.spec().n_layers(), &entry.name)?;
+                    let placed = crate::devices::placement(digest, &stage);
+                    tracing::info!(model = %entry.name, device = %placed.device, gpu_layers = placed.gpu_layers, "model placed");
                     Ok(Loaded {
                         batcher: Arc::new(DecodeBatcher::new(Arc::new(stage))),
                         model,
@@ -971,6 +988,7 @@ mod tests {
                 max_queue: 2,
                 load_delay: Duration::ZERO,
                 kv_memory: 256 << 20,
+                compute: Compute::cpu(1),
             },
             cache,
             Arc::new(Metrics::default()),

@@ -227,7 +227,7 @@ impl Gpu {
         // Errors are caught in scopes around each load and step; one that escapes them is
         // logged, not a panic of the node.
         device.on_uncaptured_error(Arc::new(|e| eprintln!("hearth: GPU error: {e}")));
-        let kernels = Kernels::new(&device);
+        let kernels = Kernels::new(&device, info.kind == "cpu");
         Ok(Gpu {
             device,
             queue,

@@ -21,15 +21,38 @@ pub const FORMATS: [GgmlType; 7] = [
 
 const BLOCKS: &str = include_str!("shaders/blocks.wgsl");
 
-fn format_source(ty: GgmlType) -> Option<&'static str> {
+/// The format's dequantisation of one group (`load32`) and its product with 32 inputs
+/// (`dot_group`).
+fn format_source(ty: GgmlType) -> Option<(&'static str, &'static str)> {
     Some(match ty {
-        GgmlType::F32 => include_str!("shaders/f32.wgsl"),
-        GgmlType::F16 => include_str!("shaders/f16.wgsl"),
-        GgmlType::Q4_1 => include_str!("shaders/q4_1.wgsl"),
-        GgmlType::Q5_0 => include_str!("shaders/q5_0.wgsl"),
-        GgmlType::Q8_0 => include_str!("shaders/q8_0.wgsl"),
-        GgmlType::Q4K => include_str!("shaders/q4_k.wgsl"),
-        GgmlType::Q6K => include_str!("shaders/q6_k.wgsl"),
+        GgmlType::F32 => (
+            include_str!("shaders/f32.wgsl"),
+            include_str!("shaders/f32_dot.wgsl"),
+        ),
+        GgmlType::F16 => (
+            include_str!("shaders/f16.wgsl"),
+            include_str!("shaders/f16_dot.wgsl"),
+        ),
+        GgmlType::Q4_1 => (
+            include_str!("shaders/q4_1.wgsl"),
+            include_str!("shaders/q4_1_dot.wgsl"),
+        ),
+        GgmlType::Q5_0 => (
+            include_str!("shaders/q5_0.wgsl"),
+            include_str!("shaders/q5_0_dot.wgsl"),
+        ),
+        GgmlType::Q8_0 => (
+            include_str!("shaders/q8_0.wgsl"),
+            include_str!("shaders/q8_0_dot.wgsl"),
+        ),
+        GgmlType::Q4K => (
+            include_str!("shaders/q4_k.wgsl"),
+            include_str!("shaders/q4_k_dot.wgsl"),
+        ),
+        GgmlType::Q6K => (
+            include_str!("shaders/q6_k.wgsl"),
+            include_str!("shaders/q6_k_dot.wgsl"),
+        ),
         _ => return None,
     })
 }
@@ -61,6 +84,8 @@ pub(crate) struct Kernels {
     pub add: Kernel,
     matmul: Mutex<HashMap<GgmlType, Arc<Kernel>>>,
     get_rows: Mutex<HashMap<GgmlType, Arc<Kernel>>>,
+    /// Lanes of a workgroup that share one weight row in a product (see matmul.wgsl).
+    pub lanes: u32,
 }
 
 fn kernel(
@@ -69,6 +94,7 @@ fn kernel(
     source: &str,
     entry: &str,
     bindings: &[(u32, Access)],
+    constants: &[(&str, f64)],
 ) -> Kernel {
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(name),
@@ -110,7 +136,11 @@ fn kernel(
         layout: Some(&pipeline_layout),
         module: &module,
         entry_point: Some(entry),
-        compilation_options: Default::default(),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants,
+            // Every kernel writes workgroup memory before it reads it.
+            zero_initialize_workgroup_memory: false,
+        },
         cache: None,
     });
     Kernel { pipeline, layout }
@@ -119,49 +149,53 @@ fn kernel(
 use Access::{Read, Write};
 
 impl Kernels {
-    pub(crate) fn new(device: &wgpu::Device) -> Self {
+    /// The kernels for a device; `software`: an adapter that runs shaders on the CPU.
+    pub(crate) fn new(device: &wgpu::Device, software: bool) -> Self {
         let norm = include_str!("shaders/rms_norm.wgsl");
         let elementwise = include_str!("shaders/elementwise.wgsl");
         Kernels {
-            rms_norm: kernel(device, "rms_norm", norm, "main", &[(1, Read), (2, Read), (3, Write)]),
+            rms_norm: kernel(device, "rms_norm", norm, "main", &[(1, Read), (2, Read), (3, Write)], &[]),
             rms_norm_in_place: kernel(
                 device,
                 "rms_norm_in_place",
                 norm,
                 "in_place",
-                &[(2, Read), (3, Write)],
+                &[(2, Read), (3, Write)], &[]
             ),
             rope: kernel(
                 device,
                 "rope",
                 include_str!("shaders/rope.wgsl"),
                 "main",
-                &[(1, Read), (2, Write)],
+                &[(1, Read), (2, Write)], &[]
             ),
             kv_store: kernel(
                 device,
                 "kv_store",
                 include_str!("shaders/kv_store.wgsl"),
                 "main",
-                &[(1, Read), (2, Read), (3, Read), (4, Write), (5, Write)],
+                &[(1, Read), (2, Read), (3, Read), (4, Write), (5, Write)], &[]
             ),
             attention: kernel(
                 device,
                 "attention",
                 include_str!("shaders/attention.wgsl"),
                 "main",
-                &[(1, Read), (2, Read), (3, Read), (4, Read), (5, Write), (6, Write)],
+                &[(1, Read), (2, Read), (3, Read), (4, Read), (5, Write), (6, Write)], &[]
             ),
-            gated: kernel(device, "gated", elementwise, "gated", &[(1, Read), (2, Write)]),
-            add: kernel(device, "add", elementwise, "add", &[(1, Read), (2, Write)]),
+            gated: kernel(device, "gated", elementwise, "gated", &[(1, Read), (2, Write)], &[]),
+            add: kernel(device, "add", elementwise, "add", &[(1, Read), (2, Write)], &[]),
             matmul: Mutex::default(),
             get_rows: Mutex::default(),
+            lanes: if software { 1 } else { 32 },
         }
     }
 
     /// The matrix product for weights of type `ty`.
     pub(crate) fn matmul(&self, device: &wgpu::Device, ty: GgmlType) -> Result<Arc<Kernel>> {
-        Self::per_format(&self.matmul, device, ty, "matmul", include_str!("shaders/matmul.wgsl"))
+        let body = include_str!("shaders/matmul.wgsl");
+        let lanes = [("LANES", f64::from(self.lanes))];
+        Self::per_format(&self.matmul, device, ty, "matmul", body, |(_, dot)| dot, &lanes)
     }
 
     /// The embedding lookup for a table of type `ty`.
@@ -172,6 +206,8 @@ impl Kernels {
             ty,
             "get_rows",
             include_str!("shaders/get_rows.wgsl"),
+            |(load, _)| load,
+            &[],
         )
     }
 
@@ -181,6 +217,8 @@ impl Kernels {
         ty: GgmlType,
         name: &str,
         body: &str,
+        part: impl Fn((&'static str, &'static str)) -> &'static str,
+        constants: &[(&str, f64)],
     ) -> Result<Arc<Kernel>> {
         let mut cache = cache.lock().expect("kernel cache");
         if let Some(k) = cache.get(&ty) {
@@ -193,13 +231,14 @@ impl Kernels {
                 have.join(", ")
             ))
         })?;
-        let source = format!("{body}\n{BLOCKS}\n{format}");
+        let source = format!("{body}\n{BLOCKS}\n{}", part(format));
         let k = Arc::new(kernel(
             device,
             &format!("{name}_{ty}"),
             &source,
             "main",
             &[(1, Read), (2, Read), (3, Write)],
+            constants,
         ));
         cache.insert(ty, k.clone());
         Ok(k)

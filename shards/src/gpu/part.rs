@@ -282,6 +282,7 @@ pub(super) fn group(gpu: &Gpu, k: &Kernel, params: &wgpu::Buffer, bufs: &[(u32, 
 
 /// The dispatches of one step and their parameter blocks.
 pub(super) struct Recorder<'a> {
+    lanes: u32,
     slot: u64,
     params: Vec<u8>,
     dispatches: Vec<(&'a wgpu::ComputePipeline, &'a wgpu::BindGroup, u32, [u32; 3])>,
@@ -290,6 +291,7 @@ pub(super) struct Recorder<'a> {
 impl<'a> Recorder<'a> {
     pub(super) fn new(gpu: &Gpu) -> Self {
         Recorder {
+            lanes: gpu.kernels.lanes,
             slot: param_slot(gpu),
             params: Vec::new(),
             dispatches: Vec::new(),
@@ -307,8 +309,9 @@ impl<'a> Recorder<'a> {
 
     /// `y[y_off + t * rows ..] = W x[x_off + t * cols ..]` for `n` rows.
     pub(super) fn matmul(&mut self, (w, groups): &'a Bound, n: usize, x_off: usize) {
+        let per_group = 64 / self.lanes as usize;
         for (piece, g) in w.pieces.iter().zip(groups) {
-            let pairs = piece.rows.div_ceil(2);
+            let pairs = piece.rows.div_ceil(per_group);
             let gx = pairs.min(65_535);
             let p = [
                 piece.rows as u32,

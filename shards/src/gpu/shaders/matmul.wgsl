@@ -1,8 +1,12 @@
 // y[t][r] = sum_c W[r][c] * x[t][c] for up to four activation rows per workgroup, the weight in
-// its file's block format (`load32`, from the format's file, dequantises one group of 32 values).
-// A workgroup holds two weight rows of 32 lanes; lane i takes groups i, i + 32, ... A matrix
-// larger than one binding runs as pieces of rows: this piece's rows go to outputs y_off + row,
-// of rows `stride` apart.
+// its file's block format (`dot_group`, from the format's `_dot` file, multiplies one group of 32
+// values, dequantised as the CPU does, with the matching 32 inputs). A workgroup of 64 holds
+// 64 / LANES weight rows; a row's LANES lanes take groups lane, lane + LANES, ... and add up
+// their sums. LANES is set per device: 32 on GPUs (a row's reads side by side), 1 where the
+// "GPU" is the CPU (lavapipe: one row per lane, no barriers). A matrix larger than one binding
+// runs as pieces of rows: this piece's rows go to outputs y_off + row, of rows `stride` apart.
+
+override LANES: u32 = 32u;
 
 struct P {
     rows: u32,
@@ -17,53 +21,51 @@ struct P {
 
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> w: array<u32>;
-@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
-const T: u32 = 4u;
-var<workgroup> part: array<f32, 256>;
+var<workgroup> part: array<vec4<f32>, 64>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let lane = li & 31u;
-    let row = (wg.x + wg.y * p.grid) * 2u + (li >> 5u);
-    let t0 = wg.z * T;
-    var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+    let lane = li % LANES;
+    let row = (wg.x + wg.y * p.grid) * (64u / LANES) + li / LANES;
+    let t0 = wg.z * 4u;
+    let tokens = min(p.n - t0, 4u);
+    var acc = vec4<f32>(0.0);
     if (row < p.rows) {
         let groups = p.cols / 32u;
         let rb = row * p.row_bytes;
-        var vals: array<f32, 32>;
-        for (var g = lane; g < groups; g += 32u) {
-            load32(rb, g, &vals);
-            for (var t = 0u; t < T; t++) {
-                if (t0 + t < p.n) {
-                    let xb = p.x_off + (t0 + t) * p.cols + g * 32u;
-                    var s = 0.0;
-                    for (var i = 0u; i < 32u; i++) {
-                        s += vals[i] * x[xb + i];
-                    }
-                    acc[t] += s;
-                }
+        // Inputs as vec4s: x_off and cols are multiples of 4.
+        let x0 = (p.x_off + t0 * p.cols) / 4u;
+        let stride = p.cols / 4u;
+        for (var g = lane; g < groups; g += LANES) {
+            acc.x += dot_group(rb, g, x0 + g * 8u);
+            if (tokens > 1u) {
+                acc.y += dot_group(rb, g, x0 + stride + g * 8u);
+            }
+            if (tokens > 2u) {
+                acc.z += dot_group(rb, g, x0 + 2u * stride + g * 8u);
+            }
+            if (tokens > 3u) {
+                acc.w += dot_group(rb, g, x0 + 3u * stride + g * 8u);
             }
         }
     }
-    for (var t = 0u; t < T; t++) {
-        part[li * T + t] = acc[t];
-    }
-    workgroupBarrier();
-    for (var stride = 16u; stride > 0u; stride >>= 1u) {
-        if (lane < stride) {
-            for (var t = 0u; t < T; t++) {
-                part[li * T + t] += part[(li + stride) * T + t];
-            }
-        }
+    if (LANES > 1u) {
+        part[li] = acc;
         workgroupBarrier();
+        for (var s = LANES / 2u; s > 0u; s >>= 1u) {
+            if (lane < s) {
+                part[li] += part[li + s];
+            }
+            workgroupBarrier();
+        }
+        acc = part[li];
     }
     if (lane == 0u && row < p.rows) {
-        for (var t = 0u; t < T; t++) {
-            if (t0 + t < p.n) {
-                y[p.y_off + (t0 + t) * p.stride + row] = part[li * T + t];
-            }
+        for (var t = 0u; t < tokens; t++) {
+            y[p.y_off + (t0 + t) * p.stride + row] = acc[t];
         }
     }
 }
