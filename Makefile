@@ -7,7 +7,7 @@ CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 HEARTH := $(TARGET_DIR)/release/hearth
 
-.PHONY: run test build models js clients fixtures bench fuzz screenshots
+.PHONY: run test build models js clients vulkan fixtures bench fuzz screenshots
 
 build:
 	$(CARGO) build --release --workspace --bins
@@ -27,7 +27,17 @@ clients:
 	python3 -m venv .cache/clients
 	.cache/clients/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 
-test: models js clients
+# lavapipe, Mesa's software Vulkan driver: the GPU tests run their shaders on it (wgpu sees it as
+# a GPU adapter). Installed with apt-get when missing and run as root.
+vulkan:
+	@ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq mesa-vulkan-drivers; \
+	  else \
+	    echo "the GPU tests need Mesa's Vulkan drivers: apt-get install mesa-vulkan-drivers" >&2; exit 1; \
+	  fi; }
+
+test: models js clients vulkan
 	$(CARGO) test --release --workspace --no-fail-fast
 
 # Regenerate the llama.cpp reference fixtures (builds llama.cpp; not needed to run tests).

@@ -38,6 +38,13 @@ pub enum Command {
     /// The household's conversations: list, show, export, delete.
     #[command(subcommand)]
     History(HistoryCommand),
+    /// List this machine's compute devices: the CPU and every GPU adapter wgpu sees, named as
+    /// `--device gpu:N` takes them.
+    Devices {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the household's nodes: models, load, speed, devices (needs a running node).
     Peers {
         /// Print JSON instead of a table.
@@ -310,6 +317,9 @@ pub struct BenchArgs {
     /// Print results as JSON lines.
     #[arg(long)]
     pub json: bool,
+    /// Where to run: cpu, gpu, gpu:N or auto (as `hearth node --device`).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: String,
 }
 
 /// `hearth models ...`.

@@ -45,6 +45,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Household(cmd) => household::household(&data, cmd),
         Command::History(cmd) => history::history(&data, cmd),
         Command::Peers { json } => peers::peers(&data, json),
+        Command::Devices { json } => devices(json),
         Command::Route {
             model,
             split,
@@ -63,4 +64,33 @@ fn open_model(cache: &ModelCache, args: &ModelArgs) -> Result<Model> {
     let threads = args.threads.map_or_else(default_threads, |t| t as usize);
     Model::open(&resolved.path, threads)
         .with_context(|| format!("cannot load {}", resolved.path.display()))
+}
+
+/// `hearth devices`: the CPU and the GPU adapters, as a node would report them.
+fn devices(json: bool) -> Result<()> {
+    let devices = crate::devices::probe();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&devices)?);
+        return Ok(());
+    }
+    println!("{:<8} {:<44} {:<10} {:<8} {:>10}", "DEVICE", "NAME", "VENDOR", "BACKEND", "MEMORY");
+    for d in &devices {
+        let memory = if d.total_memory == 0 {
+            "-".to_owned()
+        } else {
+            format!("{} MB", d.total_memory >> 20)
+        };
+        let (device, vendor, backend) = match &d.adapter {
+            Some(a) => (format!("gpu:{}", a.index), a.vendor.clone(), format!("{} {}", a.backend, a.kind)),
+            None => (format!("{:?}", d.kind).to_lowercase(), String::new(), String::new()),
+        };
+        println!("{device:<8} {:<44} {vendor:<10} {backend:<8} {memory:>10}", d.name);
+    }
+    if devices.iter().all(|d| d.adapter.is_none()) {
+        println!(
+            "\nno GPU adapter: install the GPU's Vulkan driver (Debian: mesa-vulkan-drivers; \
+             NVIDIA's driver) for --device gpu"
+        );
+    }
+    Ok(())
 }

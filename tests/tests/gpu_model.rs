@@ -107,3 +107,38 @@ fn a_cpu_and_gpu_hybrid_gives_the_gpu_only_reply() {
     eprintln!("hybrid vs GPU only over {steps} steps: largest logit difference {worst}");
     assert!(worst < 2.0, "logits differ by {worst}");
 }
+
+#[test]
+fn batched_steps_on_the_gpu_give_each_session_what_it_gets_alone() {
+    let model = on_gpu(TestModel::SmolLm2);
+    let stage = model.full_stage().unwrap();
+    let prompts: Vec<Vec<u32>> = ["The sky is", "Two and two make", "Once upon a time there"]
+        .iter()
+        .map(|p| model.encode_text(p, false))
+        .collect();
+    // Alone: each prompt, then three greedy steps.
+    let alone: Vec<(Vec<u32>, Vec<Vec<f32>>)> =
+        prompts.iter().map(|p| run(&stage, p, &[], 3)).collect();
+    // Together: the same prompts, then the same tokens in batched steps (one row per session).
+    let mut caches: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let mut c = stage.new_cache(p.len() + 4);
+            stage.forward(&mut c, StageInput::Tokens(p), &mut Vec::new()).unwrap();
+            c
+        })
+        .collect();
+    let vocab = stage.spec().vocab;
+    let mut logits = Vec::new();
+    for step in 0..3 {
+        let tokens: Vec<u32> = alone.iter().map(|(t, _)| t[step]).collect();
+        let mut refs: Vec<_> = caches.iter_mut().collect();
+        stage.decode_batch(&mut refs, &tokens, &mut logits).unwrap();
+        for (i, (_, want)) in alone.iter().enumerate() {
+            if step + 1 < 3 {
+                // Each row is computed in the same order as alone: the same bits.
+                assert_eq!(&logits[i * vocab..(i + 1) * vocab], &want[step + 1][..], "session {i} step {step}");
+            }
+        }
+    }
+}

@@ -4,12 +4,19 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use hearth_shards::{default_threads, Model, Stage, StageInput};
+use hearth_shards::gpu::DeviceChoice;
+use hearth_shards::{default_threads, Stage, StageInput};
+
+use crate::devices::Compute;
 
 use crate::cli::BenchArgs;
 use crate::models::ModelCache;
 
 pub(super) fn bench(cache: &ModelCache, args: BenchArgs) -> Result<()> {
+    let choice: DeviceChoice = args
+        .device
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
     let resolved = cache.resolve(&args.model)?;
     let size = std::fs::metadata(&resolved.path)?.len();
     let threads = if args.threads.is_empty() {
@@ -23,9 +30,18 @@ pub(super) fn bench(cache: &ModelCache, args: BenchArgs) -> Result<()> {
     }
     let mut label = String::new();
     for &t in &threads {
-        let model = Model::open(&resolved.path, t as usize)
+        let compute = Compute::open(choice, None, t as usize)?;
+        let model = compute
+            .open_model(&resolved.path)
             .with_context(|| format!("cannot load {}", resolved.path.display()))?;
         let stage = model.full_stage()?;
+        let device = match stage.gpu() {
+            Some((info, _)) => format!("{info}"),
+            None => "cpu".to_owned(),
+        };
+        if !args.json && t == threads[0] {
+            eprintln!("running on {device}");
+        }
         label = resolved
             .entry
             .as_ref()
@@ -58,7 +74,7 @@ pub(super) fn bench(cache: &ModelCache, args: BenchArgs) -> Result<()> {
             if args.json {
                 println!(
                     "{}",
-                    serde_json::json!({"model": label, "quantization": quant, "size": size, "threads": t, "test": name, "tokens_per_s": mean, "sd": sd, "samples": rates})
+                    serde_json::json!({"model": label, "quantization": quant, "size": size, "threads": t, "device": device, "test": name, "tokens_per_s": mean, "sd": sd, "samples": rates})
                 );
             } else {
                 println!(
