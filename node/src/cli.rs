@@ -31,7 +31,7 @@ pub enum Command {
     #[command(subcommand)]
     Models(ModelsCommand),
     /// Run this machine's node: join the household mesh and serve the HTTP API.
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Create, join or leave a household (the devices that may use each other).
     #[command(subcommand)]
     Household(HouseholdCommand),

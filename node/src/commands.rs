@@ -41,7 +41,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Chat(args) => chat::chat(&data, &cache, args),
         Command::Bench(args) => bench::bench(&cache, args),
         Command::Models(cmd) => models::models(&data, &cache, cmd),
-        Command::Node(args) => node::node(data, args),
+        Command::Node(args) => node::node(data, *args),
         Command::Household(cmd) => household::household(&data, cmd),
         Command::History(cmd) => history::history(&data, cmd),
         Command::Peers { json } => peers::peers(&data, json),
@@ -73,7 +73,10 @@ fn devices(json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&devices)?);
         return Ok(());
     }
-    println!("{:<8} {:<44} {:<10} {:<8} {:>10}", "DEVICE", "NAME", "VENDOR", "BACKEND", "MEMORY");
+    println!(
+        "{:<8} {:<44} {:<10} {:<8} {:>10}",
+        "DEVICE", "NAME", "VENDOR", "BACKEND", "MEMORY"
+    );
     for d in &devices {
         let memory = if d.total_memory == 0 {
             "-".to_owned()
@@ -81,10 +84,21 @@ fn devices(json: bool) -> Result<()> {
             format!("{} MB", d.total_memory >> 20)
         };
         let (device, vendor, backend) = match &d.adapter {
-            Some(a) => (format!("gpu:{}", a.index), a.vendor.clone(), format!("{} {}", a.backend, a.kind)),
-            None => (format!("{:?}", d.kind).to_lowercase(), String::new(), String::new()),
+            Some(a) => (
+                format!("gpu:{}", a.index),
+                a.vendor.clone(),
+                format!("{} {}", a.backend, a.kind),
+            ),
+            None => (
+                format!("{:?}", d.kind).to_lowercase(),
+                String::new(),
+                String::new(),
+            ),
         };
-        println!("{device:<8} {:<44} {vendor:<10} {backend:<8} {memory:>10}", d.name);
+        println!(
+            "{device:<8} {:<44} {vendor:<10} {backend:<8} {memory:>10}",
+            d.name
+        );
     }
     if devices.iter().all(|d| d.adapter.is_none()) {
         println!(

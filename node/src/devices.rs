@@ -18,7 +18,9 @@ pub fn probe() -> Vec<Device> {
     let mut nvidia = nvidia_gpus();
     for a in adapters() {
         // NVML knows an NVIDIA card's memory; wgpu does not report memory.
-        let known = nvidia.iter().position(|d| a.vendor == "NVIDIA" && d.name == a.name);
+        let known = nvidia
+            .iter()
+            .position(|d| a.vendor == "NVIDIA" && d.name == a.name);
         let (total, free) = known
             .map(|i| nvidia.remove(i))
             .map_or((0, 0), |d| (d.total_memory, d.free_memory));
@@ -101,7 +103,12 @@ impl Compute {
     /// Loads `layers` of `model` (opened by [`Compute::open_model`]): on the GPU, or split between the
     /// GPU and the CPU when it does not fit; a GPU that fails to take it leaves it on the CPU,
     /// with a warning, rather than failing the request.
-    pub fn stage(&self, model: &Model, layers: Range<usize>, name: &str) -> hearth_shards::Result<Stage> {
+    pub fn stage(
+        &self,
+        model: &Model,
+        layers: Range<usize>,
+        name: &str,
+    ) -> hearth_shards::Result<Stage> {
         match (model.stage(layers.clone()), model.gpu()) {
             (Ok(stage), _) => Ok(stage),
             (Err(e), Some(gpu)) => {

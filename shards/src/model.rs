@@ -13,10 +13,10 @@ use crate::error::{Error, Result};
 use crate::family;
 use crate::generate::Generator;
 use crate::gguf::{Gguf, Value};
+use crate::gpu::{plan, Gpu};
 use crate::quant::GgmlType;
 use crate::sampling::{SamplingOverrides, SamplingParams};
 use crate::spec::ModelSpec;
-use crate::gpu::{plan, Gpu};
 use crate::stage::{Placement, Stage};
 use crate::tokenizer::Tokenizer;
 
@@ -325,7 +325,11 @@ impl Model {
             .collect();
         let head = if last {
             bytes("output_norm.weight")
-                + if tied { bytes("token_embd.weight") } else { bytes("output.weight") }
+                + if tied {
+                    bytes("token_embd.weight")
+                } else {
+                    bytes("output.weight")
+                }
         } else {
             0
         };
@@ -344,7 +348,11 @@ impl Model {
             embedding,
             cache_per_layer: positions * s.kv_dim() as u64 * 4,
             fixed: 4 * rows * widths
-                + if last { 8 * crate::gpu::part::LOGIT_ROWS as u64 * s.vocab as u64 } else { 0 },
+                + if last {
+                    8 * crate::gpu::part::LOGIT_ROWS as u64 * s.vocab as u64
+                } else {
+                    0
+                },
         }
     }
 
@@ -357,7 +365,13 @@ impl Model {
     /// [`Model::on_gpu`]).
     pub fn stage(&self, layers: Range<usize>) -> Result<Stage> {
         let placement = self.placement(layers.clone());
-        Stage::load_placed(&self.gguf, self.spec.clone(), layers, self.pool.clone(), placement)
+        Stage::load_placed(
+            &self.gguf,
+            self.spec.clone(),
+            layers,
+            self.pool.clone(),
+            placement,
+        )
     }
 
     /// Loads the whole model as one stage.

@@ -13,9 +13,9 @@ use rayon::ThreadPool;
 
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, TensorInfo};
+use crate::gpu::part::DeviceCache;
 use crate::gpu::part::Part;
 use crate::gpu::{AdapterInfo, Gpu};
-use crate::gpu::part::DeviceCache;
 use crate::kv_cache::{sized, KvCache};
 use crate::quant::{GgmlType, QMatrix};
 use crate::spec::ModelSpec;
@@ -87,7 +87,11 @@ pub struct Stage {
 
 impl std::fmt::Debug for Stage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Stage({} layers {:?}", self.spec.architecture, self.range)?;
+        write!(
+            f,
+            "Stage({} layers {:?}",
+            self.spec.architecture, self.range
+        )?;
         match &self.gpu {
             Some(part) => write!(f, ", {part:?})"),
             None => write!(f, ")"),
@@ -339,7 +343,14 @@ impl Stage {
         }
         self.check_cache(cache, n)?;
         let rows = Rows::Contiguous { pos0: cache.len };
-        let kind = self.run_parts(std::slice::from_mut(&mut &mut *cache), &rows, input, n, out, false)?;
+        let kind = self.run_parts(
+            std::slice::from_mut(&mut &mut *cache),
+            &rows,
+            input,
+            n,
+            out,
+            false,
+        )?;
         cache.len += n;
         Ok(kind)
     }
@@ -356,11 +367,14 @@ impl Stage {
         all_logits: bool,
     ) -> Result<StageOutput> {
         let Some(part) = &self.gpu else {
-            return Ok(self.pool.install(|| self.run(caches, rows, input, n, out, all_logits)));
+            return Ok(self
+                .pool
+                .install(|| self.run(caches, rows, input, n, out, all_logits)));
         };
         let hidden;
         let input = if self.runs_on_cpu() {
-            self.pool.install(|| self.run(caches, rows, input, n, out, all_logits));
+            self.pool
+                .install(|| self.run(caches, rows, input, n, out, all_logits));
             hidden = std::mem::take(out);
             StageInput::Hidden(&hidden)
         } else {

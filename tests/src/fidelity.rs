@@ -2,9 +2,9 @@
 //! (CPU: `shards_fidelity`; GPU: `gpu_model`). See `shards_fidelity` for why it is
 //! teacher-forced and what the near-tie rule is.
 
+use crate::{PromptCase, TestModel};
 use hearth_shards::sampling::argmax;
 use hearth_shards::{Model, StageInput};
-use crate::{PromptCase, TestModel};
 
 /// Logit gap under which the reference itself cannot tell two tokens apart: switching llama.cpp's
 /// KV cache from f16 to f32 moves top logits by up to 0.4 on these models.
@@ -76,7 +76,7 @@ pub fn check(m: TestModel, model: &Model, extent: Extent) -> String {
             model.chat_prompt(&p.messages).unwrap()
         };
         assert_eq!(ids, p.ids, "prompt {:?} tokenizes differently", p.text);
-        let misses = teacher_forced(&model, p);
+        let misses = teacher_forced(model, p);
         steps += p.greedy.len();
         exact_steps += p.greedy.len() - misses.len();
         if misses.iter().all(|&(_, gap)| gap < NEAR_TIE) {
@@ -110,7 +110,9 @@ pub fn check(m: TestModel, model: &Model, extent: Extent) -> String {
     );
     eprintln!("{summary}");
     assert!(faithful * 10 >= n * 9, "{summary}");
-    assert!(exact_steps * 100 >= steps * extent.exact_percent, "{summary}");
+    assert!(
+        exact_steps * 100 >= steps * extent.exact_percent,
+        "{summary}"
+    );
     summary
 }
-

@@ -82,9 +82,16 @@ fn check_matmul(gpu: &Gpu, w: &QMatrix, n: usize, rng: &mut Rng) {
         w.row_to_f32(r, &mut row);
         for t in 0..n {
             let x = &xs[t * cols..(t + 1) * cols];
-            let exact: f64 = row.iter().zip(x).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
-            let magnitude: f64 =
-                row.iter().zip(x).map(|(&a, &b)| (f64::from(a) * f64::from(b)).abs()).sum();
+            let exact: f64 = row
+                .iter()
+                .zip(x)
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .sum();
+            let magnitude: f64 = row
+                .iter()
+                .zip(x)
+                .map(|(&a, &b)| (f64::from(a) * f64::from(b)).abs())
+                .sum();
             let bound = cols as f64 * f64::from(f32::EPSILON) * magnitude + 1e-30;
             let err = (f64::from(got[t * rows + r]) - exact).abs();
             assert!(
@@ -154,6 +161,11 @@ fn every_matrix_of_the_real_models() {
             check_rows(&gpu, &w, &[0, (w.rows() - 1) as u32]);
         }
         eprintln!("{}: {} kinds of matrix checked", m.name(), seen.len());
-        assert!(seen.len() >= 5, "{}: only {} matrices", m.name(), seen.len());
+        assert!(
+            seen.len() >= 5,
+            "{}: only {} matrices",
+            m.name(),
+            seen.len()
+        );
     }
 }

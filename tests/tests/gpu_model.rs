@@ -42,13 +42,17 @@ fn gemma3_on_the_gpu_agrees_with_llama_cpp() {
 fn run(stage: &Stage, prompt: &[u32], forced: &[u32], steps: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
     let mut cache = stage.new_cache(prompt.len() + steps + 1);
     let mut logits = Vec::new();
-    stage.forward(&mut cache, StageInput::Tokens(prompt), &mut logits).unwrap();
+    stage
+        .forward(&mut cache, StageInput::Tokens(prompt), &mut logits)
+        .unwrap();
     let (mut tokens, mut all) = (Vec::new(), Vec::new());
     for step in 0..steps {
         let t = forced.get(step).copied().unwrap_or_else(|| argmax(&logits));
         tokens.push(t);
         all.push(logits.clone());
-        stage.forward(&mut cache, StageInput::Tokens(&[t]), &mut logits).unwrap();
+        stage
+            .forward(&mut cache, StageInput::Tokens(&[t]), &mut logits)
+            .unwrap();
     }
     (tokens, all)
 }
@@ -75,13 +79,22 @@ fn a_cpu_and_gpu_hybrid_gives_the_gpu_only_reply() {
     let hybrid_model = m.open(2).on_gpu(gpu(), Some(whole * 2 / 3));
     let hybrid = hybrid_model.full_stage().unwrap();
     let (_, layers) = hybrid.gpu().expect("part of the stage is on the GPU");
-    assert!(layers.start > 0 && layers.end == 30, "GPU layers {layers:?}");
-    eprintln!("hybrid: layers 0..{} on the CPU, {layers:?} on the GPU", layers.start);
+    assert!(
+        layers.start > 0 && layers.end == 30,
+        "GPU layers {layers:?}"
+    );
+    eprintln!(
+        "hybrid: layers 0..{} on the CPU, {layers:?} on the GPU",
+        layers.start
+    );
     assert!(hybrid.gpu_bytes() < gpu_only.gpu_bytes());
 
     let model = m.open(1);
     let prompt = model
-        .chat_prompt(&[hearth_shards::ChatMessage::new("user", "Name three colours of the rainbow.")])
+        .chat_prompt(&[hearth_shards::ChatMessage::new(
+            "user",
+            "Name three colours of the rainbow.",
+        )])
         .unwrap();
     // The GPU-only reply, then the same tokens through the hybrid. The CPU's layers round
     // differently from the GPU's (they quantise activations to 8 bits for the packed kernels),
@@ -92,7 +105,11 @@ fn a_cpu_and_gpu_hybrid_gives_the_gpu_only_reply() {
     let (_, got_logits) = run(&hybrid, &prompt, &want, steps);
     let mut worst = 0f32;
     for (step, (a, b)) in want_logits.iter().zip(&got_logits).enumerate() {
-        let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let diff = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
         worst = worst.max(diff);
         if argmax(b) != want[step] {
             assert!(
@@ -124,7 +141,9 @@ fn batched_steps_on_the_gpu_give_each_session_what_it_gets_alone() {
         .iter()
         .map(|p| {
             let mut c = stage.new_cache(p.len() + 4);
-            stage.forward(&mut c, StageInput::Tokens(p), &mut Vec::new()).unwrap();
+            stage
+                .forward(&mut c, StageInput::Tokens(p), &mut Vec::new())
+                .unwrap();
             c
         })
         .collect();
@@ -137,7 +156,11 @@ fn batched_steps_on_the_gpu_give_each_session_what_it_gets_alone() {
         for (i, (_, want)) in alone.iter().enumerate() {
             if step + 1 < 3 {
                 // Each row is computed in the same order as alone: the same bits.
-                assert_eq!(&logits[i * vocab..(i + 1) * vocab], &want[step + 1][..], "session {i} step {step}");
+                assert_eq!(
+                    &logits[i * vocab..(i + 1) * vocab],
+                    &want[step + 1][..],
+                    "session {i} step {step}"
+                );
             }
         }
     }

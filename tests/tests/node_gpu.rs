@@ -37,7 +37,11 @@ fn chat(node: &TestNode, question: &str, max_tokens: u32) -> Value {
 /// The `placements` entry of the card `node` serves for itself.
 fn own_placement(node: &TestNode) -> Option<Value> {
     let peers = node.get("/api/peers");
-    let me = peers.as_array()?.iter().find(|p| p["this_node"] == true)?.clone();
+    let me = peers
+        .as_array()?
+        .iter()
+        .find(|p| p["this_node"] == true)?
+        .clone();
     me["card"]["placements"].as_array()?.first().cloned()
 }
 
@@ -50,12 +54,19 @@ fn a_node_on_the_gpu_serves_and_batches_chats_through_the_mesh() {
         NodeOptions::holding(TestModel::SmolLm2).with_args(&["--device", "gpu", "--max-jobs", "4"]),
     );
     let entry = TestNode::start("entry", &household, NodeOptions::dialing(&[&gpu]));
-    assert!(entry.wait_for_members(&["gpu", "entry"], Duration::from_secs(30)), "{}", entry.log());
+    assert!(
+        entry.wait_for_members(&["gpu", "entry"], Duration::from_secs(30)),
+        "{}",
+        entry.log()
+    );
     // Two chats at once through the entry, which holds no model: both are routed to the GPU
     // node, which decodes them in shared steps.
     let questions = ["Name a colour of the sky.", "Name a fruit that is yellow."];
     let replies: Vec<Value> = std::thread::scope(|s| {
-        let handles: Vec<_> = questions.iter().map(|q| s.spawn(|| chat(&entry, q, 16))).collect();
+        let handles: Vec<_> = questions
+            .iter()
+            .map(|q| s.spawn(|| chat(&entry, q, 16)))
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     for r in &replies {
@@ -64,11 +75,21 @@ fn a_node_on_the_gpu_serves_and_batches_chats_through_the_mesh() {
     }
     let steps = gpu.metric("hearth_decode_steps_total");
     let sessions = gpu.metric("hearth_decode_step_sessions_total");
-    assert!(sessions > steps, "no step served both replies ({sessions} rows in {steps} steps)");
-    assert_eq!(entry.metric("hearth_decode_steps_total"), 0.0, "the entry generated tokens");
+    assert!(
+        sessions > steps,
+        "no step served both replies ({sessions} rows in {steps} steps)"
+    );
+    assert_eq!(
+        entry.metric("hearth_decode_steps_total"),
+        0.0,
+        "the entry generated tokens"
+    );
     // The card says where the model runs: every layer on the GPU adapter.
     let placed = wait_for(Duration::from_secs(20), || own_placement(&gpu)).expect("a placement");
-    assert!(placed["device"].as_str().unwrap().starts_with("gpu:"), "{placed}");
+    assert!(
+        placed["device"].as_str().unwrap().starts_with("gpu:"),
+        "{placed}"
+    );
     assert_eq!(placed["gpu_layers"], 30);
     assert!(gpu.log().contains("models run on the GPU"), "{}", gpu.log());
     // Greedy replies are the GPU's own, whichever node the chat enters by (where they differ
@@ -86,7 +107,17 @@ fn device_gpu_without_a_gpu_is_a_clear_error_and_auto_runs_on_the_cpu() {
     let join = hearth(dir.path(), &["household", "join", &household.code], "");
     assert!(join.status.success());
     let mut child = Command::new(hearth_bin())
-        .args(["node", "--device", "gpu", "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0", "--mdns", "false"])
+        .args([
+            "node",
+            "--device",
+            "gpu",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--api",
+            "127.0.0.1:0",
+            "--mdns",
+            "false",
+        ])
         .env("HEARTH_DATA_DIR", dir.path())
         .envs(NO_VULKAN)
         .stdin(Stdio::null())
@@ -118,5 +149,9 @@ fn device_gpu_without_a_gpu_is_a_clear_error_and_auto_runs_on_the_cpu() {
     assert_eq!(placed["gpu_layers"], 0);
     // No Vulkan driver: the card lists the CPU only.
     let devices = node.cli(&["devices"]);
-    assert!(devices.status.success(), "{}", String::from_utf8_lossy(&devices.stderr));
+    assert!(
+        devices.status.success(),
+        "{}",
+        String::from_utf8_lossy(&devices.stderr)
+    );
 }

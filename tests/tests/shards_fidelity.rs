@@ -20,10 +20,18 @@ use hearth_tests::{fidelity, TestModel};
 
 #[test]
 fn smollm2_greedy_agrees_with_llama_cpp() {
-    fidelity::check(TestModel::SmolLm2, &TestModel::SmolLm2.open(2), fidelity::Extent::ALL);
+    fidelity::check(
+        TestModel::SmolLm2,
+        &TestModel::SmolLm2.open(2),
+        fidelity::Extent::ALL,
+    );
 }
 
 #[test]
 fn gemma3_greedy_agrees_with_llama_cpp() {
-    fidelity::check(TestModel::Gemma3, &TestModel::Gemma3.open(2), fidelity::Extent::ALL);
+    fidelity::check(
+        TestModel::Gemma3,
+        &TestModel::Gemma3.open(2),
+        fidelity::Extent::ALL,
+    );
 }

@@ -197,7 +197,11 @@ impl Gpu {
                     let seen = if infos.is_empty() {
                         "none".to_owned()
                     } else {
-                        infos.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+                        infos
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ")
                     };
                     return Err(Error::Gpu(format!(
                         "there is no gpu:{n}; adapters: {seen} (`hearth devices` lists them)"
@@ -244,8 +248,7 @@ impl Gpu {
     /// Largest single buffer the device takes.
     pub(crate) fn max_buffer(&self) -> u64 {
         let l = self.device.limits();
-        l.max_buffer_size
-            .min(u64::from(l.max_storage_buffer_binding_size))
+        l.max_buffer_size.min(l.max_storage_buffer_binding_size)
     }
 
     /// Runs `f`, turning any validation or out-of-memory error it raised into an error.

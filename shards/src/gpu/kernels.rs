@@ -110,18 +110,22 @@ fn kernel(
         },
         count: None,
     }];
-    entries.extend(bindings.iter().map(|&(binding, access)| wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty: wgpu::BufferBindingType::Storage {
-                read_only: matches!(access, Access::Read),
-            },
-            has_dynamic_offset: false,
-            min_binding_size: None,
-        },
-        count: None,
-    }));
+    entries.extend(
+        bindings
+            .iter()
+            .map(|&(binding, access)| wgpu::BindGroupLayoutEntry {
+                binding,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage {
+                        read_only: matches!(access, Access::Read),
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            }),
+    );
     let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some(name),
         entries: &entries,
@@ -154,37 +158,69 @@ impl Kernels {
         let norm = include_str!("shaders/rms_norm.wgsl");
         let elementwise = include_str!("shaders/elementwise.wgsl");
         Kernels {
-            rms_norm: kernel(device, "rms_norm", norm, "main", &[(1, Read), (2, Read), (3, Write)], &[]),
+            rms_norm: kernel(
+                device,
+                "rms_norm",
+                norm,
+                "main",
+                &[(1, Read), (2, Read), (3, Write)],
+                &[],
+            ),
             rms_norm_in_place: kernel(
                 device,
                 "rms_norm_in_place",
                 norm,
                 "in_place",
-                &[(2, Read), (3, Write)], &[]
+                &[(2, Read), (3, Write)],
+                &[],
             ),
             rope: kernel(
                 device,
                 "rope",
                 include_str!("shaders/rope.wgsl"),
                 "main",
-                &[(1, Read), (2, Write)], &[]
+                &[(1, Read), (2, Write)],
+                &[],
             ),
             kv_store: kernel(
                 device,
                 "kv_store",
                 include_str!("shaders/kv_store.wgsl"),
                 "main",
-                &[(1, Read), (2, Read), (3, Read), (4, Write), (5, Write)], &[]
+                &[(1, Read), (2, Read), (3, Read), (4, Write), (5, Write)],
+                &[],
             ),
             attention: kernel(
                 device,
                 "attention",
                 include_str!("shaders/attention.wgsl"),
                 "main",
-                &[(1, Read), (2, Read), (3, Read), (4, Read), (5, Write), (6, Write)], &[]
+                &[
+                    (1, Read),
+                    (2, Read),
+                    (3, Read),
+                    (4, Read),
+                    (5, Write),
+                    (6, Write),
+                ],
+                &[],
             ),
-            gated: kernel(device, "gated", elementwise, "gated", &[(1, Read), (2, Write)], &[]),
-            add: kernel(device, "add", elementwise, "add", &[(1, Read), (2, Write)], &[]),
+            gated: kernel(
+                device,
+                "gated",
+                elementwise,
+                "gated",
+                &[(1, Read), (2, Write)],
+                &[],
+            ),
+            add: kernel(
+                device,
+                "add",
+                elementwise,
+                "add",
+                &[(1, Read), (2, Write)],
+                &[],
+            ),
             matmul: Mutex::default(),
             get_rows: Mutex::default(),
             lanes: if software { 1 } else { 32 },
@@ -195,7 +231,15 @@ impl Kernels {
     pub(crate) fn matmul(&self, device: &wgpu::Device, ty: GgmlType) -> Result<Arc<Kernel>> {
         let body = include_str!("shaders/matmul.wgsl");
         let lanes = [("LANES", f64::from(self.lanes))];
-        Self::per_format(&self.matmul, device, ty, "matmul", body, |(_, dot)| dot, &lanes)
+        Self::per_format(
+            &self.matmul,
+            device,
+            ty,
+            "matmul",
+            body,
+            |(_, dot)| dot,
+            &lanes,
+        )
     }
 
     /// The embedding lookup for a table of type `ty`.

@@ -67,7 +67,12 @@ impl Weight {
     }
 
     /// One bind group per piece: the piece at binding 1, then `rest`.
-    pub(super) fn bind(&self, gpu: &Gpu, params: &wgpu::Buffer, rest: &[(u32, &wgpu::Buffer)]) -> Vec<wgpu::BindGroup> {
+    pub(super) fn bind(
+        &self,
+        gpu: &Gpu,
+        params: &wgpu::Buffer,
+        rest: &[(u32, &wgpu::Buffer)],
+    ) -> Vec<wgpu::BindGroup> {
         self.pieces
             .iter()
             .map(|piece| {
@@ -99,7 +104,14 @@ impl Weight {
     }
 
     /// Records the embedding lookup of `n` tokens (one dispatch per piece).
-    pub(super) fn record_lookup<'a>(&self, rec: &mut Recorder<'a>, kernel: &'a Kernel, groups: &'a [wgpu::BindGroup], n: usize, scale: f32) {
+    pub(super) fn record_lookup<'a>(
+        &self,
+        rec: &mut Recorder<'a>,
+        kernel: &'a Kernel,
+        groups: &'a [wgpu::BindGroup],
+        n: usize,
+        scale: f32,
+    ) {
         for (piece, g) in self.pieces.iter().zip(groups) {
             let p = [
                 self.cols as u32,
@@ -204,7 +216,12 @@ pub(crate) struct DeviceCache {
 
 /// Bytes between two dispatches' parameter blocks.
 fn param_slot(gpu: &Gpu) -> u64 {
-    u64::from(gpu.device.limits().min_uniform_buffer_offset_alignment.max(PARAMS as u32))
+    u64::from(
+        gpu.device
+            .limits()
+            .min_uniform_buffer_offset_alignment
+            .max(PARAMS as u32),
+    )
 }
 
 /// A uniform buffer of `slots` parameter blocks.
@@ -227,7 +244,12 @@ pub(super) fn staging(gpu: &Gpu, floats: usize) -> wgpu::Buffer {
     })
 }
 
-pub(super) fn storage(gpu: &Gpu, label: &str, bytes: usize, extra: wgpu::BufferUsages) -> wgpu::Buffer {
+pub(super) fn storage(
+    gpu: &Gpu,
+    label: &str,
+    bytes: usize,
+    extra: wgpu::BufferUsages,
+) -> wgpu::Buffer {
     gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
         size: bytes.max(4).next_multiple_of(4) as u64,
@@ -260,7 +282,12 @@ pub(super) fn upload(gpu: &Gpu, label: &str, bytes: &[u8]) -> Result<wgpu::Buffe
     Ok(buf)
 }
 
-pub(super) fn group(gpu: &Gpu, k: &Kernel, params: &wgpu::Buffer, bufs: &[(u32, &wgpu::Buffer)]) -> wgpu::BindGroup {
+pub(super) fn group(
+    gpu: &Gpu,
+    k: &Kernel,
+    params: &wgpu::Buffer,
+    bufs: &[(u32, &wgpu::Buffer)],
+) -> wgpu::BindGroup {
     let mut entries = vec![wgpu::BindGroupEntry {
         binding: 0,
         resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -285,7 +312,12 @@ pub(super) struct Recorder<'a> {
     lanes: u32,
     slot: u64,
     params: Vec<u8>,
-    dispatches: Vec<(&'a wgpu::ComputePipeline, &'a wgpu::BindGroup, u32, [u32; 3])>,
+    dispatches: Vec<(
+        &'a wgpu::ComputePipeline,
+        &'a wgpu::BindGroup,
+        u32,
+        [u32; 3],
+    )>,
 }
 
 impl<'a> Recorder<'a> {
@@ -298,7 +330,13 @@ impl<'a> Recorder<'a> {
         }
     }
 
-    pub(super) fn push(&mut self, k: &'a Kernel, g: &'a wgpu::BindGroup, p: [u32; 8], grid: [u32; 3]) {
+    pub(super) fn push(
+        &mut self,
+        k: &'a Kernel,
+        g: &'a wgpu::BindGroup,
+        p: [u32; 8],
+        grid: [u32; 3],
+    ) {
         let at = self.params.len();
         self.params.resize(at + self.slot as usize, 0);
         for (i, v) in p.iter().enumerate() {
@@ -346,7 +384,9 @@ impl Part {
         spec: Arc<ModelSpec>,
         range: Range<usize>,
     ) -> Result<Self> {
-        gpu.checked("loading layers", || Self::load_unchecked(gpu, gguf, spec, range))?
+        gpu.checked("loading layers", || {
+            Self::load_unchecked(gpu, gguf, spec, range)
+        })?
     }
 
     fn load_unchecked(
@@ -356,7 +396,7 @@ impl Part {
         range: Range<usize>,
     ) -> Result<Self> {
         let s = &*spec;
-        if s.head_dim > 256 || s.head_dim % 2 != 0 {
+        if s.head_dim > 256 || !s.head_dim.is_multiple_of(2) {
             return Err(Error::Gpu(format!(
                 "heads of {} values: the attention shader takes even sizes up to 256",
                 s.head_dim
@@ -372,7 +412,11 @@ impl Part {
             Weight::upload(gpu, &m)
         };
         let vector = |name: &str, len: usize| -> Result<wgpu::Buffer> {
-            upload(gpu, name, bytemuck::cast_slice(&load_vector(gguf, name, len)?))
+            upload(
+                gpu,
+                name,
+                bytemuck::cast_slice(&load_vector(gguf, name, len)?),
+            )
         };
         let f32s = |label: &str, rows: usize, width: usize| {
             storage(gpu, label, rows * width * 4, wgpu::BufferUsages::COPY_SRC)
@@ -401,7 +445,10 @@ impl Part {
             pos: storage(gpu, "positions", MAX_ROWS * 4, wgpu::BufferUsages::empty()),
             angles: f32s("angles", bases.len() * MAX_ROWS, s.rope_dims),
             logits: last.then(|| f32s("logits", LOGIT_ROWS, s.vocab)),
-            staging: staging(gpu, (MAX_ROWS * s.dim).max(if last { LOGIT_ROWS * s.vocab } else { 0 })),
+            staging: staging(
+                gpu,
+                (MAX_ROWS * s.dim).max(if last { LOGIT_ROWS * s.vocab } else { 0 }),
+            ),
         };
         let xn = f32s("xn", MAX_ROWS, s.dim);
         let o = f32s("o", MAX_ROWS, s.dim);
@@ -533,7 +580,12 @@ impl Part {
         let kv_bytes = positions * s.kv_dim() * 2;
         let gpu = &*self.gpu;
         let ks = &gpu.kernels;
-        let scores = storage(gpu, "scores", MAX_ROWS * s.heads * positions * 4, wgpu::BufferUsages::empty());
+        let scores = storage(
+            gpu,
+            "scores",
+            MAX_ROWS * s.heads * positions * 4,
+            wgpu::BufferUsages::empty(),
+        );
         let mut copy = gpu.device.create_command_encoder(&Default::default());
         let old = cache.positions * s.kv_dim() * 2;
         let layers = (0..self.layers.len())
@@ -555,9 +607,21 @@ impl Part {
                     gpu,
                     &ks.attention,
                     p,
-                    &[(1, &work.q), (2, &work.pos), (3, &k), (4, &v), (5, &scores), (6, &work.att)],
+                    &[
+                        (1, &work.q),
+                        (2, &work.pos),
+                        (3, &k),
+                        (4, &v),
+                        (5, &scores),
+                        (6, &work.att),
+                    ],
                 );
-                CacheLayer { store, attend, k, v }
+                CacheLayer {
+                    store,
+                    attend,
+                    k,
+                    v,
+                }
             })
             .collect();
         gpu.queue.submit([copy.finish()]);
@@ -588,7 +652,15 @@ impl Part {
             };
             let logits = self.head.is_some() && (all_logits || end == rows.len());
             self.gpu.checked("running a step", || {
-                self.step(&mut work, caches, &rows[start..end], part_input, logits, all_logits, out)
+                self.step(
+                    &mut work,
+                    caches,
+                    &rows[start..end],
+                    part_input,
+                    logits,
+                    all_logits,
+                    out,
+                )
             })??;
         }
         Ok(())
@@ -654,7 +726,12 @@ impl Part {
         let halves = u32::from(s.rope_style == RopeStyle::Halves);
         for (li, l) in self.layers.iter().enumerate() {
             let layer_spec = s.layers[self.range.start + li];
-            rec.push(&ks.rms_norm, &l.attn_norm, [dim as u32, eps, 0, 0, 0, 0, 0, 0], [n32, 1, 1]);
+            rec.push(
+                &ks.rms_norm,
+                &l.attn_norm,
+                [dim as u32, eps, 0, 0, 0, 0, 0, 0],
+                [n32, 1, 1],
+            );
             rec.matmul(&l.q, n, 0);
             rec.matmul(&l.k, n, 0);
             rec.matmul(&l.v, n, 0);
@@ -766,7 +843,10 @@ pub(super) fn submit_and_read(
         .map_err(|e| Error::Gpu(format!("{}: reading a step's result: {e}", gpu.info())))?;
     {
         let view = slice.get_mapped_range();
-        out.extend(view.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+        out.extend(
+            view.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        );
     }
     staging.unmap();
     Ok(())

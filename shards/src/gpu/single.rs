@@ -3,7 +3,9 @@
 
 use crate::error::Result;
 use crate::gpu::device::Gpu;
-use crate::gpu::part::{params_buffer, record, staging, storage, submit_and_read, upload, Recorder, Weight};
+use crate::gpu::part::{
+    params_buffer, record, staging, storage, submit_and_read, upload, Recorder, Weight,
+};
 use crate::quant::QMatrix;
 
 /// `out[t][r] = sum_c W[r][c] * xs[t][c]` on the device, `w` read in its block format.
@@ -20,7 +22,14 @@ pub fn matmul(gpu: &Gpu, w: &QMatrix, xs: &[f32]) -> Result<Vec<f32>> {
         rec.matmul(&product, n, 0);
         let mut out = Vec::new();
         let encoder = record(gpu, &rec, &params);
-        submit_and_read(gpu, encoder, &y, &staging(gpu, n * w.rows()), n * w.rows(), &mut out)?;
+        submit_and_read(
+            gpu,
+            encoder,
+            &y,
+            &staging(gpu, n * w.rows()),
+            n * w.rows(),
+            &mut out,
+        )?;
         Ok(out)
     })?
 }
