@@ -21,38 +21,16 @@ pub const FORMATS: [GgmlType; 7] = [
 
 const BLOCKS: &str = include_str!("shaders/blocks.wgsl");
 
-/// The format's dequantisation of one group (`load32`) and its product with 32 inputs
-/// (`dot_group`).
-fn format_source(ty: GgmlType) -> Option<(&'static str, &'static str)> {
+/// How to read the format: `head` (a group's scales and where its quants are) and `load4`.
+fn format_source(ty: GgmlType) -> Option<&'static str> {
     Some(match ty {
-        GgmlType::F32 => (
-            include_str!("shaders/f32.wgsl"),
-            include_str!("shaders/f32_dot.wgsl"),
-        ),
-        GgmlType::F16 => (
-            include_str!("shaders/f16.wgsl"),
-            include_str!("shaders/f16_dot.wgsl"),
-        ),
-        GgmlType::Q4_1 => (
-            include_str!("shaders/q4_1.wgsl"),
-            include_str!("shaders/q4_1_dot.wgsl"),
-        ),
-        GgmlType::Q5_0 => (
-            include_str!("shaders/q5_0.wgsl"),
-            include_str!("shaders/q5_0_dot.wgsl"),
-        ),
-        GgmlType::Q8_0 => (
-            include_str!("shaders/q8_0.wgsl"),
-            include_str!("shaders/q8_0_dot.wgsl"),
-        ),
-        GgmlType::Q4K => (
-            include_str!("shaders/q4_k.wgsl"),
-            include_str!("shaders/q4_k_dot.wgsl"),
-        ),
-        GgmlType::Q6K => (
-            include_str!("shaders/q6_k.wgsl"),
-            include_str!("shaders/q6_k_dot.wgsl"),
-        ),
+        GgmlType::F32 => include_str!("shaders/f32.wgsl"),
+        GgmlType::F16 => include_str!("shaders/f16.wgsl"),
+        GgmlType::Q4_1 => include_str!("shaders/q4_1.wgsl"),
+        GgmlType::Q5_0 => include_str!("shaders/q5_0.wgsl"),
+        GgmlType::Q8_0 => include_str!("shaders/q8_0.wgsl"),
+        GgmlType::Q4K => include_str!("shaders/q4_k.wgsl"),
+        GgmlType::Q6K => include_str!("shaders/q6_k.wgsl"),
         _ => return None,
     })
 }
@@ -237,7 +215,6 @@ impl Kernels {
             ty,
             "matmul",
             body,
-            |(_, dot)| dot,
             &lanes,
         )
     }
@@ -250,7 +227,6 @@ impl Kernels {
             ty,
             "get_rows",
             include_str!("shaders/get_rows.wgsl"),
-            |(load, _)| load,
             &[],
         )
     }
@@ -261,7 +237,6 @@ impl Kernels {
         ty: GgmlType,
         name: &str,
         body: &str,
-        part: impl Fn((&'static str, &'static str)) -> &'static str,
         constants: &[(&str, f64)],
     ) -> Result<Arc<Kernel>> {
         let mut cache = cache.lock().expect("kernel cache");
@@ -275,7 +250,7 @@ impl Kernels {
                 have.join(", ")
             ))
         })?;
-        let source = format!("{body}\n{BLOCKS}\n{}", part(format));
+        let source = format!("{body}\n{BLOCKS}\n{format}");
         let k = Arc::new(kernel(
             device,
             &format!("{name}_{ty}"),

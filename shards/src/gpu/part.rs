@@ -86,15 +86,7 @@ impl Weight {
     /// The embedding lookup over the same buffer.
     pub(super) fn lookup(&self, gpu: &Gpu) -> Result<Self> {
         Ok(Weight {
-            pieces: self
-                .pieces
-                .iter()
-                .map(|p| Piece {
-                    buf: p.buf.clone(),
-                    row0: p.row0,
-                    rows: p.rows,
-                })
-                .collect(),
+            pieces: self.pieces.clone(),
             kernel: gpu.kernels.get_rows(&gpu.device, self.ty)?,
             ty: self.ty,
             rows: self.rows,
@@ -105,9 +97,8 @@ impl Weight {
 
     /// Records the embedding lookup of `n` tokens (one dispatch per piece).
     pub(super) fn record_lookup<'a>(
-        &self,
+        &'a self,
         rec: &mut Recorder<'a>,
-        kernel: &'a Kernel,
         groups: &'a [wgpu::BindGroup],
         n: usize,
         scale: f32,
@@ -123,12 +114,13 @@ impl Weight {
                 0,
                 0,
             ];
-            rec.push(kernel, g, p, [n as u32, 1, 1]);
+            rec.push(&self.kernel, g, p, [n as u32, 1, 1]);
         }
     }
 }
 
 /// Rows `row0..row0 + rows` of a weight.
+#[derive(Clone)]
 pub(super) struct Piece {
     pub(super) buf: wgpu::Buffer,
     row0: usize,
@@ -345,12 +337,12 @@ impl<'a> Recorder<'a> {
         self.dispatches.push((&k.pipeline, g, at as u32, grid));
     }
 
-    /// `y[y_off + t * rows ..] = W x[x_off + t * cols ..]` for `n` rows.
+    /// `y[t * rows + r] = sum_c W[r][c] * x[x_off + t * cols + c]` for `n` input rows.
     pub(super) fn matmul(&mut self, (w, groups): &'a Bound, n: usize, x_off: usize) {
-        let per_group = 64 / self.lanes as usize;
+        let per_workgroup = 64 / self.lanes as usize;
         for (piece, g) in w.pieces.iter().zip(groups) {
-            let pairs = piece.rows.div_ceil(per_group);
-            let gx = pairs.min(65_535);
+            let workgroups = piece.rows.div_ceil(per_workgroup);
+            let gx = workgroups.min(65_535);
             let p = [
                 piece.rows as u32,
                 w.cols as u32,
@@ -361,7 +353,7 @@ impl<'a> Recorder<'a> {
                 gx as u32,
                 w.rows as u32,
             ];
-            let grid = [gx as u32, pairs.div_ceil(gx) as u32, n.div_ceil(4) as u32];
+            let grid = [gx as u32, workgroups.div_ceil(gx) as u32, n.div_ceil(4) as u32];
             self.push(&w.kernel, g, p, grid);
         }
     }
@@ -720,7 +712,7 @@ impl Part {
         let eps = s.norm_eps.to_bits();
         let n32 = n as u32;
         if let (StageInput::Tokens(_), Some((w, g))) = (input, &self.embedding) {
-            w.record_lookup(&mut rec, &w.kernel, g, n, s.embed_scale.unwrap_or(1.0));
+            w.record_lookup(&mut rec, g, n, s.embed_scale.unwrap_or(1.0));
         }
         let (heads, kv_heads, hd) = (s.heads as u32, s.kv_heads as u32, s.head_dim as u32);
         let halves = u32::from(s.rope_style == RopeStyle::Halves);

@@ -44,7 +44,7 @@ pub fn dequantize_rows(gpu: &Gpu, w: &QMatrix, rows: &[u32]) -> Result<Vec<f32>>
         let params = params_buffer(gpu, weight.pieces.len());
         let g = weight.bind(gpu, &params, &[(2, &tokens), (3, &y)]);
         let mut rec = Recorder::new(gpu);
-        weight.record_lookup(&mut rec, &weight.kernel, &g, rows.len(), 1.0);
+        weight.record_lookup(&mut rec, &g, rows.len(), 1.0);
         let mut out = Vec::new();
         let encoder = record(gpu, &rec, &params);
         submit_and_read(gpu, encoder, &y, &staging(gpu, floats), floats, &mut out)?;

@@ -1,9 +1,13 @@
 // F16: two values per word (a row of whole groups starts on a word).
-fn load32(rb: u32, g: u32, out: ptr<function, array<f32, 32>>) {
-    let base = (rb + g * 64u) >> 2u;
-    for (var i = 0u; i < 16u; i++) {
-        let v = unpack2x16float(w[base + i]);
-        (*out)[2u * i] = v.x;
-        (*out)[2u * i + 1u] = v.y;
-    }
+struct Head {
+    base: u32,
+}
+
+fn head(rb: u32, g: u32) -> Head {
+    return Head((rb + g * 64u) >> 2u);
+}
+
+fn load4(h: Head, j: u32) -> vec4<f32> {
+    let b = h.base + 2u * j;
+    return vec4<f32>(unpack2x16float(w[b]), unpack2x16float(w[b + 1u]));
 }

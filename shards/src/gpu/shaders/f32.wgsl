@@ -1,7 +1,14 @@
 // F32: values as they are.
-fn load32(rb: u32, g: u32, out: ptr<function, array<f32, 32>>) {
-    let base = (rb + g * 128u) >> 2u;
-    for (var i = 0u; i < 32u; i++) {
-        (*out)[i] = bitcast<f32>(w[base + i]);
-    }
+struct Head {
+    base: u32,
+}
+
+fn head(rb: u32, g: u32) -> Head {
+    return Head((rb + g * 128u) >> 2u);
+}
+
+fn load4(h: Head, j: u32) -> vec4<f32> {
+    let b = h.base + 4u * j;
+    return vec4<f32>(bitcast<f32>(w[b]), bitcast<f32>(w[b + 1u]), bitcast<f32>(w[b + 2u]),
+        bitcast<f32>(w[b + 3u]));
 }

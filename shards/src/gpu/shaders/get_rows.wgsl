@@ -25,11 +25,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         return;
     }
     let rb = (token - p.row0) * p.row_bytes;
-    var vals: array<f32, 32>;
     for (var g = lane; g < p.cols / 32u; g += 32u) {
-        load32(rb, g, &vals);
-        for (var i = 0u; i < 32u; i++) {
-            y[t * p.cols + g * 32u + i] = vals[i] * p.scale;
+        let h = head(rb, g);
+        for (var j = 0u; j < 8u; j++) {
+            let v = load4(h, j) * p.scale;
+            let at = t * p.cols + g * 32u + 4u * j;
+            y[at] = v.x;
+            y[at + 1u] = v.y;
+            y[at + 2u] = v.z;
+            y[at + 3u] = v.w;
         }
     }
 }

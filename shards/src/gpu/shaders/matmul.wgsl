@@ -1,6 +1,6 @@
 // y[t][r] = sum_c W[r][c] * x[t][c] for up to four activation rows per workgroup, the weight in
-// its file's block format (`dot_group`, from the format's `_dot` file, multiplies one group of 32
-// values, dequantised as the CPU does, with the matching 32 inputs). A workgroup of 64 holds
+// its file's block format (the format's file says how to read a group of 32 values: `head`,
+// then `load4` for each four, dequantised as the CPU does). A workgroup of 64 holds
 // 64 / LANES weight rows; a row's LANES lanes take groups lane, lane + LANES, ... and add up
 // their sums. LANES is set per device: 32 on GPUs (a row's reads side by side), 1 where the
 // "GPU" is the CPU (lavapipe: one row per lane, no barriers). A matrix larger than one binding
@@ -25,6 +25,16 @@ struct P {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
 var<workgroup> part: array<vec4<f32>, 64>;
+
+// One group of 32 weights against x[xb..xb + 8] (vec4s).
+fn dot_group(rb: u32, g: u32, xb: u32) -> f32 {
+    let h = head(rb, g);
+    var s = vec4<f32>(0.0);
+    for (var j = 0u; j < 8u; j++) {
+        s += load4(h, j) * x[xb + j];
+    }
+    return sum4(s);
+}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {

@@ -1,15 +1,26 @@
-// Q5_0 (22 bytes per 32 values): d: f16, qh: u32 (the fifth bits), 16 bytes of nibbles;
-// x = d * (q - 16).
-fn load32(rb: u32, g: u32, out: ptr<function, array<f32, 32>>) {
+// Q5_0 (22 bytes per 32 values): d: f16, qh: u32 (the fifth bits), 16 bytes of nibbles (as
+// Q4_1); x = d * (q - 16).
+struct Head {
+    base: u32,
+    d: f32,
+    qh: u32,
+}
+
+fn head(rb: u32, g: u32) -> Head {
     let base = rb + g * 22u;
-    let d = f16_at(base);
-    let qh = byte_at(base + 2u) | (byte_at(base + 3u) << 8u) | (byte_at(base + 4u) << 16u)
-        | (byte_at(base + 5u) << 24u);
-    for (var j = 0u; j < 16u; j++) {
-        let q = byte_at(base + 6u + j);
-        let lo = (q & 15u) | (((qh >> j) << 4u) & 16u);
-        let hi = (q >> 4u) | ((qh >> (j + 12u)) & 16u);
-        (*out)[j] = d * f32(i32(lo) - 16);
-        (*out)[j + 16u] = d * f32(i32(hi) - 16);
+    return Head(base, f16_at(base), word_at(base + 2u));
+}
+
+fn load4(h: Head, j: u32) -> vec4<f32> {
+    let k = j & 3u;
+    let q = bytes4(word_at(h.base + 6u + 4u * k));
+    let bit = vec4<u32>(4u * k) + vec4<u32>(0u, 1u, 2u, 3u);
+    let qh = vec4<u32>(h.qh);
+    var v: vec4<u32>;
+    if (j < 4u) {
+        v = (q & vec4<u32>(15u)) | (((qh >> bit) << vec4<u32>(4u)) & vec4<u32>(16u));
+    } else {
+        v = (q >> vec4<u32>(4u)) | ((qh >> (bit + vec4<u32>(12u))) & vec4<u32>(16u));
     }
+    return h.d * (vec4<f32>(v) - 16.0);
 }
