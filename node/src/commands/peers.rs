@@ -47,8 +47,24 @@ pub(super) fn peers(data: &DataDir, json: bool) -> Result<()> {
             .flatten()
             .map(|m| {
                 let d = m["digest"].as_str().unwrap_or("");
+                // Loaded models are starred; on a GPU, with the adapter (and the layers there
+                // when the rest run on the CPU).
+                let on = card["placements"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p["digest"] == d && p["gpu_layers"].as_u64().unwrap_or(0) > 0)
+                    .map(|p| {
+                        let device = p["device"].as_str().unwrap_or("gpu");
+                        let gpu = device.split(' ').next().unwrap_or(device);
+                        match (p["gpu_layers"].as_u64(), p["layers"].as_u64()) {
+                            (Some(g), Some(l)) if g < l => format!("@{gpu}({g}/{l})"),
+                            _ => format!("@{gpu}"),
+                        }
+                    })
+                    .unwrap_or_default();
                 format!(
-                    "{}{}",
+                    "{}{}{on}",
                     m["name"].as_str().unwrap_or("?"),
                     if loaded.contains(&d) { "*" } else { "" }
                 )
@@ -75,12 +91,18 @@ pub(super) fn peers(data: &DataDir, json: bool) -> Result<()> {
                     .as_u64()
                     .map(|c| format!(" {c} cores"))
                     .unwrap_or_default();
-                format!(
-                    "{}{cores} {:.0}/{:.0} MB free",
-                    d["name"].as_str().unwrap_or("?"),
-                    d["free_memory"].as_f64().unwrap_or(0.0) / MB,
-                    d["total_memory"].as_f64().unwrap_or(0.0) / MB
-                )
+                let name = match d["adapter"]["index"].as_u64() {
+                    Some(i) => format!("gpu:{i} {}", d["name"].as_str().unwrap_or("?")),
+                    None => d["name"].as_str().unwrap_or("?").to_owned(),
+                };
+                match d["total_memory"].as_f64().unwrap_or(0.0) {
+                    0.0 => name,
+                    total => format!(
+                        "{name}{cores} {:.0}/{:.0} MB free",
+                        d["free_memory"].as_f64().unwrap_or(0.0) / MB,
+                        total / MB
+                    ),
+                }
             })
             .collect();
         let latency = if p["this_node"].as_bool() == Some(true) {
