@@ -64,7 +64,6 @@ async fn serve(
     let engine = Engine::new(
         EngineConfig {
             node: config.name.clone(),
-            threads,
             context: config.ctx,
             max_jobs: config.max_jobs,
             max_queue: config.max_queue,

@@ -13,8 +13,7 @@ use rayon::ThreadPool;
 
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, TensorInfo};
-use crate::gpu::part::DeviceCache;
-use crate::gpu::part::Part;
+use crate::gpu::part::{DeviceCache, Part};
 use crate::gpu::{AdapterInfo, Gpu};
 use crate::kv_cache::{sized, KvCache};
 use crate::quant::{GgmlType, QMatrix};

@@ -46,7 +46,6 @@ const UNLOAD_POLL: Duration = Duration::from_millis(250);
 pub struct EngineConfig {
     /// Name reported in `Started` events.
     pub node: String,
-    pub threads: usize,
     /// Context length per job (capped at the model's).
     pub context: usize,
     pub max_jobs: usize,
@@ -982,7 +981,6 @@ mod tests {
         Engine::new(
             EngineConfig {
                 node: "test".into(),
-                threads: 1,
                 context: 256,
                 max_jobs: 1,
                 max_queue: 2,

@@ -209,14 +209,7 @@ impl Kernels {
     pub(crate) fn matmul(&self, device: &wgpu::Device, ty: GgmlType) -> Result<Arc<Kernel>> {
         let body = include_str!("shaders/matmul.wgsl");
         let lanes = [("LANES", f64::from(self.lanes))];
-        Self::per_format(
-            &self.matmul,
-            device,
-            ty,
-            "matmul",
-            body,
-            &lanes,
-        )
+        Self::per_format(&self.matmul, device, ty, "matmul", body, &lanes)
     }
 
     /// The embedding lookup for a table of type `ty`.

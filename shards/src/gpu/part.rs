@@ -353,7 +353,11 @@ impl<'a> Recorder<'a> {
                 gx as u32,
                 w.rows as u32,
             ];
-            let grid = [gx as u32, workgroups.div_ceil(gx) as u32, n.div_ceil(4) as u32];
+            let grid = [
+                gx as u32,
+                workgroups.div_ceil(gx) as u32,
+                n.div_ceil(4) as u32,
+            ];
             self.push(&w.kernel, g, p, grid);
         }
     }
