@@ -18,10 +18,7 @@ pub fn probe() -> Vec<Device> {
     let mut nvidia = nvidia_gpus();
     for a in adapters() {
         // NVML knows an NVIDIA card's memory; wgpu does not report memory.
-        let known = nvidia
-            .iter()
-            .position(|d| a.vendor == "NVIDIA" && d.name == a.name);
-        let (total, free) = known
+        let (total, free) = nvml_twin(a, &nvidia)
             .map(|i| nvidia.remove(i))
             .map_or((0, 0), |d| (d.total_memory, d.free_memory));
         devices.push(Device {
@@ -40,6 +37,14 @@ pub fn probe() -> Vec<Device> {
     }
     devices.extend(nvidia);
     devices
+}
+
+/// Where NVML lists `adapter`, when it is an NVIDIA card NVML sees (it knows the memory).
+fn nvml_twin(adapter: &AdapterInfo, nvidia: &[Device]) -> Option<usize> {
+    if adapter.vendor != "NVIDIA" {
+        return None;
+    }
+    nvidia.iter().position(|d| d.name == adapter.name)
 }
 
 /// The adapters wgpu sees, listed once: they do not change while the node runs.
@@ -64,11 +69,8 @@ impl Compute {
         let gpu = Gpu::open(choice).with_context(|| format!("--device {choice}"))?;
         // Memory NVML reports for the card, unless --gpu-memory says otherwise.
         let memory = memory.or_else(|| {
-            let info = gpu.as_ref()?.info();
-            nvidia_gpus()
-                .into_iter()
-                .find(|d| info.vendor == "NVIDIA" && d.name == info.name)
-                .map(|d| d.total_memory)
+            let nvidia = nvidia_gpus();
+            nvml_twin(gpu.as_ref()?.info(), &nvidia).map(|i| nvidia[i].total_memory)
         });
         Ok(Compute {
             threads,

@@ -295,7 +295,9 @@ impl Model {
         let Some((gpu, memory)) = &self.gpu else {
             return Placement::Cpu;
         };
-        let sizes = self.gpu_sizes(layers);
+        let Some(sizes) = self.gpu_sizes(layers) else {
+            return Placement::Cpu;
+        };
         match plan::gpu_layers(&sizes, *memory) {
             Some(layers) => Placement::Gpu {
                 gpu: gpu.clone(),
@@ -305,55 +307,30 @@ impl Model {
         }
     }
 
-    /// What the stage holding `layers` would put on a GPU.
-    fn gpu_sizes(&self, layers: Range<usize>) -> plan::Sizes {
+    /// What the stage holding `layers` would put on a GPU, from the file's [`layout`]
+    /// (`None` when the file lacks a tensor: the stage's load then says which).
+    fn gpu_sizes(&self, layers: Range<usize>) -> Option<plan::Sizes> {
         let s = &*self.spec;
-        let bytes = |name: &str| self.gguf.tensors.get(name).map_or(0, |t| t.len as u64);
+        let l = layout(&self.gguf).ok()?;
         let last = layers.end == s.n_layers();
         let tied = !self.gguf.tensors.contains_key("output.weight");
-        let layer_bytes = layers
-            .clone()
-            .map(|i| {
-                let prefix = format!("blk.{i}.");
-                self.gguf
-                    .tensors
-                    .values()
-                    .filter(|t| t.name.starts_with(&prefix))
-                    .map(|t| t.len as u64)
-                    .sum()
-            })
-            .collect();
-        let head = if last {
-            bytes("output_norm.weight")
-                + if tied {
-                    bytes("token_embd.weight")
-                } else {
-                    bytes("output.weight")
-                }
-        } else {
-            0
-        };
-        let embedding = if layers.start == 0 && !(last && tied) {
-            bytes("token_embd.weight")
-        } else {
-            0
-        };
-        // Room for one session's keys and values over a typical context, as f16.
+        // Room for one session's keys and values over a typical context.
         let positions = s.context.min(4096) as u64;
         let rows = crate::gpu::part::MAX_ROWS as u64;
         let widths = (3 * s.dim + 2 * s.q_dim() + 2 * s.kv_dim() + 2 * s.ffn_dim) as u64;
-        plan::Sizes {
-            layers: layer_bytes,
-            head,
-            embedding,
-            cache_per_layer: positions * s.kv_dim() as u64 * 4,
-            fixed: 4 * rows * widths
-                + if last {
-                    8 * crate::gpu::part::LOGIT_ROWS as u64 * s.vocab as u64
-                } else {
-                    0
-                },
-        }
+        let logits = 8 * crate::gpu::part::LOGIT_ROWS as u64 * s.vocab as u64;
+        Some(plan::Sizes {
+            head: if last { l.head_bytes } else { 0 },
+            // A tied head holds the embedding already.
+            embedding: if layers.start == 0 && !(last && tied) {
+                l.embedding_bytes
+            } else {
+                0
+            },
+            layers: l.layer_bytes[layers].to_vec(),
+            cache_per_layer: positions * l.kv_bytes_per_token,
+            fixed: 4 * rows * widths + if last { logits } else { 0 },
+        })
     }
 
     /// Loads the stage holding `layers` on the CPU, whatever the model's GPU.

@@ -127,22 +127,29 @@ fn instance() -> wgpu::Instance {
     wgpu::Instance::new(desc)
 }
 
-fn enumerate(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
+/// The adapters in a stable order (what `gpu:N` names must not change between two runs), each
+/// with what it reports.
+fn enumerate(instance: &wgpu::Instance) -> Vec<(wgpu::Adapter, AdapterInfo)> {
     let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
-    // A stable order: what `gpu:N` names must not change between two runs.
     adapters.sort_by_key(|a| {
         let i = a.get_info();
         (i.backend as u8, i.name.clone(), i.device_pci_bus_id.clone())
     });
     adapters
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let info = AdapterInfo::of(i, &a.get_info());
+            (a, info)
+        })
+        .collect()
 }
 
 /// Every adapter wgpu sees (none on a machine without a Vulkan, Metal or DX12 driver).
 pub fn adapters() -> Vec<AdapterInfo> {
     enumerate(&instance())
-        .iter()
-        .enumerate()
-        .map(|(i, a)| AdapterInfo::of(i, &a.get_info()))
+        .into_iter()
+        .map(|(_, info)| info)
         .collect()
 }
 
@@ -169,11 +176,7 @@ impl Gpu {
         }
         let instance = instance();
         let adapters = enumerate(&instance);
-        let infos: Vec<AdapterInfo> = adapters
-            .iter()
-            .enumerate()
-            .map(|(i, a)| AdapterInfo::of(i, &a.get_info()))
-            .collect();
+        let infos: Vec<&AdapterInfo> = adapters.iter().map(|(_, info)| info).collect();
         let pick = match choice {
             DeviceChoice::Cpu => unreachable!("returned above"),
             DeviceChoice::Auto => match infos.iter().find(|i| i.kind == "discrete") {
@@ -210,8 +213,8 @@ impl Gpu {
                 n
             }
         };
-        let adapter = &adapters[pick];
-        Self::from_adapter(adapter, infos[pick].clone()).map(|g| Some(Arc::new(g)))
+        let (adapter, info) = &adapters[pick];
+        Self::from_adapter(adapter, info.clone()).map(|g| Some(Arc::new(g)))
     }
 
     fn from_adapter(adapter: &wgpu::Adapter, info: AdapterInfo) -> Result<Self> {
